@@ -1,0 +1,1 @@
+"""The Typer command line of reprscope (installed as ``reprscope_cli``)."""

@@ -1,0 +1,220 @@
+"""``reprscope`` command line: parses arguments and calls the library (SPEC §2). No logic lives here."""
+from __future__ import annotations
+
+import functools
+import sys
+import traceback
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import typer
+
+from reprscope import __version__
+from reprscope.errors import ReprscopeError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    help="Post-hoc representation analysis for self-supervised learning: train, extract, analyze.",
+)
+_state = {"debug": False}
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+def handle_errors(fn: Callable) -> Callable:
+    """Bad input → one line on stderr and exit 2 (a traceback only with --debug)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ReprscopeError as exc:
+            if _state["debug"]:
+                traceback.print_exc()
+            _fail(str(exc))
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130)
+
+    return wrapper
+
+
+def _split(value: Optional[str]) -> Optional[List[str]]:
+    if not value:
+        return None
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"reprscope {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for input errors."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    _state["debug"] = debug
+
+
+@app.command()
+@handle_errors
+def train(
+    method: str = typer.Argument(..., help="Method name (reprscope list methods)."),
+    data: str = typer.Option(..., "--data", help="Data set: NAME or NAME:PATH (reprscope list datasets)."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="Backbone: mlp or any timm model name."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs of the data set's nominal epoch length."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Total steps (overrides --epochs)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples per step."),
+    out: Path = typer.Option(Path("runs/run"), "--out", help="Run directory for the checkpoints."),
+    config: Optional[Path] = typer.Option(None, "--config", help="JSON or TOML file with config sections."),
+    sets: Optional[List[str]] = typer.Option(None, "--set", help="section.key=value, e.g. data.content_dims=5 (repeatable)."),
+    save_every: Optional[int] = typer.Option(None, "--save-every", help="Checkpoint every N epochs (0: only last.pt)."),
+    save_every_steps: Optional[int] = typer.Option(None, "--save-every-steps", help="Checkpoint every N steps."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Training seed."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N or auto."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last.pt."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Train METHOD on DATASET with the bundled trainer; writes checkpoints into --out."""
+    from reprscope.data import parse_data_arg
+    from reprscope.params import parse_assignments
+    from reprscope.train import apply_sets, default_config, load_config_file, merge, resolve_config
+    from reprscope.train import train as run_train
+
+    cfg = default_config(method, parse_data_arg(data), backbone or "mlp")
+    if config:
+        cfg = merge(cfg, load_config_file(config))
+    cli = {"epochs": epochs, "steps": steps, "batch_size": batch_size, "save_every": save_every,
+           "save_every_steps": save_every_steps, "seed": seed, "device": device}
+    cfg = merge(cfg, {"train": {k: v for k, v in cli.items() if v is not None}})
+    if backbone:
+        cfg["model"]["backbone"] = backbone
+    cfg = resolve_config(apply_sets(cfg, parse_assignments(sets or [])))
+    res = run_train(cfg, out, resume=resume, progress=not quiet)
+    loss = res.metrics.get("loss")
+    typer.echo(f"trained {method} for {cfg['train']['steps'] or cfg['train']['epochs']} "
+               f"{'steps' if cfg['train']['steps'] else 'epochs'}" + (f"; final loss {loss:.4f}" if loss is not None else ""))
+    typer.echo(f"checkpoints: {res.run_dir} ({len(res.checkpoints)} ckpt-*.pt + last.pt)")
+
+
+@app.command()
+@handle_errors
+def extract(
+    ckpt: Path = typer.Argument(..., help="Checkpoint file."),
+    out: Path = typer.Option(..., "--out", help="Output .h5 file."),
+    data: Optional[str] = typer.Option(None, "--data", help="Data set (default: the one the checkpoint was trained on)."),
+    views: int = typer.Option(2, "--views", help="Number of augmented views (the clean view is added unless --no-clean)."),
+    clean: bool = typer.Option(True, "--clean/--no-clean", help="Store the un-augmented input as view 0."),
+    layers: Optional[str] = typer.Option(None, "--layers", help="Comma-separated layer names (default: all)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N held-out samples."),
+    batch_size: int = typer.Option(1024, "--batch-size", help="Inference batch size."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the augmented views."),
+    sets: Optional[List[str]] = typer.Option(None, "--set", help="data.key=value overrides of the data set."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Write the embedding store (HDF5) of CKPT's layers on the held-out set."""
+    from reprscope.data import build_dataset, parse_data_arg
+    from reprscope.extract import extract as run_extract
+    from reprscope.formats import load_checkpoint
+    from reprscope.train.trainer import resolve_device
+
+    if out.suffix.lower() not in (".h5", ".hdf5"):
+        raise ReprscopeError(f"--out must name an .h5 file, got '{out}'")
+    model = load_checkpoint(ckpt)
+    spec = dict(model.dataset or {})
+    if data:
+        given = parse_data_arg(data)
+        spec = {**spec, **given} if spec.get("name") == given["name"] else given
+    spec.update(_data_sets(sets))
+    if not spec:
+        raise ReprscopeError(f"'{ckpt}' does not say which data it was trained on; give --data NAME")
+    path = run_extract(model, build_dataset(spec), out, views=views, clean=clean, layers=_split(layers), limit=limit,
+                       batch_size=batch_size, device=resolve_device(device), seed=seed, progress=not quiet)
+    typer.echo(f"wrote {path}")
+
+
+def _data_sets(sets: Optional[List[str]]) -> dict:
+    from reprscope.params import parse_assignments
+
+    out = {}
+    for path, value in parse_assignments(sets or []):
+        if path[0] != "data" or len(path) != 2:
+            raise ReprscopeError(f"--set here takes data.KEY=VALUE; got '{'.'.join(path)}'")
+        out[path[1]] = value
+    return out
+
+
+@app.command()
+@handle_errors
+def analyze(
+    sources: List[Path] = typer.Argument(..., help="Checkpoints, .h5 stores or run directories."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Table to write (.csv, or .parquet)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Data set for checkpoints (default: their training data)."),
+    analyzers: Optional[str] = typer.Option(None, "--analyzers", help="Comma-separated analyzers (default: center,spectrum,identifiability)."),
+    params: Optional[List[str]] = typer.Option(None, "--param", help="ANALYZER.KEY=VALUE (repeatable)."),
+    layers: Optional[str] = typer.Option(None, "--layers", help="Comma-separated layers (default: all)."),
+    views: int = typer.Option(2, "--views", help="Augmented views when a checkpoint is extracted."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Held-out samples when a checkpoint is extracted."),
+    device: str = typer.Option("cpu", "--device", help="Device for extraction."),
+    sets: Optional[List[str]] = typer.Option(None, "--set", help="data.key=value overrides of the data set."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar and no summary."),
+) -> None:
+    """Analyze SOURCE(s) and print a summary; write the tidy table with --out."""
+    from reprscope.params import parse_assignments
+    from reprscope.pipeline import analyze as run_analyze, parse_params, select_analyzers, summarize
+    from reprscope.table import write_table
+    from reprscope.train.trainer import resolve_device
+
+    chosen = select_analyzers(_split(analyzers))
+    pp = parse_params(parse_assignments(params or [], "--param"), chosen)
+    if out is not None and out.suffix.lower() not in (".csv", ".parquet", ".pq"):
+        raise ReprscopeError(f"--out must end in .csv or .parquet, got '{out}'")
+    res = run_analyze([str(s) for s in sources], data=data, analyzers=chosen, params=pp, layers=_split(layers),
+                      views=views, limit=limit, device=str(resolve_device(device)), progress=not quiet,
+                      set_data=_data_sets(sets))
+    if not quiet:
+        typer.echo(summarize(res.table))
+        for note in res.notes:
+            typer.echo(f"note: {note}")
+    if out is not None:
+        write_table(res.table, out)
+        typer.echo(f"wrote {out} ({len(res.table)} rows)")
+
+
+@app.command("list")
+@handle_errors
+def list_(what: str = typer.Argument(..., help="methods | analyzers | datasets | formats | backbones | heads")) -> None:
+    """List what is available, one line each."""
+    from reprscope.catalog import catalog
+
+    typer.echo("\n".join(catalog(what)))
+
+
+@app.command()
+@handle_errors
+def demo(
+    out: Path = typer.Option(Path("reprscope-demo"), "--out", help="Directory for the checkpoint, the .h5 and the CSV."),
+    steps: int = typer.Option(None, "--steps", help="Training steps (default: about a minute on 2 CPU cores)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Train SimCLR on the content/style data, extract, analyze, and print paper 001's finding."""
+    from reprscope.demo import run_demo
+
+    run_demo(out, steps=steps, progress=not quiet, echo=typer.echo)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

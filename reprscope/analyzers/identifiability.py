@@ -1,0 +1,178 @@
+"""How well a layer identifies the ground-truth latents: held-out R² of a readout (paper 001, Fig. 1).
+
+Samples are split once (fixed seed) into train and test; features are standardised with the train split's
+mean and std; a ridge regression with an unpenalised intercept (or an RBF kernel ridge) is fitted per latent
+on the train split and scored on the test split by R² and the adjusted R²
+1 − (1 − R²)(n_test − 1)/(n_test − p − 1) with p = d the number of *features* (SPEC §6 *identifiability*).
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from ..errors import ReprscopeError
+from ..params import Param
+from .base import LayerData, Result, register_analyzer
+
+#: Test rows per block of the kernel prediction, bounding the (block, n_fit) kernel matrix.
+_KERNEL_BLOCK = 2048
+
+
+def standardise(train: np.ndarray, test: np.ndarray) -> "tuple[np.ndarray, np.ndarray]":
+    """Scale (n_train, d) and (n_test, d) features by the train mean and (population) std.
+
+    A feature that is constant on the train split keeps std 1 and is centred on its exact value, so it is
+    exactly 0 on the train split.
+    """
+    const = np.ptp(train, axis=0) == 0 if train.shape[0] else np.ones(train.shape[1], dtype=bool)
+    mean = np.where(const, train[0] if train.shape[0] else 0.0, train.mean(axis=0))
+    std = np.where(const, 1.0, train.std(axis=0))
+    std = np.where(std > 0, std, 1.0)
+    return (train - mean) / std, (test - mean) / std
+
+
+def ridge_coef(x: np.ndarray, yc: np.ndarray, alpha: float) -> np.ndarray:
+    """β of min ‖yc − xβ‖² + α‖β‖² for (m, d) ``x`` and (m, k) centred targets ``yc``; (d, k).
+
+    Primal (xᵀx + αI)β = xᵀyc when d ≤ m, dual β = xᵀ(xxᵀ + αI)⁻¹yc when d > m; α = 0 is the
+    minimum-norm least-squares solution.
+    """
+    m, d = x.shape
+    if alpha == 0:
+        return np.linalg.lstsq(x, yc, rcond=None)[0]
+    if d <= m:
+        return np.linalg.solve(x.T @ x + alpha * np.eye(d), x.T @ yc)
+    return x.T @ np.linalg.solve(x @ x.T + alpha * np.eye(m), yc)
+
+
+def rbf_kernel(a: np.ndarray, b: np.ndarray, gamma: float) -> np.ndarray:
+    """exp(−γ‖a_i − b_j‖²) for (m, d) ``a`` and (l, d) ``b``; (m, l)."""
+    sq = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
+    return np.exp(-gamma * np.maximum(sq, 0.0))
+
+
+def _mean_rows(res: Result, metric: str, values: Dict[int, float], mask: Optional[np.ndarray], view: str) -> None:
+    """Group means of per-latent ``values``: ``{metric}_mean`` without a content mask, else content / style."""
+    if mask is None:
+        if values:
+            res.add(f"{metric}_mean", float(np.mean(list(values.values()))), view=view)
+        return
+    for group, flag in (("content", True), ("style", False)):
+        sel = [v for j, v in values.items() if bool(mask[j]) == flag]
+        if sel:
+            res.add(f"{metric}_{group}_mean", float(np.mean(sel)), view=view)
+
+
+@register_analyzer(
+    "identifiability",
+    params=[
+        Param("test_fraction", 0.2, "float", "held-out fraction of the samples, in (0, 1)", low=0, low_open=True, high=1),
+        Param("ridge", 1e-3, "float", "ridge penalty per train sample: alpha = ridge·n_train (0 = least squares)", low=0),
+        Param("seed", 0, "int", "seed of the train/test permutation and kernel subsampling", low=0),
+        Param("readout", "linear", "choice", "linear ridge or RBF kernel ridge", choices=("linear", "kernel")),
+        Param("kernel_gamma", None, "float", "RBF gamma; none = 1/(d·mean variance of standardised features)",
+              low=0, low_open=True, nullable=True),
+        Param("max_kernel_samples", 4000, "int", "train samples used by the kernel readout (subsampled)", low=2),
+    ],
+    needs=("latents",),
+    summary="held-out R² and adjusted R² of a ridge (or kernel) readout of each ground-truth latent",
+    paper="001 §3 (Fig. 1)",
+)
+def identifiability(data: LayerData, test_fraction: float = 0.2, ridge: float = 1e-3, seed: int = 0,
+                    readout: str = "linear", kernel_gamma: Optional[float] = None,
+                    max_kernel_samples: int = 4000) -> Result:
+    """Held-out R² of a readout of every latent from the reference view's embeddings (paper 001).
+
+    Args:
+        data: (V, n, d) embeddings (the reference view, ``clean`` when stored, is used) and (n, k) latents.
+        test_fraction: the last n − round(n·(1 − test_fraction)) samples of a seeded permutation are test.
+        ridge: α = ridge·n_train; 0 gives minimum-norm least squares.
+        seed: seed of ``np.random.default_rng`` for the permutation (and the kernel subsample).
+        readout: ``linear`` ridge, or ``kernel`` RBF kernel ridge on the standardised features.
+        kernel_gamma: RBF γ; None = 1/(d·mean variance of the standardised train features) (= 1/d when no
+            feature is constant).
+        max_kernel_samples: the kernel readout fits on at most this many train samples.
+
+    Returns:
+        Rows with ``view`` = the reference view: ``r2`` and ``r2_adjusted`` per latent (``index`` = latent
+        name), and their means ``r2_content_mean`` / ``r2_style_mean`` (``r2_mean`` when there is no content
+        mask), likewise ``r2_adjusted_*``. A latent constant on the test split is skipped with a note; the
+        adjusted rows are skipped with a note when n_test − d − 1 ≤ 0.
+    """
+    if not 0 < test_fraction < 1:
+        raise ReprscopeError(f"The 'test_fraction' parameter of analyzer identifiability must be a float > 0, < 1. "
+                             f"Got {test_fraction!r} instead.")
+    res = Result()
+    ref = data.reference_view_id()
+    view = data.views[ref]
+    x = np.asarray(data.embeddings[ref], dtype=np.float64)
+    y = np.asarray(data.latents, dtype=np.float64).reshape(data.n, -1)
+    k = y.shape[1]
+    names: List[str] = [str(s) for s in data.latent_names] if len(data.latent_names) == k else [str(j) for j in range(k)]
+    mask = None if data.content_mask is None else np.asarray(data.content_mask, dtype=bool).reshape(-1)
+    if mask is not None and mask.size != k:
+        res.notes.append(f"content_mask has {mask.size} entries for {k} latents; content/style means not split")
+        mask = None
+
+    ok = np.isfinite(y).all(axis=1)
+    if not ok.all():
+        res.notes.append(f"{int((~ok).sum())} of {data.n} samples have NaN/Inf latents and were left out")
+        x, y = x[ok], y[ok]
+    n, d = x.shape
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n)
+    n_train = int(round(n * (1 - test_fraction)))
+    n_test = n - n_train
+    if n_train < 2 or n_test < 2:
+        res.notes.append(f"skipped: {n} samples give {n_train} train / {n_test} test samples "
+                         f"(test_fraction={test_fraction}); need at least 2 of each")
+        return res
+    tr, te = perm[:n_train], perm[n_train:]
+    xtr, xte = standardise(x[tr], x[te])
+    ytr, yte = y[tr], y[te]
+
+    if readout == "linear":
+        ybar = ytr.mean(axis=0)
+        beta = ridge_coef(xtr, ytr - ybar, ridge * n_train)
+        pred = xte @ beta + ybar
+    else:
+        if n_train > max_kernel_samples:
+            fit = np.sort(rng.choice(n_train, size=max_kernel_samples, replace=False))
+            res.notes.append(f"kernel readout fitted on {max_kernel_samples} of {n_train} train samples")
+            xtr, ytr = xtr[fit], ytr[fit]
+        m = xtr.shape[0]
+        if kernel_gamma is None:
+            var = float(xtr.var(axis=0).mean()) if d else 0.0
+            kernel_gamma = 1.0 / (max(d, 1) * (var if var > 0 else 1.0))
+        ybar = ytr.mean(axis=0)
+        kmat = rbf_kernel(xtr, xtr, kernel_gamma)
+        alpha = ridge * m
+        if alpha == 0:
+            coef = np.linalg.lstsq(kmat, ytr - ybar, rcond=None)[0]
+        else:
+            coef = np.linalg.solve(kmat + alpha * np.eye(m), ytr - ybar)
+        pred = np.concatenate([rbf_kernel(xte[s : s + _KERNEL_BLOCK], xtr, kernel_gamma) @ coef
+                               for s in range(0, n_test, _KERNEL_BLOCK)]) + ybar
+
+    r2: Dict[int, float] = {}
+    for j in range(k):
+        if np.ptp(yte[:, j]) == 0:
+            res.notes.append(f"latent {names[j]} is constant on the test split; its R² is undefined and was skipped")
+            continue
+        ss_tot = float(np.sum((yte[:, j] - yte[:, j].mean()) ** 2))
+        ss_res = float(np.sum((yte[:, j] - pred[:, j]) ** 2))
+        r2[j] = 1.0 - ss_res / ss_tot
+        res.add("r2", r2[j], view=view, index=names[j])
+    _mean_rows(res, "r2", r2, mask, view)
+
+    dof = n_test - d - 1
+    if dof <= 0:
+        if r2:
+            res.notes.append(f"r2_adjusted skipped: needs n_test − d − 1 > 0, has n_test = {n_test}, d = {d}")
+        return res
+    adj = {j: 1.0 - (1.0 - v) * (n_test - 1) / dof for j, v in r2.items()}
+    for j, v in adj.items():
+        res.add("r2_adjusted", v, view=view, index=names[j])
+    _mean_rows(res, "r2_adjusted", adj, mask, view)
+    return res

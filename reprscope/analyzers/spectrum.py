@@ -1,0 +1,98 @@
+"""Singular-value spectrum of one layer's embeddings and the rank measures built on it (SPEC §6 *spectrum*).
+
+* ``effective_rank`` — Roy & Vetterli (2007): exp(H(p)), p_k = σ_k / Σ_j σ_j, σ of the column-centred Z.
+* ``rankme`` — Garrido et al. (2023), "RankMe": exp(−Σ_k p_k log p_k), p_k = σ_k/‖σ‖₁ + ε, σ of the
+  *uncentred* Z.
+* ``rank_tau`` — #{σ_k ≥ τ·σ_1} (relative threshold), ``rank_abs`` — #{σ_k ≥ τ_abs} (paper 002 Eq. 2).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..params import Param
+from .base import LayerData, Result, register_analyzer
+
+
+def singular_values(z: np.ndarray) -> np.ndarray:
+    """Descending singular values of (n, d) float64 ``z``: min(n, d) of them, from the smaller side."""
+    a = z if z.shape[0] >= z.shape[1] else z.T
+    return np.linalg.svd(a, compute_uv=False)
+
+
+def entropy_rank(p: np.ndarray) -> float:
+    """exp(−Σ p_k log p_k) of a non-negative vector ``p`` (0·log 0 = 0)."""
+    p = p[p > 0]
+    return float(np.exp(-np.sum(p * np.log(p))))
+
+
+def spectra(z: np.ndarray) -> "tuple[np.ndarray, np.ndarray]":
+    """Centred and uncentred singular values of (n, d) embeddings, numerical zeros set to exactly 0.
+
+    A singular value ≤ max(n, d)·eps₆₄·σ_max(Z) (σ_max of the uncentred Z, the scale of the data) is
+    rounding noise and becomes 0, so identical rows give a centred spectrum of exact zeros.
+
+    Returns:
+        (centred σ, uncentred σ), each (min(n, d),) float64, descending.
+    """
+    z = np.array(z, dtype=np.float64, copy=True)
+    n, d = z.shape
+    sv_unc = singular_values(z)
+    tol = max(n, d) * np.finfo(np.float64).eps * (float(sv_unc[0]) if sv_unc.size else 0.0)
+    if (z == z[:1]).all():
+        z[:] = 0.0  # exactly collapsed; the mean's own rounding would leave noise behind
+    else:
+        z -= z.mean(axis=0)
+    sv_c = singular_values(z)
+    sv_c[sv_c <= tol] = 0.0
+    sv_unc[sv_unc <= tol] = 0.0
+    return sv_c, sv_unc
+
+
+@register_analyzer(
+    "spectrum",
+    params=[
+        Param("tau", 0.01, "float", "relative threshold of rank_tau: count σ_k ≥ tau·σ_1", low=0, low_open=True),
+        Param("tau_abs", 0.01, "float", "absolute threshold of rank_abs: count σ_k ≥ tau_abs", low=0),
+        Param("eps", 1e-7, "float", "RankMe ε added to the normalised singular values", low=0),
+    ],
+    summary="singular values of each view's embeddings, effective rank, RankMe, rank_tau and rank_abs",
+    paper="002 Eq. 2; Roy & Vetterli 2007; Garrido et al. 2023",
+)
+def spectrum(data: LayerData, tau: float = 0.01, tau_abs: float = 0.01, eps: float = 1e-7) -> Result:
+    """Spectrum and rank measures of every view separately (``view`` = the view's name).
+
+    Args:
+        data: (V, n, d) embeddings, any float dtype; computed in float64.
+        tau: relative threshold (> 0); ``rank_tau`` = #{σ_k ≥ tau·σ_1}, σ of the centred Z.
+        tau_abs: absolute threshold (≥ 0); ``rank_abs`` = #{σ_k > 0 and σ_k ≥ tau_abs}, centred σ
+            (numerical zeros never count, so tau_abs = 0 gives the numerical rank).
+        eps: RankMe ε, added after normalising σ by its ℓ1 norm.
+
+    Returns:
+        Per view: ``sv`` (vector, descending centred σ, index = rank position 0 … min(n, d) − 1),
+        ``log_sv`` (natural log of the positive ones, same index), ``effective_rank``, ``rankme``,
+        ``rank_tau``, ``rank_abs``. A collapsed view (all samples identical) has effective_rank = rank_tau =
+        rank_abs = 0; an all-zero view has rankme = 0; both with a note.
+    """
+    res = Result()
+    for vi, name in enumerate(data.views):
+        sv, sv_unc = spectra(np.asarray(data.embeddings[vi]))
+        res.add_vector("sv", sv, view=name)
+        pos = np.flatnonzero(sv > 0)
+        res.add_vector("log_sv", np.log(sv[pos]), view=name, index=list(pos))
+        if pos.size == 0:
+            res.notes.append(f"collapsed: all samples identical in view {name}; effective_rank, rank_tau and rank_abs are 0")
+            res.add("effective_rank", 0.0, view=name)
+            res.add("rank_tau", 0.0, view=name)
+            res.add("rank_abs", 0.0, view=name)
+        else:
+            res.add("effective_rank", entropy_rank(sv / sv.sum()), view=name)
+            res.add("rank_tau", float(np.count_nonzero(sv >= tau * sv[0])), view=name)
+            res.add("rank_abs", float(np.count_nonzero((sv > 0) & (sv >= tau_abs))), view=name)
+        total = sv_unc.sum()
+        if total > 0:
+            res.add("rankme", entropy_rank(sv_unc / total + eps), view=name)
+        else:
+            res.notes.append(f"all embeddings are zero in view {name}; rankme is 0")
+            res.add("rankme", 0.0, view=name)
+    return res

@@ -1,0 +1,155 @@
+"""The data-set contract.
+
+Every data set reprscope trains on or extracts from is a registered class with declared parameters. Generated
+sets are infinite streams (``sample`` draws fresh samples from the marginal) with a nominal ``epoch_size`` so
+that ``--epochs`` means the same everywhere, plus a fixed held-out set (``eval_set``) for evaluation. Positive
+pairs come from the set's own sampler (``augment``): an image augmentation, the conditional p(z̃|z) of a
+latent-variable model, or "another point of the same class" for the toy sets of paper 000.
+
+Randomness flows through a ``numpy.random.Generator`` handed in by the caller, so training streams are
+reproducible from the seed and their state can be checkpointed for exact resume.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ..errors import ReprscopeError
+from ..params import Param, resolve_params
+from ..registry import Registry
+
+DATASETS: Registry[type] = Registry("dataset")
+
+
+@dataclass
+class Samples:
+    """A batch of samples with everything known about them.
+
+    Attributes:
+        x: (n, *input_shape) float32 clean inputs.
+        index: (n,) int64 sample indices (position in the held-out set, or a running counter for streams).
+        latents: (n, k) float32 ground-truth latents, or None.
+        labels: (n,) int64 class labels, or None; ``labels_coarse`` likewise.
+        state: what ``augment`` acts on (the latents of a DGP, the class of a toy point, an image …).
+    """
+
+    x: torch.Tensor
+    index: torch.Tensor
+    latents: Optional[torch.Tensor] = None
+    labels: Optional[torch.Tensor] = None
+    labels_coarse: Optional[torch.Tensor] = None
+    state: Any = None
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def select(self, sl: slice) -> "Samples":
+        """The samples ``sl`` (a slice) of this batch; ``state`` is sliced when it supports it."""
+        cut = lambda t: None if t is None else t[sl]  # noqa: E731
+        st = self.state
+        if isinstance(st, (torch.Tensor, np.ndarray)):
+            st = st[sl]
+        elif isinstance(st, dict):
+            st = {k: v[sl] for k, v in st.items()}
+        return replace(self, x=self.x[sl], index=self.index[sl], latents=cut(self.latents), labels=cut(self.labels),
+                       labels_coarse=cut(self.labels_coarse), state=st)
+
+
+class GeneratedDataset(abc.ABC):
+    """Base class of the built-in generated sets. Subclasses set ``name``, ``params`` and implement the hooks.
+
+    Class attributes:
+        name: registry name.
+        params: declared parameters (``--set data.KEY=VALUE``).
+        pair_mode: ``"two_aug"`` (both views augmented, the usual SSL pair) or ``"anchor"`` (the clean anchor
+            and one positive, as in the cl-ica / content-style experiments).
+    """
+
+    name: ClassVar[str] = ""
+    params: ClassVar[List[Param]] = []
+    summary: ClassVar[str] = ""
+    common_params: ClassVar[List[Param]] = [
+        Param("seed", 0, "int", "seed of the data set itself (mixing map, held-out set)", low=0),
+        Param("epoch_size", 10000, "int", "nominal number of samples per epoch of the stream", low=1),
+        Param("eval_size", 5000, "int", "size of the fixed held-out set", low=1),
+    ]
+
+    def __init__(self, **given: Any):
+        self.cfg: Dict[str, Any] = resolve_params(f"dataset {self.name}", self.all_params(), given)
+        self.seed: int = self.cfg["seed"]
+        self._eval: Optional[Samples] = None
+
+    @classmethod
+    def all_params(cls) -> List[Param]:
+        own = {p.name for p in cls.params}
+        return list(cls.params) + [p for p in cls.common_params if p.name not in own]
+
+    # -- description -------------------------------------------------------------------------------------
+    input_shape: Tuple[int, ...] = ()
+    latent_names: List[str] = []
+    content_mask: Optional[List[bool]] = None
+    num_classes: int = 0
+    pair_mode: str = "two_aug"
+
+    def spec(self) -> Dict[str, Any]:
+        """JSON-able spec that rebuilds this data set with :func:`build_dataset`."""
+        return {"name": self.name, **self.cfg}
+
+    @property
+    def has_latents(self) -> bool:
+        return bool(self.latent_names)
+
+    # -- hooks -------------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def sample(self, n: int, rng: np.random.Generator) -> Samples:
+        """Draw ``n`` fresh samples from the marginal."""
+
+    @abc.abstractmethod
+    def augment(self, samples: Samples, rng: np.random.Generator) -> torch.Tensor:
+        """One positive view per sample from the set's own positive-pair sampler, (n, *input_shape)."""
+
+    def make_eval_set(self, n: int, rng: np.random.Generator) -> Samples:
+        """The held-out set; default: ``n`` samples of the marginal from a dedicated stream."""
+        s = self.sample(n, rng)
+        s.index = torch.arange(len(s), dtype=torch.int64)
+        return s
+
+    # -- derived -----------------------------------------------------------------------------------------
+    def eval_set(self) -> Samples:
+        """The fixed held-out set (same for every call and every run with the same data seed)."""
+        if self._eval is None:
+            self._eval = self.make_eval_set(self.cfg["eval_size"], np.random.default_rng([self.seed, 1]))
+        return self._eval
+
+    def train_views(self, batch_size: int, rng: np.random.Generator) -> List[torch.Tensor]:
+        """A batch of positive pairs ``[view1, view2]`` from the training stream."""
+        s = self.sample(batch_size, rng)
+        if self.pair_mode == "anchor":
+            return [s.x, self.augment(s, rng)]
+        return [self.augment(s, rng), self.augment(s, rng)]
+
+
+def parse_data_arg(arg: str) -> Dict[str, Any]:
+    """``NAME`` or ``NAME:PATH`` → ``{"name": NAME[, "path": PATH]}``."""
+    if not arg:
+        raise ReprscopeError("--data needs a data-set name, e.g. --data dgp (see `reprscope list datasets`)")
+    name, _, path = arg.partition(":")
+    spec: Dict[str, Any] = {"name": name}
+    if path:
+        spec["path"] = path
+    return spec
+
+
+def build_dataset(spec: Dict[str, Any] | str, **overrides: Any) -> GeneratedDataset:
+    """Instantiate a registered data set from a spec dict (``{"name": ..., **params}``) or a ``--data`` string."""
+    if isinstance(spec, str):
+        spec = parse_data_arg(spec)
+    spec = {**spec, **overrides}
+    name = spec.get("name")
+    cls = DATASETS.get(str(name))
+    params = {k: v for k, v in spec.items() if k != "name"}
+    return cls(**params)

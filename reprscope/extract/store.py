@@ -1,0 +1,209 @@
+"""The embedding store (SPEC §4): one self-contained HDF5 file per extraction.
+
+Writing goes to a temporary ``.partial`` file that is renamed only when everything is written, so an
+interrupted extraction never leaves a file that looks complete. Reading validates the schema up front and
+turns every problem into one clear line.
+"""
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import h5py
+import numpy as np
+
+from .. import __version__
+from ..analyzers.base import HeadModule, LayerData
+from ..errors import ReprscopeError
+
+SPACES = ("encoder", "intermediate", "projector", "predictor")
+REQUIRED_ATTRS = ("reprscope_version", "created", "source", "method", "dataset", "n", "views", "seed", "step")
+JSON_ATTRS = ("dataset", "views", "augmentation")
+
+
+class StoreWriter:
+    """Create a store and fill it batch by batch.
+
+    Args:
+        path: final ``.h5`` path (written as ``.<name>.<pid>.partial`` until :meth:`close`).
+        n: number of samples; views: view names; layers: ``(name, space, order, dim)`` tuples.
+        attrs: provenance attributes (SPEC §4); dicts/lists are stored as JSON strings.
+        chunk: chunk length along n.
+    """
+
+    def __init__(self, path: os.PathLike | str, n: int, views: Sequence[str], layers: Sequence[tuple],
+                 attrs: Dict[str, Any], chunk: int = 4096):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial")
+        self.n, self.views = int(n), list(views)
+        self.f = h5py.File(self.tmp, "w")
+        base = {"reprscope_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "n": self.n, "views": self.views}
+        for k, v in {**base, **attrs}.items():
+            self.f.attrs[k] = json.dumps(v) if isinstance(v, (dict, list, tuple)) or v is None else v
+        self.f.create_dataset("index", shape=(self.n,), dtype="int64")
+        grp = self.f.create_group("embeddings")
+        self.layers: Dict[str, h5py.Dataset] = {}
+        for name, space, order, dim in layers:
+            if space not in SPACES:
+                raise ValueError(f"space {space!r} not in {SPACES}")
+            ds = grp.create_dataset(name, shape=(len(self.views), self.n, int(dim)), dtype="float32",
+                                    chunks=(1, max(1, min(chunk, self.n)), int(dim)))
+            ds.attrs.update({"dim": int(dim), "space": space, "order": int(order)})
+            self.layers[name] = ds
+
+    def write_meta(self, index: np.ndarray, latents: Optional[np.ndarray] = None, latent_names: Sequence[str] = (),
+                   content_mask: Optional[Sequence[bool]] = None, labels: Optional[np.ndarray] = None,
+                   labels_coarse: Optional[np.ndarray] = None) -> None:
+        self.f["index"][:] = np.asarray(index, dtype=np.int64)
+        if latents is not None:
+            ds = self.f.create_dataset("latents", data=np.asarray(latents, dtype=np.float32))
+            ds.attrs["names"] = json.dumps(list(latent_names))
+            ds.attrs["content"] = json.dumps([bool(c) for c in (content_mask or [False] * len(latent_names))])
+        if labels is not None:
+            self.f.create_dataset("labels", data=np.asarray(labels, dtype=np.int64))
+        if labels_coarse is not None:
+            self.f.create_dataset("labels_coarse", data=np.asarray(labels_coarse, dtype=np.int64))
+
+    def write_module(self, part: str, spec: List[Dict[str, Any]], state: Dict[str, np.ndarray]) -> None:
+        """A head under ``/modules/<part>``: its spec as JSON and its float32 parameters/buffers."""
+        grp = self.f.require_group("modules").create_group(part)
+        grp.attrs["spec"] = json.dumps(spec)
+        for k, v in state.items():
+            if k.endswith("num_batches_tracked"):
+                continue  # a counter, not needed to rebuild the forward map
+            grp.create_dataset(k, data=np.asarray(v, dtype=np.float32))
+
+    def write_batch(self, start: int, outputs: Dict[str, np.ndarray]) -> None:
+        """``outputs[layer]`` is (V, b, d) for samples ``start:start+b``."""
+        for name, arr in outputs.items():
+            self.layers[name][:, start : start + arr.shape[1], :] = arr
+
+    def close(self) -> Path:
+        """Finish the file and move it into place."""
+        self.f.close()
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        try:
+            self.f.close()
+        finally:
+            if self.tmp.exists():
+                self.tmp.unlink()
+
+    def __enter__(self) -> "StoreWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def _json_attr(v: Any) -> Any:
+    if isinstance(v, bytes):
+        v = v.decode()
+    if isinstance(v, str):
+        try:
+            return json.loads(v)
+        except json.JSONDecodeError:
+            return v
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+class Store:
+    """Read access to an embedding store, schema-checked on open."""
+
+    def __init__(self, path: os.PathLike | str):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ReprscopeError(f"embedding store '{self.path}' does not exist")
+        try:
+            self.f = h5py.File(self.path, "r")
+        except OSError:
+            raise ReprscopeError(f"'{self.path}' is not an HDF5 file; expected an embedding store written by `reprscope extract`") from None
+        missing = [a for a in REQUIRED_ATTRS if a not in self.f.attrs]
+        if "embeddings" not in self.f or "index" not in self.f or missing:
+            what = f"attributes {missing}" if missing else "the /embeddings and /index datasets"
+            self.f.close()
+            raise ReprscopeError(f"'{self.path}' is an HDF5 file but not a reprscope embedding store (it lacks {what}); "
+                                 f"write one with `reprscope extract`")
+        self.attrs: Dict[str, Any] = {k: _json_attr(v) for k, v in self.f.attrs.items()}
+        self.views: List[str] = list(self.attrs["views"])
+        self.n = int(self.attrs["n"])
+        if not len(self.f["embeddings"]):
+            self.f.close()
+            raise ReprscopeError(f"'{self.path}' has no layers under /embeddings")
+
+    def close(self) -> None:
+        self.f.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *a) -> None:
+        self.close()
+
+    # -- contents ---------------------------------------------------------------------------------------
+    def layers(self) -> List[Dict[str, Any]]:
+        """Layers shallow to deep: ``{"name", "space", "order", "dim"}``."""
+        out = []
+        for name, ds in self.f["embeddings"].items():
+            out.append({"name": name, "space": str(ds.attrs.get("space", "")), "order": int(ds.attrs.get("order", 0)),
+                        "dim": int(ds.shape[-1])})
+        return sorted(out, key=lambda d: d["order"])
+
+    def embeddings(self, layer: str) -> h5py.Dataset:
+        if layer not in self.f["embeddings"]:
+            raise ReprscopeError(f"layer '{layer}' is not in '{self.path}'; it has: {', '.join(l['name'] for l in self.layers())}")
+        return self.f["embeddings"][layer]
+
+    def _opt(self, key: str) -> Optional[np.ndarray]:
+        return self.f[key][()] if key in self.f else None
+
+    @property
+    def latents(self) -> Optional[np.ndarray]:
+        return self._opt("latents")
+
+    @property
+    def latent_names(self) -> List[str]:
+        return list(_json_attr(self.f["latents"].attrs["names"])) if "latents" in self.f else []
+
+    @property
+    def content_mask(self) -> Optional[np.ndarray]:
+        if "latents" not in self.f:
+            return None
+        return np.asarray(_json_attr(self.f["latents"].attrs["content"]), dtype=bool)
+
+    @property
+    def labels(self) -> Optional[np.ndarray]:
+        return self._opt("labels")
+
+    @property
+    def labels_coarse(self) -> Optional[np.ndarray]:
+        return self._opt("labels_coarse")
+
+    def modules(self) -> Dict[str, HeadModule]:
+        out: Dict[str, HeadModule] = {}
+        if "modules" not in self.f:
+            return out
+        for part, grp in self.f["modules"].items():
+            out[part] = HeadModule(spec=list(_json_attr(grp.attrs["spec"])), params={k: grp[k][()] for k in grp.keys()})
+        return out
+
+    def layer_data(self, layer: str, seed: int = 0) -> LayerData:
+        """Load one layer with everything analyzers may need (in memory)."""
+        ds = self.embeddings(layer)
+        return LayerData(
+            layer=layer, space=str(ds.attrs.get("space", "")), views=self.views, embeddings=ds[()],
+            latents=self.latents, latent_names=self.latent_names, content_mask=self.content_mask,
+            labels=self.labels, labels_coarse=self.labels_coarse, modules=self.modules(), seed=seed,
+        )

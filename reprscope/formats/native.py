@@ -1,0 +1,46 @@
+"""The native format ``reprscope/1`` (SPEC §3): a self-describing dict of tensors and plain containers."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Dict
+
+import torch
+
+from ..errors import ReprscopeError
+from ..io_utils import atomic_path
+from ..models.bundle import build_bundle
+from .base import register_format
+
+FORMAT = "reprscope/1"
+REQUIRED = ("format", "method", "config", "state_dict", "step")
+
+
+def save_native(path: os.PathLike | str, payload: Dict[str, Any]) -> Path:
+    """Write a native checkpoint atomically (temp file + rename)."""
+    payload = {"format": FORMAT, **payload}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
+
+
+def _is_native(payload: Dict[str, Any]) -> bool:
+    return payload.get("format") == FORMAT
+
+
+@register_format("reprscope", detect=_is_native, summary="reprscope's own checkpoints (SPEC §3, 'reprscope/1')")
+def build_native(payload: Dict[str, Any]) -> Dict[str, Any]:
+    missing = [k for k in REQUIRED if k not in payload]
+    if missing:
+        raise ReprscopeError(f"reprscope checkpoint is missing keys {missing}; it was not written by `reprscope train`")
+    cfg = payload["config"]
+    model_cfg = cfg.get("model", {})
+    bundle = build_bundle(model_cfg, model_cfg["in_shape"])
+    try:
+        bundle.load_state_dict(payload["state_dict"])  # strict: every key loaded, none left over
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())[:300]
+        raise ReprscopeError(f"checkpoint weights do not match the model its config describes: {detail}") from None
+    bundle.eval()
+    return {"bundle": bundle, "method": str(payload["method"]), "config": cfg, "step": int(payload["step"]),
+            "epoch": payload.get("epoch"), "dataset": cfg.get("data")}

@@ -1,0 +1,135 @@
+"""Projector / predictor heads declared as lists of layer specs (SPEC §4 ``/modules``).
+
+A head is an ``nn.Sequential`` built from a JSON list such as::
+
+    [{"type": "linear", "in": 512, "out": 2048, "bias": false},
+     {"type": "batchnorm", "in": 2048, "affine": true},
+     {"type": "relu"},
+     {"type": "linear", "in": 2048, "out": 128, "bias": true}]
+
+so that the same spec rebuilds the head from a checkpoint, from the ``/modules`` group of an .h5 file, or
+from a checkpoint of another library. Head *kinds* (``linear``, ``mlp`` …) are registered builders that turn
+a few numbers into such a spec (after lightly's ``heads.py``: heads are lists of blocks, not classes).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+import torch
+from torch import nn
+
+from ..errors import ReprscopeError
+from ..params import Param, resolve_params
+from ..registry import Registry
+
+HEADS: Registry = Registry("head")
+
+ACTIVATIONS = ("relu", "gelu", "leaky_relu")
+
+
+class L2Norm(nn.Module):
+    """Row-wise ℓ2 normalisation (the last op of DINO's head before its prototypes)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(x, dim=-1)
+
+
+def build_layer(spec: Dict[str, Any]) -> nn.Module:
+    t = spec.get("type")
+    if t == "linear":
+        return nn.Linear(int(spec["in"]), int(spec["out"]), bias=bool(spec.get("bias", True)))
+    if t == "weightnorm_linear":
+        return nn.utils.parametrizations.weight_norm(nn.Linear(int(spec["in"]), int(spec["out"]), bias=bool(spec.get("bias", False))))
+    if t == "batchnorm":
+        return nn.BatchNorm1d(int(spec["in"]), affine=bool(spec.get("affine", True)))
+    if t == "relu":
+        return nn.ReLU()
+    if t == "gelu":
+        return nn.GELU()
+    if t == "leaky_relu":
+        return nn.LeakyReLU(float(spec.get("slope", 0.01)))
+    if t == "l2norm":
+        return L2Norm()
+    raise ReprscopeError(f"unknown head layer type {t!r}; valid: linear, weightnorm_linear, batchnorm, relu, gelu, leaky_relu, l2norm")
+
+
+def build_head(spec: List[Dict[str, Any]]) -> nn.Sequential:
+    """``nn.Sequential`` from a layer-spec list (empty list → identity head)."""
+    return nn.Sequential(*[build_layer(s) for s in spec])
+
+
+def head_out_dim(spec: List[Dict[str, Any]], in_dim: int) -> int:
+    d = in_dim
+    for s in spec:
+        if s["type"] in ("linear", "weightnorm_linear"):
+            d = int(s["out"])
+    return d
+
+
+def activation_positions(spec: List[Dict[str, Any]]) -> List[int]:
+    """Indices of the layers after which a hidden representation of the head is read (its activations)."""
+    return [i for i, s in enumerate(spec) if s["type"] in ACTIVATIONS]
+
+
+# -- registered head kinds ---------------------------------------------------------------------------------
+
+
+@HEADS.register("none", params=[])
+def none_head(in_dim: int) -> List[Dict[str, Any]]:
+    """No head: the representation itself."""
+    return []
+
+
+@HEADS.register(
+    "linear",
+    params=[Param("out_dim", 128, "int", "output dimension", low=1), Param("bias", False, "bool", "use a bias")],
+)
+def linear_head(in_dim: int, out_dim: int = 128, bias: bool = False) -> List[Dict[str, Any]]:
+    """A single linear map (paper 002's linear projector; paper 001's last encoder layer)."""
+    return [{"type": "linear", "in": in_dim, "out": out_dim, "bias": bias}]
+
+
+@HEADS.register(
+    "mlp",
+    params=[
+        Param("out_dim", 128, "int", "output dimension", low=1),
+        Param("hidden_dim", 2048, "int", "width of the hidden layers", low=1),
+        Param("layers", 2, "int", "number of linear layers", low=1),
+        Param("bn", True, "bool", "BatchNorm after each hidden linear layer"),
+        Param("last_bn", False, "bool", "affine-free BatchNorm on the output (SimSiam / Barlow Twins)"),
+        Param("activation", "relu", "choice", "hidden activation", choices=ACTIVATIONS),
+        Param("slope", 0.01, "float", "slope of leaky_relu", low=0),
+        Param("bias", True, "bool", "bias on the last linear layer"),
+    ],
+)
+def mlp_head(in_dim: int, out_dim: int = 128, hidden_dim: int = 2048, layers: int = 2, bn: bool = True,
+             last_bn: bool = False, activation: str = "relu", slope: float = 0.01, bias: bool = True) -> List[Dict[str, Any]]:
+    """MLP head: (linear → [BN] → act) × (layers-1) → linear [→ BN] (SimCLR v1 with layers=2)."""
+    spec: List[Dict[str, Any]] = []
+    d = in_dim
+    for _ in range(layers - 1):
+        spec.append({"type": "linear", "in": d, "out": hidden_dim, "bias": not bn})
+        if bn:
+            spec.append({"type": "batchnorm", "in": hidden_dim, "affine": True})
+        act: Dict[str, Any] = {"type": activation}
+        if activation == "leaky_relu":
+            act["slope"] = slope
+        spec.append(act)
+        d = hidden_dim
+    spec.append({"type": "linear", "in": d, "out": out_dim, "bias": bias and not last_bn})
+    if last_bn:
+        spec.append({"type": "batchnorm", "in": out_dim, "affine": False})
+    return spec
+
+
+def head_spec_from_config(cfg: Optional[Dict[str, Any]], in_dim: int, part: str) -> List[Dict[str, Any]]:
+    """Turn ``{"kind": "mlp", "out_dim": 128, ...}`` (or an explicit ``{"spec": [...]}``) into a layer-spec list."""
+    if not cfg:
+        return []
+    cfg = dict(cfg)
+    if "spec" in cfg:
+        return list(cfg["spec"])
+    kind = str(cfg.pop("kind", "linear"))
+    fn = HEADS.get(kind)
+    params = resolve_params(f"{part} head '{kind}'", HEADS.meta(kind)["params"], cfg)
+    return fn(in_dim, **params)

@@ -1,0 +1,174 @@
+"""The functional core behind ``reprscope analyze``: sources → stores → analyzers → tidy table.
+
+A source is an ``.h5`` store, a checkpoint (extracted first, cached by content hash) or a run directory
+(every ``ckpt-*.pt`` in it, with the ``step`` column filled). Nothing here knows about the command line.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .analyzers import ANALYZERS, run_analyzer
+from .data import build_dataset
+from .data.base import parse_data_arg
+from .errors import ReprscopeError
+from .extract import Store, extract
+from .formats import load_checkpoint
+from .io_utils import sha256_file
+from .table import make_table
+
+DEFAULT_ANALYZERS = ("center", "spectrum", "identifiability")
+
+
+@dataclass
+class Source:
+    """One thing to analyze: an .h5 store or a checkpoint file."""
+
+    path: Path
+    kind: str  # "h5" | "checkpoint"
+
+
+@dataclass
+class AnalysisResult:
+    table: pd.DataFrame
+    notes: List[str] = field(default_factory=list)
+    stores: List[Path] = field(default_factory=list)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("REPRSCOPE_CACHE", Path.home() / ".cache" / "reprscope"))
+
+
+def resolve_sources(sources: Sequence[str | os.PathLike]) -> List[Source]:
+    """Expand run directories and classify files; a missing or unsupported path is a ReprscopeError."""
+    if not sources:
+        raise ReprscopeError("give at least one SOURCE: a checkpoint, an .h5 store or a run directory")
+    out: List[Source] = []
+    for s in sources:
+        p = Path(s)
+        if not p.exists():
+            raise ReprscopeError(f"source '{p}' does not exist")
+        if p.is_dir():
+            ckpts = sorted(p.glob("ckpt-*.pt")) or sorted(p.glob("last.pt"))
+            if not ckpts:
+                raise ReprscopeError(f"run directory '{p}' has no ckpt-*.pt or last.pt; train into it with `reprscope train --out {p}`")
+            out.extend(Source(c, "checkpoint") for c in ckpts)
+        elif p.suffix.lower() in (".h5", ".hdf5"):
+            out.append(Source(p, "h5"))
+        else:
+            out.append(Source(p, "checkpoint"))
+    return out
+
+
+def parse_params(items: Iterable[Tuple[List[str], str]], selected: Sequence[str]) -> Dict[str, Dict[str, str]]:
+    """``--param ANALYZER.KEY=VALUE`` pairs → ``{analyzer: {key: value}}`` (validated later by each analyzer)."""
+    out: Dict[str, Dict[str, str]] = {}
+    for path, value in items:
+        if len(path) != 2:
+            raise ReprscopeError(f"--param expects ANALYZER.KEY=VALUE (e.g. spectrum.tau=0.01); got '{'.'.join(path)}={value}'")
+        name, key = path
+        ANALYZERS.get(name)
+        if name not in selected:
+            raise ReprscopeError(f"--param {name}.{key}: analyzer '{name}' is not selected (--analyzers {','.join(selected)})")
+        out.setdefault(name, {})[key] = value
+    return out
+
+
+def select_analyzers(names: Optional[Sequence[str]]) -> List[str]:
+    chosen = list(names) if names else list(DEFAULT_ANALYZERS)
+    for n in chosen:
+        ANALYZERS.get(n)
+    return chosen
+
+
+def analyze_store(store: Store, analyzers: Sequence[str], params: Mapping[str, Mapping[str, Any]] | None = None,
+                  layers: Optional[Sequence[str]] = None, source: Optional[str] = None,
+                  progress: bool = False) -> Tuple[List[Dict[str, Any]], List[str]]:
+    """Run ``analyzers`` on every (or the given) layer of ``store``; rows carry every table column."""
+    params = params or {}
+    step = store.attrs.get("step")
+    step = None if step is None or int(step) < 0 else int(step)
+    base = {"source": source or str(store.path), "step": step, "method": store.attrs.get("method", "")}
+    names = [l["name"] for l in store.layers()]
+    if layers:
+        for l in layers:
+            store.embeddings(l)  # raises with the list of layers
+        names = [n for n in names if n in set(layers)]
+    rows: List[Dict[str, Any]] = []
+    notes: List[str] = []
+    for layer in tqdm(names, desc=f"analyze {Path(base['source']).name}", disable=not progress, leave=False):
+        data = store.layer_data(layer, seed=int(store.attrs.get("seed", 0)))
+        for a in analyzers:
+            res = run_analyzer(a, data, params.get(a))
+            notes.extend(res.notes)
+            rows.extend({**base, "layer": layer, **r} for r in res.rows)
+    return rows, notes
+
+
+def store_for_checkpoint(path: Path, data: Optional[str], set_data: Optional[Dict[str, Any]] = None, views: int = 2,
+                         limit: Optional[int] = None, batch_size: int = 1024, device: str = "cpu", seed: int = 0,
+                         progress: bool = True, cache: bool = True) -> Path:
+    """Extract ``path`` (cached by checkpoint hash and extraction settings) and return the store's path."""
+    model = load_checkpoint(path)
+    spec = dict(model.dataset or {}) if not data else parse_data_arg(data)
+    if data and model.dataset and spec["name"] == model.dataset.get("name"):
+        spec = {**model.dataset, **spec}  # same data set as in training: keep its parameters (seed, mixing …)
+    if set_data:
+        spec.update(set_data)
+    if not spec:
+        raise ReprscopeError(f"'{path}' does not say which data it was trained on; give --data NAME")
+    dataset = build_dataset(spec)
+    key = json.dumps({"data": dataset.spec(), "views": views, "limit": limit, "seed": seed, "bs": batch_size}, sort_keys=True)
+    name = f"{model.sha256[:16]}-{hashlib.sha256(key.encode()).hexdigest()[:10]}.h5"
+    target = cache_dir() / "extract" / name
+    if cache and target.is_file():
+        return target
+    return extract(model, dataset, target, views=views, limit=limit, batch_size=batch_size, device=device, seed=seed,
+                   progress=progress)
+
+
+def analyze(sources: Sequence[str | os.PathLike], *, data: Optional[str] = None, analyzers: Optional[Sequence[str]] = None,
+            params: Optional[Mapping[str, Mapping[str, Any]]] = None, layers: Optional[Sequence[str]] = None,
+            views: int = 2, limit: Optional[int] = None, batch_size: int = 1024, device: str = "cpu",
+            seed: int = 0, progress: bool = True, set_data: Optional[Dict[str, Any]] = None) -> AnalysisResult:
+    """Analyze every source and return one tidy table."""
+    chosen = select_analyzers(analyzers)
+    items = resolve_sources(sources)
+    rows: List[Dict[str, Any]] = []
+    notes: List[str] = []
+    stores: List[Path] = []
+    for item in items:
+        path = item.path
+        if item.kind == "checkpoint":
+            path = store_for_checkpoint(item.path, data, set_data, views, limit, batch_size, device, seed, progress)
+        with Store(path) as st:
+            r, n = analyze_store(st, chosen, params, layers, source=str(item.path), progress=progress)
+        rows.extend(r)
+        notes.extend(f"{item.path.name}: {x}" if len(items) > 1 else x for x in n)
+        stores.append(path)
+    return AnalysisResult(make_table(rows), list(dict.fromkeys(notes)), stores)
+
+
+def summarize(df: pd.DataFrame, max_metrics: int = 6) -> str:
+    """A readable per-analyzer summary: scalar metrics by layer (first view of each), in depth order."""
+    if df.empty:
+        return "(no results)"
+    parts = []
+    scal = df[df["index"] == ""]
+    layer_order = list(dict.fromkeys(df["layer"]))
+    for analyzer, g in scal.groupby("analyzer", sort=False):
+        g = g.groupby(["source", "layer", "metric"], sort=False).first().reset_index()
+        metrics = list(dict.fromkeys(g["metric"]))[:max_metrics]
+        piv = g[g["metric"].isin(metrics)].pivot_table(index=["source", "layer"], columns="metric", values="value", sort=False)
+        piv = piv.reindex(columns=metrics)
+        if piv.index.get_level_values("source").nunique() == 1:
+            piv = piv.droplevel("source").reindex([l for l in layer_order if l in piv.index.get_level_values(-1)])
+        parts.append(f"[{analyzer}]\n" + piv.to_string(float_format=lambda v: f"{v:.3f}"))
+    return "\n\n".join(parts)

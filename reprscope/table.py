@@ -1,0 +1,98 @@
+"""The tidy table (SPEC §5): the one place that enforces its columns.
+
+One row per value, long format, columns in this order::
+
+    source, step, method, layer, view, analyzer, metric, index, value
+
+followed by parameter columns (``tau``, ``ridge``, ``k`` …). ``index`` is empty for scalars and the latent
+name, dimension or rank position for vector results; ``view`` is ``all``, a view name or a pair
+``aug1|aug2``. ``value`` is a finite float: non-finite results never reach the table (analyzers report them
+as notes instead).
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional
+
+import pandas as pd
+
+from .errors import ReprscopeError
+from .io_utils import atomic_path
+
+COLUMNS = ["source", "step", "method", "layer", "view", "analyzer", "metric", "index", "value"]
+_STR_COLS = ["source", "method", "layer", "view", "analyzer", "metric", "index"]
+
+
+def make_table(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Build a validated table from row dicts; missing core fields default to empty, extras become parameter columns.
+
+    Raises:
+        ValueError: a row with a non-finite or non-numeric value (a programming error in an analyzer).
+    """
+    rows = list(rows)
+    extra: List[str] = []
+    for r in rows:
+        for k in r:
+            if k not in COLUMNS and k not in extra:
+                extra.append(k)
+    df = pd.DataFrame(rows, columns=COLUMNS + extra)
+    return normalize(df)
+
+
+def normalize(df: pd.DataFrame) -> pd.DataFrame:
+    """Coerce dtypes and column order; check that every value is finite."""
+    df = df.copy()
+    for c in COLUMNS:
+        if c not in df.columns:
+            df[c] = None
+    for c in _STR_COLS:
+        df[c] = df[c].map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)).astype(object)
+    df["step"] = pd.to_numeric(df["step"], errors="coerce").astype("Int64")
+    values = pd.to_numeric(df["value"], errors="coerce").astype(float)
+    bad = ~values.map(math.isfinite) if len(values) else values.astype(bool)
+    if bool(bad.any()):
+        first = df[bad].iloc[0]
+        raise ValueError(
+            f"non-finite value in the table: analyzer={first['analyzer']} metric={first['metric']} "
+            f"layer={first['layer']} value={first['value']!r}"
+        )
+    df["value"] = values
+    extra = [c for c in df.columns if c not in COLUMNS]
+    return df[COLUMNS + extra].reset_index(drop=True)
+
+
+def validate(df: pd.DataFrame) -> None:
+    """Raise ReprscopeError unless ``df`` has the SPEC §5 columns in order."""
+    cols = list(df.columns[: len(COLUMNS)])
+    if cols != COLUMNS:
+        raise ReprscopeError(f"not a reprscope table: expected columns {COLUMNS} first, found {list(df.columns)}")
+
+
+def write_table(df: pd.DataFrame, path: os.PathLike | str) -> Path:
+    """Write CSV (default) or Parquet (``.parquet``), atomically."""
+    path = Path(path)
+    df = normalize(df)
+    with atomic_path(path) as tmp:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            df.to_parquet(tmp, index=False)
+        else:
+            df.to_csv(tmp, index=False)
+    return path
+
+
+def read_table(path: os.PathLike | str) -> pd.DataFrame:
+    """Read a table that ``write_table`` (or ``reprscope analyze``) wrote."""
+    path = Path(path)
+    if not path.is_file():
+        raise ReprscopeError(f"table '{path}' does not exist; write one with `reprscope analyze ... --out {path.name}`")
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            df = pd.read_parquet(path)
+        else:
+            df = pd.read_csv(path, dtype={c: str for c in _STR_COLS}, keep_default_na=False, na_values={"value": [""], "step": [""]})
+    except Exception as exc:  # pandas raises many types for unreadable files
+        raise ReprscopeError(f"cannot read table '{path}': {exc}") from None
+    validate(df)
+    return normalize(df)

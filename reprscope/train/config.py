@@ -1,0 +1,170 @@
+"""Training configuration: sections, defaults, ``--set section.key=value`` and config files.
+
+A resolved config is a plain JSON-able dict with the sections ``method``, ``data``, ``model`` (``backbone``,
+``backbone_kwargs``, the head configs and their resolved layer specs), ``optim`` and ``train``. It is stored
+verbatim in every checkpoint, so the checkpoint alone rebuilds the model, the data and the run.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from ..data import build_dataset
+from ..errors import ReprscopeError
+from ..methods import METHODS, build_method
+from ..models.bundle import HEAD_PARTS
+from ..models.encoders import build_backbone
+from ..models.heads import head_out_dim, head_spec_from_config
+from ..params import Param, resolve_params
+
+OPTIM_PARAMS = [
+    Param("name", "adamw", "choice", "optimiser", choices=("adamw", "adam", "sgd")),
+    Param("lr", 1e-3, "float", "peak learning rate", low=0, low_open=True),
+    Param("weight_decay", 1e-4, "float", "weight decay", low=0),
+    Param("momentum", 0.9, "float", "SGD momentum", low=0, high=1),
+    Param("warmup_steps", 0, "int", "linear warm-up steps", low=0),
+    Param("schedule", "cosine", "choice", "learning-rate schedule after warm-up", choices=("cosine", "constant")),
+    Param("min_lr_ratio", 0.0, "float", "final lr as a fraction of the peak (cosine)", low=0, high=1),
+]
+TRAIN_PARAMS = [
+    Param("batch_size", 256, "int", "samples per step (each gives two views)", low=2),
+    Param("epochs", 10, "int", "epochs of the data set's nominal epoch length", low=1),
+    Param("steps", None, "int", "total steps (overrides epochs)", low=1, nullable=True),
+    Param("save_every", 1, "int", "checkpoint every N epochs (0: only last.pt)", low=0),
+    Param("save_every_steps", None, "int", "checkpoint every N steps (overrides save_every)", low=1, nullable=True),
+    Param("seed", 0, "int", "seed of the model initialisation and the training stream", low=0),
+    Param("device", "auto", "str", "cpu, cuda, cuda:1 … or auto"),
+    Param("log_every", 10, "int", "log the loss every N steps", low=1),
+]
+MODEL_KEYS = ("backbone",)
+SECTIONS = ("method", "data", "backbone", "projector", "predictor", "optim", "train", "model")
+
+
+def default_config(method: str, data: Dict[str, Any], backbone: str = "mlp") -> Dict[str, Any]:
+    """The starting point before files and ``--set`` overrides."""
+    cls = METHODS.get(method)
+    return {
+        "method": {"name": method},
+        "data": dict(data),
+        "model": {"backbone": backbone, "backbone_kwargs": {}, **{p: copy.deepcopy(h) for p, h in cls.default_heads.items()}},
+        "optim": {},
+        "train": {},
+    }
+
+
+def load_config_file(path: str | Path) -> Dict[str, Any]:
+    """A JSON or TOML file holding (part of) a config, in the same sections."""
+    path = Path(path)
+    if not path.is_file():
+        raise ReprscopeError(f"config file '{path}' does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() == ".toml":
+            import tomllib
+
+            return tomllib.loads(text)
+        return json.loads(text)
+    except Exception as exc:
+        raise ReprscopeError(f"cannot parse config file '{path}': {exc}") from None
+
+
+def _parse_value(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except (json.JSONDecodeError, TypeError):
+        return value
+
+
+def apply_sets(cfg: Dict[str, Any], sets: Iterable[Tuple[List[str], Any]]) -> Dict[str, Any]:
+    """Apply ``--set`` assignments. ``backbone.*``, ``projector.*`` and ``predictor.*`` address the model."""
+    cfg = copy.deepcopy(cfg)
+    for path, raw in sets:
+        value = _parse_value(raw) if isinstance(raw, str) else raw
+        head, rest = path[0], path[1:]
+        if head not in SECTIONS:
+            raise ReprscopeError(f"--set key '{'.'.join(path)}' must start with one of: {', '.join(SECTIONS[:-1])}")
+        if head == "backbone" and not rest:
+            cfg["model"]["backbone"] = value
+            continue
+        if head == "backbone":
+            target = cfg["model"].setdefault("backbone_kwargs", {})
+        elif head in HEAD_PARTS:
+            if not rest:
+                if value in (None, "none", "None"):
+                    cfg["model"][head] = None
+                    continue
+                cfg["model"][head] = {"kind": value}
+                continue
+            if cfg["model"].get(head) is None:
+                cfg["model"][head] = {}
+            if rest == ["kind"] and cfg["model"][head].get("kind") != value:
+                cfg["model"][head] = {"kind": value}  # another kind: the old kind's settings do not apply
+                continue
+            target = cfg["model"][head]
+        elif head == "model":
+            target = cfg["model"]
+        else:
+            target = cfg.setdefault(head, {})
+        for key in rest[:-1]:
+            target = target.setdefault(key, {})
+        if not rest:
+            raise ReprscopeError(f"--set key '{head}' needs a field, e.g. {head}.KEY=VALUE")
+        target[rest[-1]] = value
+    return cfg
+
+
+def merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def resolve_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """Validate every section and fill defaults; returns the config stored in checkpoints.
+
+    Raises:
+        ReprscopeError: an unknown method, data set, backbone, head kind or parameter, or a bad value.
+    """
+    cfg = copy.deepcopy(cfg)
+    method_cfg = dict(cfg.get("method") or {})
+    method = build_method(method_cfg.pop("name"), method_cfg)
+    dataset = build_dataset(cfg["data"])
+    model = cfg["model"]
+    in_shape = list(dataset.input_shape)
+    encoder = build_backbone(model["backbone"], in_shape, model.get("backbone_kwargs"))
+    heads: Dict[str, Any] = {}
+    d = int(encoder.num_features)
+    for part in HEAD_PARTS:
+        head_cfg = model.get(part)
+        spec = head_spec_from_config(head_cfg, d, part)
+        if spec:
+            heads[part] = spec
+            d = head_out_dim(spec, d)
+    method.check_output_dim(d)
+    out = {
+        "method": {"name": method.name, **method.cfg},
+        "data": dataset.spec(),
+        "model": {"backbone": model["backbone"], "backbone_kwargs": dict(model.get("backbone_kwargs") or {}),
+                  **{p: model.get(p) for p in HEAD_PARTS}, "heads": heads, "in_shape": in_shape},
+        "optim": resolve_params("optim", OPTIM_PARAMS, cfg.get("optim") or {}),
+        "train": resolve_params("train", TRAIN_PARAMS, cfg.get("train") or {}),
+    }
+    return out
+
+
+def total_steps(cfg: Dict[str, Any]) -> int:
+    t = cfg["train"]
+    if t.get("steps"):
+        return int(t["steps"])
+    return int(t["epochs"]) * steps_per_epoch(cfg)
+
+
+def steps_per_epoch(cfg: Dict[str, Any]) -> int:
+    return max(1, math.ceil(int(cfg["data"]["epoch_size"]) / int(cfg["train"]["batch_size"])))
