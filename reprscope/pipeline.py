@@ -22,6 +22,7 @@ from .errors import ReprscopeError
 from .extract import Store, extract
 from .formats import load_checkpoint
 from .io_utils import sha256_file
+from .params import resolve_params
 from .table import make_table
 
 DEFAULT_ANALYZERS = ("center", "spectrum", "identifiability")
@@ -140,6 +141,8 @@ def analyze(sources: Sequence[str | os.PathLike], *, data: Optional[str] = None,
             seed: int = 0, progress: bool = True, set_data: Optional[Dict[str, Any]] = None) -> AnalysisResult:
     """Analyze every source and return one tidy table."""
     chosen = select_analyzers(analyzers)
+    for a in chosen:  # bad --param values fail before any extraction or progress output
+        resolve_params(f"analyzer {a}", ANALYZERS.get(a).params, dict((params or {}).get(a) or {}))
     items = resolve_sources(sources)
     rows: List[Dict[str, Any]] = []
     notes: List[str] = []

@@ -78,8 +78,9 @@ class Moons(_ClassConditional2D):
 
     def draw(self, labels, rng):
         t = rng.uniform(0, np.pi, size=len(labels))
-        # class 0: upper arc at 0; class 1: lower arc shifted (as make_moons); class 2: upper arc at x + 2.
-        x = np.where(labels == 1, 1 - np.cos(t), np.cos(t) + 2.0 * (labels == 2))
+        # class 0: upper arc at 0; class 1: lower arc shifted (as make_moons); class 2: upper arc at x + 2.5,
+        # interleaved with class 1 and clear of class 0's tip at (1, 0).
+        x = np.where(labels == 1, 1 - np.cos(t), np.cos(t) + 2.5 * (labels == 2))
         y = np.where(labels == 1, 0.5 - np.sin(t), np.sin(t))
         pts = np.stack([x, y], axis=1)
         return pts + self.cfg["noise"] * rng.standard_normal(pts.shape)

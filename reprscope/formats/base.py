@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,15 +63,23 @@ def read_checkpoint_file(path: os.PathLike | str) -> Any:
     if path.stat().st_size == 0:
         raise ReprscopeError(f"'{path}' is empty; expected a PyTorch checkpoint (.pt/.pth)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # a plain pickle (not a torch.save archive) makes torch warn about its protocol before we refuse it
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+        text = str(exc)
+        # torch wraps the reason in boilerplate (which advises weights_only=False); keep only the reason
+        lines = [l.strip() for l in text.splitlines() if l.strip()]
+        reasons = [l.split("WeightsUnpickler error:", 1)[1].strip() for l in lines if "WeightsUnpickler error:" in l]
+        reasons = [r for r in reasons if r] or [l for l in lines if "unsupported" in l.lower()] or lines[:1]
+        msg = reasons[0].split(". Please use")[0] if reasons else type(exc).__name__
+        if "unsupported global" in text.lower():
             raise ReprscopeError(
                 f"'{path}' needs arbitrary unpickling, which reprscope refuses (it could run code): {msg.strip()[:200]}"
             ) from None
         raise ReprscopeError(f"'{path}' is not a readable PyTorch checkpoint ({msg[:200]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError) as exc:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, IndexError, TypeError, AttributeError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ReprscopeError(f"'{path}' is not a readable PyTorch checkpoint ({msg[:200]}); expected a file written by torch.save") from None
 

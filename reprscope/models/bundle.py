@@ -104,12 +104,18 @@ class ModelBundle(nn.Module):
         want = set(names)
         got: Dict[str, torch.Tensor] = {}
         hooks = []
+        modules: Dict[str, nn.Module] = {}
         for name in want:
             if name in ("encoder",) + HEAD_PARTS:
                 continue
             part, _, sub = name.partition(".")
-            root = self.encoder if part == "encoder" else getattr(self, part)
-            module = root.get_submodule(sub)
+            try:
+                root = self.encoder if part == "encoder" else getattr(self, part)
+                modules[name] = root.get_submodule(sub)
+            except AttributeError:
+                raise ReprscopeError(f"unknown layer '{name}'; this model has: "
+                                     f"{', '.join(i.name for i in self.layer_infos())}") from None
+        for name, module in modules.items():
             hooks.append(module.register_forward_hook(lambda _m, _i, o, n=name: got.__setitem__(n, o)))
         try:
             h = self.encoder.forward_features(x)
@@ -124,6 +130,10 @@ class ModelBundle(nn.Module):
         finally:
             for hk in hooks:
                 hk.remove()
+        missing = [n for n in names if n not in got]
+        if missing:
+            raise ReprscopeError(f"unknown layer '{missing[0]}'; this model has: "
+                                 f"{', '.join(i.name for i in self.layer_infos())}")
         return {n: pool_features(got[n]) for n in names}
 
 

@@ -106,11 +106,13 @@ def train(config: Dict[str, Any], out_dir: str | Path, resume: bool = False, pro
     checkpoints: List[Path] = []
     last = out_dir / "last.pt"
     if resume:
-        if not last.is_file():
-            raise ReprscopeError(f"--resume: no last.pt in '{out_dir}'; train without --resume first")
-        ck = read_checkpoint_file(last)
-        if ck.get("format") != FORMAT:
-            raise ReprscopeError(f"--resume: '{last}' is not a reprscope checkpoint")
+        # last.pt is only written when a run finishes; an interrupted run resumes from its newest ckpt-*.pt
+        src = last if last.is_file() else max(out_dir.glob("ckpt-*.pt"), default=None)
+        if src is None:
+            raise ReprscopeError(f"--resume: no last.pt or ckpt-*.pt in '{out_dir}'; train without --resume first")
+        ck = read_checkpoint_file(src)
+        if not isinstance(ck, dict) or ck.get("format") != FORMAT:
+            raise ReprscopeError(f"--resume: '{src}' is not a reprscope checkpoint")
         if ck["config"] != config:
             raise ReprscopeError("--resume: the run dir was trained with a different config; use a new --out or the same settings")
         bundle.load_state_dict(ck["state_dict"])
