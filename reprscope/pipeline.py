@@ -91,7 +91,7 @@ def select_analyzers(names: Optional[Sequence[str]]) -> List[str]:
 
 def analyze_store(store: Store, analyzers: Sequence[str], params: Mapping[str, Mapping[str, Any]] | None = None,
                   layers: Optional[Sequence[str]] = None, source: Optional[str] = None,
-                  progress: bool = False) -> Tuple[List[Dict[str, Any]], List[str]]:
+                  progress: bool = False, device: str = "cpu") -> Tuple[List[Dict[str, Any]], List[str]]:
     """Run ``analyzers`` on every (or the given) layer of ``store``; rows carry every table column."""
     params = params or {}
     step = store.attrs.get("step")
@@ -105,7 +105,7 @@ def analyze_store(store: Store, analyzers: Sequence[str], params: Mapping[str, M
     rows: List[Dict[str, Any]] = []
     notes: List[str] = []
     for layer in tqdm(names, desc=f"analyze {Path(base['source']).name}", disable=not progress, leave=False):
-        data = store.layer_data(layer, seed=int(store.attrs.get("seed", 0)))
+        data = store.layer_data(layer, seed=int(store.attrs.get("seed", 0)), device=device)
         for a in analyzers:
             res = run_analyzer(a, data, params.get(a))
             notes.extend(res.notes)
@@ -152,7 +152,7 @@ def analyze(sources: Sequence[str | os.PathLike], *, data: Optional[str] = None,
         if item.kind == "checkpoint":
             path = store_for_checkpoint(item.path, data, set_data, views, limit, batch_size, device, seed, progress)
         with Store(path) as st:
-            r, n = analyze_store(st, chosen, params, layers, source=str(item.path), progress=progress)
+            r, n = analyze_store(st, chosen, params, layers, source=str(item.path), progress=progress, device=device)
         rows.extend(r)
         notes.extend(f"{item.path.name}: {x}" if len(items) > 1 else x for x in n)
         stores.append(path)

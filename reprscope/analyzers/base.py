@@ -9,7 +9,7 @@ on every row. Analyzers never see file handles, CLI arguments or table columns o
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -40,19 +40,27 @@ class HeadModule:
 class LayerData:
     """Everything an analyzer sees for one layer of one source.
 
+    The embeddings may live on disk (an ``h5py.Dataset``): analyzers read them through :meth:`chunks` (bounded
+    memory, the streaming path) or :meth:`view` (one whole view in memory), never by indexing
+    ``embeddings`` directly, so that the sample mask and the chunking apply everywhere. Statistics shared by
+    several analyzers (per-view moments, the finite mask) are computed once per layer and kept in ``cache``.
+
     Attributes:
         layer: dotted layer name; ``space``: encoder | intermediate | projector | predictor.
-        views: view names, e.g. ``["clean", "aug1", "aug2"]``; ``embeddings``: (V, n, d) array.
+        views: view names, e.g. ``["clean", "aug1", "aug2"]``; ``embeddings``: (V, n_stored, d) array or dataset.
         latents: (n, k) ground truth or None, with ``latent_names`` and ``content_mask`` (k,) bool.
-        labels, labels_coarse: (n,) int arrays or None.
+        labels, labels_coarse: (n,) int arrays or None (already restricted to the kept samples).
         modules: stored heads by part name.
         seed: seed for anything random (splits, subsampling).
+        mask: (n_stored,) bool, the samples kept (None: all).
+        device: torch device for the heavy linear algebra (``cpu``, ``cuda``…).
+        chunk_size: samples per chunk on the streaming path.
     """
 
     layer: str
     space: str
     views: List[str]
-    embeddings: np.ndarray
+    embeddings: Any
     latents: Optional[np.ndarray] = None
     latent_names: List[str] = field(default_factory=list)
     content_mask: Optional[np.ndarray] = None
@@ -60,14 +68,22 @@ class LayerData:
     labels_coarse: Optional[np.ndarray] = None
     modules: Dict[str, HeadModule] = field(default_factory=dict)
     seed: int = 0
+    mask: Optional[np.ndarray] = None
+    device: str = "cpu"
+    chunk_size: int = 8192
+    cache: Dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def n(self) -> int:
-        return int(self.embeddings.shape[1])
+        return int(self.mask.sum()) if self.mask is not None else int(self.embeddings.shape[1])
 
     @property
     def dim(self) -> int:
         return int(self.embeddings.shape[2])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.embeddings.dtype)
 
     def aug_view_ids(self) -> List[int]:
         """Indices of the augmented views (every view except ``clean``)."""
@@ -77,11 +93,39 @@ class LayerData:
         """The view whose inputs the latents/labels describe: ``clean`` when stored, else view 0."""
         return self.views.index("clean") if "clean" in self.views else 0
 
+    def chunks(self, views: Optional[Sequence[int]] = None, dtype: Any = np.float64,
+               size: Optional[int] = None) -> Iterator[np.ndarray]:
+        """Yield (len(views), b, d) arrays of the kept samples in order, ``size`` (default ``chunk_size``)
+        stored samples at a time."""
+        ids = list(range(len(self.views))) if views is None else list(views)
+        step = int(size or self.chunk_size)
+        total = int(self.embeddings.shape[1])
+        for s in range(0, total, step):
+            e = min(total, s + step)
+            block = np.stack([np.asarray(self.embeddings[v, s:e]) for v in ids]).astype(dtype, copy=False)
+            if self.mask is not None:
+                block = block[:, self.mask[s:e]]
+            if block.shape[1]:
+                yield block
+
+    def view(self, i: int, dtype: Any = np.float64) -> np.ndarray:
+        """One whole view of the kept samples, (n, d), in memory."""
+        parts = [c[0] for c in self.chunks([i], dtype=dtype)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.dim), dtype=dtype)
+
     def take(self, keep: np.ndarray) -> "LayerData":
-        """The same data restricted to the samples ``keep`` (bool mask or indices)."""
-        cut = lambda a: None if a is None else a[keep]  # noqa: E731
-        return replace(self, embeddings=self.embeddings[:, keep], latents=cut(self.latents),
-                       labels=cut(self.labels), labels_coarse=cut(self.labels_coarse))
+        """The same data restricted to the samples ``keep``: a bool mask over the current samples, or their
+        indices (the original order is kept)."""
+        keep = np.asarray(keep)
+        if keep.dtype != bool:
+            idx = keep.astype(np.int64)
+            keep = np.zeros(self.n, dtype=bool)
+            keep[idx] = True
+        full = np.ones(int(self.embeddings.shape[1]), dtype=bool) if self.mask is None else self.mask.copy()
+        full[np.flatnonzero(full)[~keep]] = False
+        cut = lambda a: None if a is None else np.asarray(a)[keep]  # noqa: E731
+        return replace(self, mask=full, latents=cut(self.latents), labels=cut(self.labels),
+                       labels_coarse=cut(self.labels_coarse), cache={})
 
 
 @dataclass
@@ -150,14 +194,12 @@ def missing_need(spec: AnalyzerSpec, data: LayerData) -> Optional[str]:
     return None
 
 
-def finite_mask(emb: np.ndarray) -> np.ndarray:
-    """(n,) bool: samples whose embeddings are finite in every view; computed in chunks to bound memory."""
-    n = emb.shape[1]
-    keep = np.ones(n, dtype=bool)
-    step = max(1, (1 << 24) // max(1, emb.shape[0] * emb.shape[2]))
-    for s in range(0, n, step):
-        keep[s : s + step] = np.isfinite(np.asarray(emb[:, s : s + step])).all(axis=(0, 2))
-    return keep
+def finite_mask(data: LayerData) -> np.ndarray:
+    """(n,) bool over the current samples: finite in every view. Computed once per layer (cached)."""
+    if "finite" not in data.cache:
+        parts = [np.isfinite(c).all(axis=(0, 2)) for c in data.chunks(dtype=data.dtype)]
+        data.cache["finite"] = np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
+    return data.cache["finite"]
 
 
 def run_analyzer(name: str, data: LayerData, params: Optional[Mapping[str, Any]] = None) -> Result:
@@ -174,10 +216,12 @@ def run_analyzer(name: str, data: LayerData, params: Optional[Mapping[str, Any]]
     if why:
         res.notes.append(f"{name} skipped on {data.layer}: {why}")
         return res
-    keep = finite_mask(data.embeddings)
+    keep = finite_mask(data)
     if not keep.all():
         res.notes.append(f"{name} on {data.layer}: {int((~keep).sum())} of {data.n} samples have NaN/Inf embeddings and were left out")
-        data = data.take(keep)
+        if "finite_data" not in data.cache:  # one restricted copy per layer, so its statistics are shared too
+            data.cache["finite_data"] = data.take(keep)
+        data = data.cache["finite_data"]
     if data.n < spec.min_samples:
         res.notes.append(f"{name} skipped on {data.layer}: needs at least {spec.min_samples} samples with finite embeddings, has {data.n}")
         return res

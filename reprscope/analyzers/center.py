@@ -49,27 +49,34 @@ def center(data: LayerData) -> Result:
     n, d, v = data.n, data.dim, len(ids)
     step = max(1, _CHUNK_ELEMS // max(1, v * d))
 
-    mu = np.empty((n, d), dtype=np.float64)
-    zeros = 0
-    pair_sum = 0.0  # Σ over samples and pairs of ẑ_i^a · ẑ_i^b
-    for s0 in range(0, n, step):
-        s1 = min(n, s0 + step)
-        acc = np.zeros((s1 - s0, d), dtype=np.float64)
-        # Σ_{a<b} ẑ^a·ẑ^b = (‖Σ_a ẑ^a‖² − Σ_a ‖ẑ^a‖²)/2 would be cheaper but cancels badly near perfect
-        # alignment; keep the explicit pairs (V is small).
-        hats = []
-        for i in ids:
-            zh, nz = _normalise(np.asarray(data.embeddings[i, s0:s1], dtype=np.float64))
-            zeros += nz
-            acc += zh
-            hats.append(zh)
-        for a in range(v):
-            for b in range(a + 1, v):
-                pair_sum += float(np.einsum("ij,ij->", hats[a], hats[b]))
-        mu[s0:s1] = acc / v
+    def means():
+        """Yield (µ for a chunk of samples, zero rows in it, Σ_pairs ẑ^a·ẑ^b in it)."""
+        for chunk in data.chunks(views=ids, dtype=np.float64, size=step):
+            acc = np.zeros(chunk.shape[1:], dtype=np.float64)
+            zeros, pairs = 0, 0.0
+            hats = []
+            for j in range(v):
+                zh, nz = _normalise(chunk[j])
+                zeros += nz
+                acc += zh
+                hats.append(zh)
+            # Σ_{a<b} ẑ^a·ẑ^b = (‖Σ_a ẑ^a‖² − Σ_a ‖ẑ^a‖²)/2 would be cheaper but cancels badly near perfect
+            # alignment; keep the explicit pairs (V is small).
+            for a in range(v):
+                for c in range(a + 1, v):
+                    pairs += float(np.einsum("ij,ij->", hats[a], hats[c]))
+            yield acc / v, zeros, pairs
 
-    s = mu.mean(axis=0)
-    resid = np.linalg.norm(mu - s, axis=1)
+    # Two streaming passes, memory O(n) scalars: s first, then the residual norms ‖µ_i − s‖ directly (no
+    # expansion of the square, which would cancel exactly where collapse makes the residuals small).
+    total = np.zeros(d, dtype=np.float64)
+    zeros, pair_sum = 0, 0.0
+    for mu, nz, pairs in means():
+        total += mu.sum(axis=0)
+        zeros += nz
+        pair_sum += pairs
+    s = total / n
+    resid = np.concatenate([np.linalg.norm(mu - s, axis=1) for mu, _, _ in means()])
     res.add("center_norm", float(np.linalg.norm(s)), view=view)
     res.add("residual_norm_mean", float(resid.mean()), view=view)
     res.add("residual_norm_std", float(resid.std()), view=view)

@@ -52,6 +52,63 @@ def rbf_kernel(a: np.ndarray, b: np.ndarray, gamma: float) -> np.ndarray:
     return np.exp(-gamma * np.maximum(sq, 0.0))
 
 
+def _streaming_ridge(data: LayerData, ref: int, tr: np.ndarray, te: np.ndarray, ytr: np.ndarray,
+                     alpha: float) -> np.ndarray:
+    """Ridge readout with train-split standardisation from streamed sufficient statistics.
+
+    With X the train features, µ, σ their mean and (population) std and D = diag(1/σ) (0 for a constant
+    feature): XₛᵀXₛ = D S_xx D and Xₛᵀ(y − ȳ) = D S_xy, S the centred train scatter/cross-products, so the
+    primal ridge system (DS_xxD + αI)β = DS_xy needs only d×d and d×k sums (accumulated around the first
+    chunk's mean to avoid cancellation). A second pass predicts the test samples.
+
+    Returns:
+        (n_test, k) predictions in the order of ``te``.
+    """
+    n, d, k = data.n, data.dim, ytr.shape[1]
+    is_train = np.zeros(n, dtype=bool)
+    is_train[tr] = True
+    yfull = np.zeros((n, k))
+    yfull[tr] = ytr
+    shift = None
+    sx = np.zeros(d)
+    sy = np.zeros(k)
+    sxx = np.zeros((d, d))
+    sxy = np.zeros((d, k))
+    pos = 0
+    for chunk in data.chunks(views=[ref], dtype=np.float64):
+        x = chunk[0]
+        sel = is_train[pos : pos + len(x)]
+        if shift is None:
+            shift = x.mean(axis=0)
+        xc = x[sel] - shift
+        yc = yfull[pos : pos + len(x)][sel]
+        sx += xc.sum(axis=0)
+        sy += yc.sum(axis=0)
+        sxx += xc.T @ xc
+        sxy += xc.T @ yc
+        pos += len(x)
+    m = len(tr)
+    mx, ybar = sx / m, sy / m
+    s_xx = sxx - np.outer(sx, sx) / m
+    s_xy = sxy - np.outer(sx, sy) / m
+    var = np.clip(np.diag(s_xx) / m, 0.0, None)
+    const = var <= (np.finfo(np.float64).eps * 4 * (np.abs(mx + shift) + 1.0)) ** 2
+    dinv = np.where(const, 0.0, 1.0 / np.sqrt(np.where(const, 1.0, var)))
+    a = dinv[:, None] * s_xx * dinv[None, :]
+    beta = np.linalg.solve(a + alpha * np.eye(d), dinv[:, None] * s_xy)
+    # predictions: ((x − µ)/σ)·β + ȳ, in the order of te
+    order = np.empty(n, dtype=np.int64)
+    order[te] = np.arange(len(te))
+    pred = np.zeros((len(te), k))
+    pos = 0
+    for chunk in data.chunks(views=[ref], dtype=np.float64):
+        x = chunk[0]
+        sel = ~is_train[pos : pos + len(x)]
+        pred[order[pos : pos + len(x)][sel]] = ((x[sel] - shift - mx) * dinv) @ beta + ybar
+        pos += len(x)
+    return pred
+
+
 def _mean_rows(res: Result, metric: str, values: Dict[int, float], mask: Optional[np.ndarray], view: str) -> None:
     """Group means of per-latent ``values``: ``{metric}_mean`` without a content mask, else content / style."""
     if mask is None:
@@ -106,7 +163,6 @@ def identifiability(data: LayerData, test_fraction: float = 0.2, ridge: float = 
     res = Result()
     ref = data.reference_view_id()
     view = data.views[ref]
-    x = np.asarray(data.embeddings[ref], dtype=np.float64)
     y = np.asarray(data.latents, dtype=np.float64).reshape(data.n, -1)
     k = y.shape[1]
     names: List[str] = [str(s) for s in data.latent_names] if len(data.latent_names) == k else [str(j) for j in range(k)]
@@ -118,8 +174,9 @@ def identifiability(data: LayerData, test_fraction: float = 0.2, ridge: float = 
     ok = np.isfinite(y).all(axis=1)
     if not ok.all():
         res.notes.append(f"{int((~ok).sum())} of {data.n} samples have NaN/Inf latents and were left out")
-        x, y = x[ok], y[ok]
-    n, d = x.shape
+        data = data.take(ok)
+        y = y[ok]
+    n, d = data.n, data.dim
     rng = np.random.default_rng(seed)
     perm = rng.permutation(n)
     n_train = int(round(n * (1 - test_fraction)))
@@ -129,31 +186,37 @@ def identifiability(data: LayerData, test_fraction: float = 0.2, ridge: float = 
                          f"(test_fraction={test_fraction}); need at least 2 of each")
         return res
     tr, te = perm[:n_train], perm[n_train:]
-    xtr, xte = standardise(x[tr], x[te])
     ytr, yte = y[tr], y[te]
 
-    if readout == "linear":
-        ybar = ytr.mean(axis=0)
-        beta = ridge_coef(xtr, ytr - ybar, ridge * n_train)
-        pred = xte @ beta + ybar
+    if readout == "linear" and ridge > 0 and d <= n_train:
+        # The streaming path: memory bounded by d×d, one pass to fit and one to predict.
+        pred = _streaming_ridge(data, ref, tr, te, ytr, ridge * n_train)
     else:
-        if n_train > max_kernel_samples:
-            fit = np.sort(rng.choice(n_train, size=max_kernel_samples, replace=False))
-            res.notes.append(f"kernel readout fitted on {max_kernel_samples} of {n_train} train samples")
-            xtr, ytr = xtr[fit], ytr[fit]
-        m = xtr.shape[0]
-        if kernel_gamma is None:
-            var = float(xtr.var(axis=0).mean()) if d else 0.0
-            kernel_gamma = 1.0 / (max(d, 1) * (var if var > 0 else 1.0))
-        ybar = ytr.mean(axis=0)
-        kmat = rbf_kernel(xtr, xtr, kernel_gamma)
-        alpha = ridge * m
-        if alpha == 0:
-            coef = np.linalg.lstsq(kmat, ytr - ybar, rcond=None)[0]
+        x = data.view(ref)
+        xtr, xte = standardise(x[tr], x[te])
+        del x
+        if readout == "linear":
+            ybar = ytr.mean(axis=0)
+            beta = ridge_coef(xtr, ytr - ybar, ridge * n_train)
+            pred = xte @ beta + ybar
         else:
-            coef = np.linalg.solve(kmat + alpha * np.eye(m), ytr - ybar)
-        pred = np.concatenate([rbf_kernel(xte[s : s + _KERNEL_BLOCK], xtr, kernel_gamma) @ coef
-                               for s in range(0, n_test, _KERNEL_BLOCK)]) + ybar
+            if n_train > max_kernel_samples:
+                fit = np.sort(rng.choice(n_train, size=max_kernel_samples, replace=False))
+                res.notes.append(f"kernel readout fitted on {max_kernel_samples} of {n_train} train samples")
+                xtr, ytr = xtr[fit], ytr[fit]
+            m = xtr.shape[0]
+            if kernel_gamma is None:
+                var = float(xtr.var(axis=0).mean()) if d else 0.0
+                kernel_gamma = 1.0 / (max(d, 1) * (var if var > 0 else 1.0))
+            ybar = ytr.mean(axis=0)
+            kmat = rbf_kernel(xtr, xtr, kernel_gamma)
+            alpha = ridge * m
+            if alpha == 0:
+                coef = np.linalg.lstsq(kmat, ytr - ybar, rcond=None)[0]
+            else:
+                coef = np.linalg.solve(kmat + alpha * np.eye(m), ytr - ybar)
+            pred = np.concatenate([rbf_kernel(xte[s : s + _KERNEL_BLOCK], xtr, kernel_gamma) @ coef
+                                   for s in range(0, n_test, _KERNEL_BLOCK)]) + ybar
 
     r2: Dict[int, float] = {}
     for j in range(k):

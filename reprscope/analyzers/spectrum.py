@@ -8,9 +8,11 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from ..params import Param
 from .base import LayerData, Result, register_analyzer
+from .stats import moments
 
 
 def singular_values(z: np.ndarray) -> np.ndarray:
@@ -26,23 +28,50 @@ def entropy_rank(p: np.ndarray) -> float:
 
 
 def spectra(z: np.ndarray) -> "tuple[np.ndarray, np.ndarray]":
-    """Centred and uncentred singular values of (n, d) embeddings, numerical zeros set to exactly 0.
-
-    A singular value ≤ max(n, d)·eps₆₄·σ_max(Z) (σ_max of the uncentred Z, the scale of the data) is
-    rounding noise and becomes 0, so identical rows give a centred spectrum of exact zeros.
-
-    Returns:
-        (centred σ, uncentred σ), each (min(n, d),) float64, descending.
-    """
+    """Centred and uncentred singular values of an in-memory (n, d) matrix by SVD (small matrices such as
+    head weights), numerical zeros (≤ max(n, d)·eps·σ_max) set to exactly 0."""
     z = np.array(z, dtype=np.float64, copy=True)
     n, d = z.shape
     sv_unc = singular_values(z)
     tol = max(n, d) * np.finfo(np.float64).eps * (float(sv_unc[0]) if sv_unc.size else 0.0)
-    if (z == z[:1]).all():
-        z[:] = 0.0  # exactly collapsed; the mean's own rounding would leave noise behind
-    else:
-        z -= z.mean(axis=0)
+    z = np.zeros_like(z) if (z == z[:1]).all() else z - z.mean(axis=0)
     sv_c = singular_values(z)
+    sv_c[sv_c <= tol] = 0.0
+    sv_unc[sv_unc <= tol] = 0.0
+    return sv_c, sv_unc
+
+
+def _sv_from_psd(m: np.ndarray, device: str) -> np.ndarray:
+    """Square roots of the eigenvalues of a PSD matrix, descending (negative rounding clipped to 0)."""
+    ev = torch.linalg.eigvalsh(torch.from_numpy(np.ascontiguousarray(m)).to(device)).cpu().numpy()[::-1]
+    return np.sqrt(np.clip(ev, 0.0, None))
+
+
+def spectra_of_view(data: LayerData, vi: int) -> "tuple[np.ndarray, np.ndarray]":
+    """Centred and uncentred singular values of one view, numerical zeros set to exactly 0.
+
+    Uses the d×d scatter and Gram matrices from the shared streaming moments when n ≥ d (memory bounded by
+    d², one pass over the layer for every analyzer), and the n×n Gram of the in-memory view when n < d —
+    the n×n ↔ d×d duality: both sides have the same non-zero eigenvalues σ².
+
+    Eigenvalues of a Gram matrix carry an absolute error of about max(n, d)·eps·σ_max², so σ_k with
+    σ_k² ≤ max(n, d)·eps·σ_max(Z)² (σ_max of the uncentred Z, the scale of the data) are rounding noise and
+    become 0: identical rows give a centred spectrum of exact zeros.
+
+    Returns:
+        (centred σ, uncentred σ), each (min(n, d),) float64, descending.
+    """
+    n, d = data.n, data.dim
+    if n >= d:
+        m = moments(data)[vi]
+        sv_c, sv_unc = _sv_from_psd(m.scatter, data.device), _sv_from_psd(m.gram, data.device)
+    else:
+        z = data.view(vi)
+        zc = z - z.mean(axis=0)
+        sv_c, sv_unc = _sv_from_psd(zc @ zc.T, data.device), _sv_from_psd(z @ z.T, data.device)
+    k = min(n, d)
+    sv_c, sv_unc = sv_c[:k].copy(), sv_unc[:k].copy()
+    tol = np.sqrt(max(n, d) * np.finfo(np.float64).eps) * (float(sv_unc[0]) if sv_unc.size else 0.0)
     sv_c[sv_c <= tol] = 0.0
     sv_unc[sv_unc <= tol] = 0.0
     return sv_c, sv_unc
@@ -76,7 +105,7 @@ def spectrum(data: LayerData, tau: float = 0.01, tau_abs: float = 0.01, eps: flo
     """
     res = Result()
     for vi, name in enumerate(data.views):
-        sv, sv_unc = spectra(np.asarray(data.embeddings[vi]))
+        sv, sv_unc = spectra_of_view(data, vi)
         res.add_vector("sv", sv, view=name)
         pos = np.flatnonzero(sv > 0)
         res.add_vector("log_sv", np.log(sv[pos]), view=name, index=list(pos))

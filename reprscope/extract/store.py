@@ -199,11 +199,12 @@ class Store:
             out[part] = HeadModule(spec=list(_json_attr(grp.attrs["spec"])), params={k: grp[k][()] for k in grp.keys()})
         return out
 
-    def layer_data(self, layer: str, seed: int = 0) -> LayerData:
-        """Load one layer with everything analyzers may need (in memory)."""
+    def layer_data(self, layer: str, seed: int = 0, device: str = "cpu", chunk_size: int = 8192) -> LayerData:
+        """One layer with everything analyzers may need; the embeddings stay on disk and are streamed."""
         ds = self.embeddings(layer)
         return LayerData(
-            layer=layer, space=str(ds.attrs.get("space", "")), views=self.views, embeddings=ds[()],
+            layer=layer, space=str(ds.attrs.get("space", "")), views=self.views, embeddings=ds,
             latents=self.latents, latent_names=self.latent_names, content_mask=self.content_mask,
             labels=self.labels, labels_coarse=self.labels_coarse, modules=self.modules(), seed=seed,
+            device=device, chunk_size=chunk_size,
         )
