@@ -190,6 +190,56 @@ def analyze(
         typer.echo(f"wrote {out} ({len(res.table)} rows)")
 
 
+@app.command()
+@handle_errors
+def check(
+    sources: List[Path] = typer.Argument(..., help="Checkpoint, .h5 store or run directory to check."),
+    baseline: Path = typer.Option(..., "--baseline", help="A table `reprscope analyze` wrote (.csv or .parquet)."),
+    rtol: Optional[float] = typer.Option(None, "--rtol", help="Default relative tolerance (1e-3)."),
+    atol: Optional[float] = typer.Option(None, "--atol", help="Default absolute tolerance (1e-6)."),
+    tolerances: Optional[Path] = typer.Option(None, "--tolerances", help="TOML file with [default] and [[rule]] tables."),
+    metrics: Optional[str] = typer.Option(None, "--metrics", help="Globs on ANALYZER/METRIC or METRIC, comma-separated."),
+    layers: Optional[str] = typer.Option(None, "--layers", help="Globs on layer names, comma-separated."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    data: Optional[str] = typer.Option(None, "--data", help="Data set for checkpoints (default: their training data)."),
+    views: int = typer.Option(2, "--views", help="Augmented views when a checkpoint is extracted."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Held-out samples when a checkpoint is extracted."),
+    device: str = typer.Option("cpu", "--device", help="Device for extraction and analysis."),
+) -> None:
+    """Recompute SOURCE's table and compare it with --baseline: exit 0 within tolerance, 1 regression, 2 bad input."""
+    import json
+
+    from reprscope.check import baseline_analyzers, compare, format_result, load_rules, result_json
+    from reprscope.pipeline import analyze as run_analyze
+    from reprscope.table import read_table
+    from reprscope.train.trainer import resolve_device
+
+    rules = load_rules(tolerances, rtol, atol)
+    base = read_table(baseline)
+    wanted = baseline_analyzers(base)
+    res = run_analyze([str(s) for s in sources], data=data, analyzers=list(wanted), params=wanted, views=views,
+                      limit=limit, device=str(resolve_device(device)), progress=False)
+    result = compare(res.table, base, rules, metrics=metrics, layers=layers)
+    typer.echo(json.dumps(result_json(result), indent=2, default=str) if json_out else format_result(result))
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+@handle_errors
+def report(
+    tables: List[Path] = typer.Argument(..., help="Tables written by `reprscope analyze`."),
+    out: Path = typer.Option(..., "--out", help="Directory for the figures."),
+    formats: str = typer.Option("png,pdf", "--formats", help="Comma-separated: png, pdf."),
+) -> None:
+    """Figures from tables: spectra, R² per latent across layers, per-layer profiles, trajectories over steps."""
+    from reprscope.report import make_report
+
+    paths = make_report([str(t) for t in tables], out, formats=_split(formats) or ["png"])
+    for p in paths:
+        typer.echo(f"wrote {p}")
+
+
 @app.command("list")
 @handle_errors
 def list_(what: str = typer.Argument(..., help="methods | analyzers | datasets | formats | backbones | heads")) -> None:

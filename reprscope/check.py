@@ -1,0 +1,197 @@
+"""``reprscope check``: compare a freshly computed table against a baseline table (a CI regression gate).
+
+A baseline is a table ``reprscope analyze`` wrote. The source is analyzed again with the baseline's analyzers
+and parameters, rows are matched on (step, layer, view, analyzer, metric, index, parameters), and each pair
+is compared with the tolerance of the first matching rule:
+
+    |new − base| ≤ atol + rtol·|base|
+
+A rule may give a direction: ``higher`` (higher is better — only a drop beyond the tolerance fails) or
+``lower`` (only a rise fails); the default ``both`` fails on any change beyond the tolerance. A baseline row
+with no counterpart fails as ``missing``. Rules come from the command line (one default) and a TOML file::
+
+    [default]
+    rtol = 0.01
+    atol = 1e-6
+
+    [[rule]]
+    metric = "identifiability/r2*"   # glob on "analyzer/metric" (or just the metric name)
+    layer = "encoder*"               # glob on the layer (default "*")
+    atol = 0.02
+    direction = "higher"
+"""
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import pandas as pd
+
+from .errors import ReprscopeError
+from .table import COLUMNS
+
+KEY = ["step", "layer", "view", "analyzer", "metric", "index"]
+DIRECTIONS = ("both", "higher", "lower")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A tolerance for the metrics and layers its globs select."""
+
+    metric: str = "*"
+    layer: str = "*"
+    rtol: float = 1e-3
+    atol: float = 1e-6
+    direction: str = "both"
+
+    def matches(self, analyzer: str, metric: str, layer: str) -> bool:
+        m = fnmatch.fnmatch(f"{analyzer}/{metric}", self.metric) or fnmatch.fnmatch(metric, self.metric)
+        return m and fnmatch.fnmatch(layer, self.layer)
+
+
+def _rule_from(d: Dict[str, Any], base: Rule, where: str) -> Rule:
+    allowed = {"metric", "layer", "rtol", "atol", "direction"}
+    unknown = set(d) - allowed
+    if unknown:
+        raise ReprscopeError(f"{where}: unknown key '{sorted(unknown)[0]}'; allowed: {', '.join(sorted(allowed))}")
+    r = Rule(**{**asdict(base), **d})
+    if r.direction not in DIRECTIONS:
+        raise ReprscopeError(f"{where}: direction must be one of {', '.join(DIRECTIONS)}, got '{r.direction}'")
+    for k in ("rtol", "atol"):
+        v = getattr(r, k)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0 or math.isnan(v):
+            raise ReprscopeError(f"{where}: {k} must be a number >= 0, got {v!r}")
+    return r
+
+
+def load_rules(path: Optional[Path], rtol: Optional[float] = None, atol: Optional[float] = None) -> List[Rule]:
+    """Rules from a TOML file (``[default]`` and ``[[rule]]`` tables) with the CLI's rtol/atol as defaults.
+
+    The file's rules come first (first match wins); the default rule catches everything else.
+    """
+    default = Rule()
+    rules: List[Rule] = []
+    if path is not None:
+        import tomllib
+
+        path = Path(path)
+        if not path.is_file():
+            raise ReprscopeError(f"tolerance file '{path}' does not exist")
+        try:
+            doc = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ReprscopeError(f"cannot parse tolerance file '{path}': {exc}") from None
+        unknown = set(doc) - {"default", "rule"}
+        if unknown:
+            raise ReprscopeError(f"tolerance file '{path}': unknown table '{sorted(unknown)[0]}'; use [default] and [[rule]]")
+        default = _rule_from(dict(doc.get("default", {})), default, f"{path} [default]")
+        for i, r in enumerate(doc.get("rule", [])):
+            rules.append(_rule_from(dict(r), default, f"{path} rule {i + 1}"))
+    cli = {k: v for k, v in (("rtol", rtol), ("atol", atol)) if v is not None}
+    if cli:
+        default = _rule_from(cli, default, "--rtol/--atol")
+    return rules + [default]
+
+
+@dataclass
+class CheckResult:
+    compared: int
+    failures: pd.DataFrame
+    missing: pd.DataFrame
+    extra: int
+    ok: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ok = self.failures.empty and self.missing.empty
+
+
+def baseline_analyzers(base: pd.DataFrame) -> Dict[str, Dict[str, Any]]:
+    """The analyzers of a baseline table and the parameter values recorded in it (for recomputation)."""
+    from .analyzers import ANALYZERS
+
+    out: Dict[str, Dict[str, Any]] = {}
+    for name, g in base.groupby("analyzer", sort=False):
+        declared = {p.name for p in ANALYZERS.get(str(name)).params}
+        vals: Dict[str, Any] = {}
+        for c in [c for c in base.columns if c in declared]:
+            col = g[c].dropna()
+            col = col[col.astype(str) != ""]
+            if len(col):
+                vals[c] = col.iloc[0]  # Param validation coerces 512.0 → 512 and "0.01" → 0.01
+        out[str(name)] = vals
+    return out
+
+
+def _key_frame(df: pd.DataFrame, params: Sequence[str]) -> pd.DataFrame:
+    out = df.copy()
+    out["step"] = out["step"].astype("Int64").astype(str)
+    for c in params:
+        out[c] = out[c].map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else
+                            (f"{float(v):.12g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)))
+    return out
+
+
+def compare(new: pd.DataFrame, base: pd.DataFrame, rules: Sequence[Rule], metrics: Optional[str] = None,
+            layers: Optional[str] = None) -> CheckResult:
+    """Compare two tables row by row; see the module docstring for the rules."""
+    sel = pd.Series(True, index=base.index)
+    if metrics:
+        pats = [p.strip() for p in metrics.split(",") if p.strip()]
+        sel &= pd.Series([any(fnmatch.fnmatch(f"{a}/{m}", p) or fnmatch.fnmatch(m, p) for p in pats)
+                          for a, m in zip(base["analyzer"], base["metric"])], index=base.index)
+    if layers:
+        pats = [p.strip() for p in layers.split(",") if p.strip()]
+        sel &= pd.Series([any(fnmatch.fnmatch(l, p) for p in pats) for l in base["layer"]], index=base.index)
+    base = base[sel]
+    if base.empty:
+        raise ReprscopeError("no baseline rows match --metrics/--layers; nothing to check")
+    params = sorted(c for c in set(base.columns) & set(new.columns) if c not in COLUMNS)
+    key = KEY + params
+    b, n = _key_frame(base, params), _key_frame(new, params)
+    if b.duplicated(key).any():
+        raise ReprscopeError("the baseline has several rows for the same step/layer/view/metric; is it a table of several sources?")
+    merged = b.merge(n[key + ["value"]].drop_duplicates(key), on=key, how="left", suffixes=("_base", "_new"))
+    missing = merged[merged["value_new"].isna()][key + ["value_base"]]
+    both = merged[merged["value_new"].notna()].copy()
+    tol, dirs = [], []
+    for a, m, l, v in zip(both["analyzer"], both["metric"], both["layer"], both["value_base"]):
+        rule = next(r for r in rules if r.matches(a, m, l))
+        tol.append(rule.atol + rule.rtol * abs(v))
+        dirs.append(rule.direction)
+    both["tolerance"] = tol
+    both["direction"] = dirs
+    diff = both["value_new"] - both["value_base"]
+    both["diff"] = diff
+    bad = ((both["direction"] == "both") & (diff.abs() > both["tolerance"])) | \
+          ((both["direction"] == "higher") & (-diff > both["tolerance"])) | \
+          ((both["direction"] == "lower") & (diff > both["tolerance"]))
+    fails = both[bad][key + ["value_base", "value_new", "diff", "tolerance", "direction"]]
+    extra = len(n) - int(n[key].merge(b[key], on=key, how="inner").shape[0])
+    return CheckResult(compared=len(both), failures=fails.reset_index(drop=True), missing=missing.reset_index(drop=True), extra=extra)
+
+
+def format_result(res: CheckResult, max_rows: int = 50) -> str:
+    """A readable report: the verdict, then the failing and missing rows."""
+    lines = [f"{'OK' if res.ok else 'REGRESSION'}: {res.compared} values compared, {len(res.failures)} outside tolerance, "
+             f"{len(res.missing)} missing" + (f", {res.extra} new rows not in the baseline (ignored)" if res.extra else "")]
+    cols = ["step", "layer", "view", "analyzer", "metric", "index"]
+    if not res.failures.empty:
+        f = res.failures[cols + ["value_base", "value_new", "diff", "tolerance", "direction"]].head(max_rows)
+        f = f.rename(columns={"value_base": "baseline", "value_new": "new"})
+        lines += ["", "outside tolerance:", f.to_string(index=False, float_format=lambda v: f"{v:.6g}")]
+    if not res.missing.empty:
+        m = res.missing[cols + ["value_base"]].head(max_rows).rename(columns={"value_base": "baseline"})
+        lines += ["", "missing in the new results:", m.to_string(index=False, float_format=lambda v: f"{v:.6g}")]
+    return "\n".join(lines)
+
+
+def result_json(res: CheckResult) -> Dict[str, Any]:
+    def recs(df: pd.DataFrame) -> List[Dict[str, Any]]:
+        return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+                for r in df.astype(object).to_dict(orient="records")]
+
+    return {"ok": res.ok, "compared": res.compared, "failed": recs(res.failures), "missing": recs(res.missing),
+            "extra": res.extra}

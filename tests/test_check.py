@@ -1,0 +1,111 @@
+"""`reprscope check`: tolerances, directions, globs, missing rows, JSON, exit codes."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from reprscope.check import Rule, compare, load_rules
+from reprscope.errors import ReprscopeError
+from reprscope.table import make_table, read_table, write_table
+from reprscope_cli.main import app
+
+FIX = Path(__file__).resolve().parent.parent / "fixtures"
+runner = CliRunner()
+
+
+def _table(values, metric="effective_rank", analyzer="spectrum", layers=("encoder", "projector")):
+    rows = [{"source": "s", "step": 10, "method": "simclr", "layer": l, "view": "clean", "analyzer": analyzer,
+             "metric": metric, "index": "", "value": v, "tau": 0.01} for l, v in zip(layers, values)]
+    return make_table(rows)
+
+
+def test_within_and_outside_tolerance():
+    base = _table([10.0, 5.0])
+    ok = compare(_table([10.0 + 5e-3, 5.0]), base, [Rule(rtol=1e-3, atol=0)])
+    assert ok.ok and ok.compared == 2
+    bad = compare(_table([10.0 + 2e-2, 5.0]), base, [Rule(rtol=1e-3, atol=0)])
+    assert not bad.ok and list(bad.failures["layer"]) == ["encoder"]
+    np.testing.assert_allclose(bad.failures["diff"], [2e-2])
+
+
+def test_direction_higher_allows_improvement_only():
+    base = _table([0.5, 0.5], metric="r2_style_mean", analyzer="identifiability")
+    rules = [Rule(metric="identifiability/r2*", rtol=0, atol=0.01, direction="higher"), Rule()]
+    assert compare(_table([0.9, 0.9], metric="r2_style_mean", analyzer="identifiability"), base, rules).ok
+    res = compare(_table([0.9, 0.4], metric="r2_style_mean", analyzer="identifiability"), base, rules)
+    assert list(res.failures["layer"]) == ["projector"]
+    lower = [Rule(direction="lower", rtol=0, atol=0.01)]
+    assert not compare(_table([0.9, 0.5], metric="r2_style_mean", analyzer="identifiability"), base, lower).ok
+
+
+def test_globs_select_metrics_and_layers_and_missing_rows_fail():
+    base = _table([10.0, 5.0])
+    new = _table([10.0], layers=("encoder",))
+    res = compare(new, base, [Rule()])
+    assert not res.ok and list(res.missing["layer"]) == ["projector"]
+    assert compare(new, base, [Rule()], layers="enc*").ok
+    with pytest.raises(ReprscopeError, match="no baseline rows"):
+        compare(new, base, [Rule()], metrics="nothing*")
+
+
+def test_parameter_columns_are_part_of_the_key():
+    base = _table([10.0, 5.0])
+    other = _table([10.0, 5.0])
+    other["tau"] = 0.5
+    assert not compare(other, base, [Rule()]).ok  # computed with another tau: not the same quantity
+
+
+def test_rules_from_toml_first_match_wins(tmp_path):
+    f = tmp_path / "tol.toml"
+    f.write_text('[default]\nrtol = 0.5\n\n[[rule]]\nmetric = "spectrum/*"\nlayer = "proj*"\natol = 0\nrtol = 0\n')
+    rules = load_rules(f)
+    assert rules[0].layer == "proj*" and rules[-1].rtol == 0.5
+    base = _table([10.0, 5.0])
+    res = compare(_table([12.0, 5.001]), base, rules)
+    assert list(res.failures["layer"]) == ["projector"]  # encoder within the default 50%
+    assert load_rules(f, rtol=0.01)[-1].rtol == 0.01  # the CLI overrides the file's default
+
+
+@pytest.mark.parametrize("text, match", [("[default]\nrtol = -1\n", "rtol"), ("[default]\ndirection = 'up'\n", "direction"),
+                                         ("[other]\n", "unknown table"), ("[[rule]]\nmetrik = 'x'\n", "unknown key"),
+                                         ("not toml [", "cannot parse")])
+def test_bad_tolerance_files(tmp_path, text, match):
+    f = tmp_path / "tol.toml"
+    f.write_text(text)
+    with pytest.raises(ReprscopeError, match=match):
+        load_rules(f)
+
+
+def test_cli_check_exit_codes_and_json(tmp_path):
+    base = tmp_path / "base.csv"
+    r = runner.invoke(app, ["analyze", str(FIX / "tiny_dgp.h5"), "--analyzers", "spectrum,center", "--out", str(base), "--quiet"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["check", str(FIX / "tiny_dgp.h5"), "--baseline", str(base)])
+    assert r.exit_code == 0 and r.output.startswith("OK"), r.output
+    # perturb one baseline value: a regression, exit 1, the row is printed
+    t = read_table(base)
+    i = t.index[(t["metric"] == "center_norm") & (t["layer"] == "encoder")][0]
+    t.loc[i, "value"] += 0.5
+    write_table(t, base)
+    r = runner.invoke(app, ["check", str(FIX / "tiny_dgp.h5"), "--baseline", str(base)])
+    assert r.exit_code == 1 and "REGRESSION" in r.output and "center_norm" in r.output
+    r = runner.invoke(app, ["check", str(FIX / "tiny_dgp.h5"), "--baseline", str(base), "--json"])
+    doc = json.loads(r.output)
+    assert r.exit_code == 1 and doc["ok"] is False and doc["failed"][0]["metric"] == "center_norm"
+    # selecting other metrics makes it pass again
+    r = runner.invoke(app, ["check", str(FIX / "tiny_dgp.h5"), "--baseline", str(base), "--metrics", "spectrum/*"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["check", str(FIX / "tiny_dgp.h5"), "--baseline", str(base), "--atol", "1"])
+    assert r.exit_code == 0, r.output
+
+
+def test_cli_check_bad_input_exit_2(tmp_path):
+    r = runner.invoke(app, ["check", str(FIX / "tiny_dgp.h5"), "--baseline", str(tmp_path / "none.csv")])
+    assert r.exit_code == 2 and "does not exist" in r.stderr
+    f = tmp_path / "x.csv"
+    f.write_text("a,b\n1,2\n")
+    r = runner.invoke(app, ["check", str(FIX / "tiny_dgp.h5"), "--baseline", str(f)])
+    assert r.exit_code == 2 and "not a reprscope table" in r.stderr
