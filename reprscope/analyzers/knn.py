@@ -1,0 +1,168 @@
+"""Weighted k-nearest-neighbour classification on frozen features (SPEC §6 *knn*).
+
+The protocol of Wu et al. 2018 (InstDisc, §3.4) used by DINO's ``eval_knn`` and by paper 003 (App. C.1, Table 5:
+20-NN and 200-NN): features are ℓ2-normalised, the k training samples most cosine-similar to a query vote for
+their class with weight exp(sim/T), and the class with the largest summed weight is predicted.
+
+Samples of the reference view are split by a seeded permutation into a memory bank (train) and queries (test),
+the same split as ``linear_probe``.
+"""
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import numpy as np
+import torch
+
+from ..errors import ReprscopeError
+from ..params import Param
+from .base import LayerData, Result, register_analyzer
+
+#: Elements of one (queries × bank) similarity block (float32): bounds the memory of the search.
+_BLOCK_ELEMS = 1 << 24
+
+
+def parse_ks(value: str, owner: str = "analyzer knn", name: str = "ks") -> List[int]:
+    """Parse a comma list of ints ≥ 1 ("20,200", "[20, 200]", "5"); duplicates dropped, order kept."""
+    text = str(value).strip().strip("[]()")
+    out: List[int] = []
+    try:
+        for part in text.split(","):
+            x = float(part.strip())
+            if not x.is_integer() or x < 1:
+                raise ValueError
+            if int(x) not in out:
+                out.append(int(x))
+    except ValueError:
+        out = []
+    if not out:
+        raise ReprscopeError(f"The '{name}' parameter of {owner} must be a comma-separated list of ints >= 1 "
+                             f"(e.g. '20,200'). Got {value!r} instead.")
+    return out
+
+
+def split_indices(n: int, test_fraction: float, seed: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Seeded train/test split of n ≥ 2 samples (the convention of ``identifiability``).
+
+    The first n_train = round(n·(1 − test_fraction)) entries of ``default_rng(seed).permutation(n)`` are train,
+    the rest test; n_train is clamped to [1, n − 1] so both sides are non-empty. Returns sorted index arrays.
+    """
+    perm = np.random.default_rng(seed).permutation(n)
+    n_train = min(max(int(round(n * (1 - test_fraction))), 1), n - 1)
+    return np.sort(perm[:n_train]), np.sort(perm[n_train:])
+
+
+def reference_features(data: LayerData, dtype=np.float32) -> np.ndarray:
+    """(n, d) features of the reference view (``clean`` when stored)."""
+    return data.view(data.reference_view_id(), dtype=dtype)
+
+
+def topk_lowest_index(sims: torch.Tensor, k: int) -> torch.Tensor:
+    """(b, k) indices of the k largest entries of each row of (b, m) ``sims``; ties go to the lowest index.
+
+    ``torch.topk`` picks among equal values arbitrarily; rows where the k-th value is tied with entries
+    outside the chosen set are re-selected exactly: everything above the k-th value plus the lowest-index
+    ties. (The order within the k does not matter for the vote.)
+    """
+    vals, idx = torch.topk(sims, k, dim=1)
+    thr = vals[:, -1:]
+    ambiguous = (sims >= thr).sum(dim=1) > k
+    if bool(ambiguous.any()):
+        rows = torch.nonzero(ambiguous).flatten()
+        sub, t = sims[rows], thr[rows]
+        gt = sub > t
+        eq = sub == t
+        need = k - gt.sum(dim=1, keepdim=True)
+        sel = gt | (eq & (torch.cumsum(eq.to(torch.int32), dim=1) <= need))
+        idx[rows] = torch.nonzero(sel)[:, 1].reshape(-1, k)
+    return idx
+
+
+def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, k: int, temperature: float,
+                n_classes: int, block_elems: int = _BLOCK_ELEMS) -> torch.Tensor:
+    """Weighted k-NN predictions (InstDisc / DINO): class scores Σ_{neighbours of class c} exp(sim/T).
+
+    Args:
+        bank: (m, d) ℓ2-normalised train features; bank_labels: (m,) class ids in [0, n_classes).
+        queries: (q, d) ℓ2-normalised test features.
+        k: neighbours (≤ m); temperature: T.
+        block_elems: queries per block = max(1, block_elems // m), bounding the (block, m) similarities.
+
+    Returns:
+        (q,) predicted class ids; ties in the class score go to the lowest class id (``argmax``).
+    """
+    m = bank.shape[0]
+    step = max(1, block_elems // max(1, m))
+    out = []
+    for s in range(0, queries.shape[0], step):
+        sims = queries[s:s + step] @ bank.T
+        idx = topk_lowest_index(sims, k)
+        nb = torch.gather(sims, 1, idx)
+        # exp((sim − max sim)/T): the same argmax as exp(sim/T), without overflow for small T
+        w = torch.exp((nb - nb.max(dim=1, keepdim=True).values) / temperature)
+        scores = torch.zeros(nb.shape[0], n_classes, dtype=w.dtype, device=w.device)
+        scores.scatter_add_(1, bank_labels[idx], w)
+        out.append(scores.argmax(dim=1))
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=bank.device)
+
+
+@register_analyzer(
+    "knn",
+    params=[
+        Param("ks", "20,200", "str", "comma list of neighbour counts k (ints >= 1); one row per k, in column k"),
+        Param("temperature", 0.07, "float", "T of the vote weights exp(sim/T)", low=0, low_open=True),
+        Param("similarity", "cosine", "choice", "similarity of the neighbour search (recorded)", choices=("cosine",)),
+        Param("test_fraction", 0.2, "float", "held-out fraction of the samples (queries), in (0, 1)",
+              low=0, low_open=True, high=1),
+        Param("seed", 0, "int", "seed of the train/test permutation and the query subsample", low=0),
+        Param("max_queries", 10000, "int", "at most this many test queries (seeded random subset)", low=1),
+    ],
+    needs=("labels",),
+    summary="top-1 accuracy of a temperature-weighted cosine k-NN classifier on frozen features",
+    paper="003 App. C.1 (Table 5); Wu et al. 2018 §3.4",
+)
+def knn(data: LayerData, ks: str = "20,200", temperature: float = 0.07, similarity: str = "cosine",
+        test_fraction: float = 0.2, seed: int = 0, max_queries: int = 10000) -> Result:
+    """Top-1 accuracy of weighted cosine k-NN on the reference view, one row per k.
+
+    Args:
+        data: (V, n, d) embeddings (the reference view is used, float32 on ``data.device``) and (n,) labels.
+        ks: comma list of k; a k larger than the bank uses the whole bank (noted).
+        temperature: T of the weights exp(sim/T).
+        similarity: ``cosine`` (the only one; recorded in the table's ``similarity`` column — a parameter
+            cannot be called ``metric``, which is the table's metric-name column).
+        test_fraction, seed: the split of :func:`split_indices`; test samples are the queries.
+        max_queries: queries beyond this are subsampled (``default_rng(seed + 1)``) with a note.
+
+    Returns:
+        Rows ``top1`` (``view`` = reference view, ``index`` = str(k)) whose dict also carries ``k`` (int) as a
+        parameter column: the stamped ``ks`` holds the whole list, ``k`` the row's own.
+    """
+    if not 0 < test_fraction < 1:
+        raise ReprscopeError(f"The 'test_fraction' parameter of analyzer knn must be a float > 0, < 1. "
+                             f"Got {test_fraction!r} instead.")
+    k_list = parse_ks(ks)
+    res = Result()
+    view = data.views[data.reference_view_id()]
+    classes, y = np.unique(np.asarray(data.labels).reshape(-1), return_inverse=True)
+    tr, te = split_indices(data.n, test_fraction, seed)
+    if te.size > max_queries:
+        te = np.sort(np.random.default_rng(seed + 1).choice(te, size=max_queries, replace=False))
+        res.notes.append(f"{max_queries} of the {data.n - tr.size} test samples used as queries")
+
+    dev = torch.device(data.device)
+    x = torch.from_numpy(reference_features(data, np.float32)).to(dev)
+    norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)
+    x = x / torch.where(norms == 0, torch.ones_like(norms), norms)
+    bank, queries = x[torch.from_numpy(tr).to(dev)], x[torch.from_numpy(te).to(dev)]
+    ybank = torch.from_numpy(y[tr]).to(dev)
+    ytest = torch.from_numpy(y[te]).to(dev)
+
+    for k in k_list:
+        k_used = min(k, tr.size)
+        if k_used < k:
+            res.notes.append(f"k={k} exceeds the {tr.size} train samples; all {tr.size} used")
+        pred = knn_predict(bank, ybank, queries, k_used, temperature, len(classes))
+        res.add("top1", float((pred == ytest).double().mean()), view=view, index=k)
+        res.rows[-1]["k"] = k
+    return res

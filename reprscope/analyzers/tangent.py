@@ -1,0 +1,316 @@
+"""Hardest negatives, the InfoNCE upper bound and the projector's alignment with δh (paper 002 §3–5, Eq. 3–10).
+
+Paper 002 bounds the InfoNCE loss of a batch of N pairs by its hardest negatives (Prop. 3.1, Eq. 3–5):
+
+    L_Upper = β L_invariance + β L_repulsion + log(2(N − 1)),
+    L_invariance = −(1/N) Σ_i Sim(g(h_i⁽¹⁾), g(h_i⁽²⁾)),
+    L_repulsion  =  (1/N) Σ_i Sim(g(h_i⁽¹⁾), g(h̃*_i)),  h̃*_i = argmax_{l ∈ B₋ᵢ} Sim(g(h_i⁽¹⁾), g(h̃_l)),
+
+where B₋ᵢ are both views of the other N − 1 samples (2N − 2 candidates). The bound follows from
+Σ_{l ∈ B₋ᵢ} exp(β s_il) ≤ 2(N − 1)·exp(β max_l s_il), so it holds for the loss of paper 002 Eq. 1, whose
+denominator runs over the 2N − 2 *negatives only* (not over the positive, as the NT-Xent cross-entropy of
+:func:`reprscope.methods.losses.info_nce` does; with the positive in the denominator the bound can fail).
+Symmetrised over the two view orders (each anchor with its own hardest negative), the per-anchor bounds
+average to the symmetric bound reported here.
+
+With normalised projector outputs the bound becomes −β/N Σ_i δh_iᵀ Proj(h_i⁽¹⁾) + log(2(N − 1)) with
+δh_i = h_i⁽²⁾ − h̃*_i (Eq. 8–9), so a linear projector g(h) = Wᵀh should span S = Span{δh_i}; Eq. 10 measures
+what it misses, the fraction of variance unexplained
+
+    FVU = Σ_i min_t ‖δh_i − W t‖² / Σ_i ‖δh_i‖²,
+
+W ∈ ℝ^{d_enc×d_proj} (the transposed torch ``Linear`` weight: col(W) = row space of the weight). For a
+non-linear projector W is replaced per sample by its local affine map, the Jacobian of g at h_i⁽¹⁾
+(Fig. 8). Fig. 5–6 read the hardest negative itself: its distance to h_i⁽¹⁾ and whether it shares h_i's label.
+
+The analyzer needs the projector and the *encoder* embeddings it was trained on, so it runs on the layer with
+``space == "encoder"`` only; other layers (intermediate, projector, predictor outputs) give neither rows nor a
+note — the projector does not apply to them, and a note per layer would only repeat that.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Iterator, List
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ReprscopeError
+from ..models.heads import build_head
+from ..params import Param
+from .base import HeadModule, LayerData, Result, register_analyzer
+from .weights import is_linear_head
+
+#: Elements of the largest (d_proj, m, width) float64 block of one Jacobian pass (128 MiB).
+_JAC_BLOCK_ELEMS = 1 << 24
+
+
+def load_head(module: HeadModule, device: torch.device) -> nn.Sequential:
+    """Rebuild a stored head as a float64 ``nn.Sequential`` in eval mode on ``device``.
+
+    Strict loading: every parameter and buffer must be stored and nothing else may be, except BatchNorm's
+    ``num_batches_tracked`` counters, which the store omits and which do not affect the eval-mode map.
+
+    Raises:
+        ReprscopeError: listing the missing and unexpected keys.
+    """
+    head = build_head(module.spec).to(torch.float64)
+    state = {k: torch.as_tensor(np.asarray(v, dtype=np.float64)) for k, v in module.params.items()}
+    for k, v in head.state_dict().items():
+        if k.endswith("num_batches_tracked") and k not in state:
+            state[k] = torch.zeros_like(v)
+    try:
+        head.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        want = set(head.state_dict())
+        missing, unexpected = sorted(want - set(state)), sorted(set(state) - want)
+        raise ReprscopeError(
+            f"the stored head does not match its spec: missing keys {missing}, unexpected keys {unexpected}"
+            + ("" if missing or unexpected else f" ({str(e).splitlines()[-1].strip()})")
+        ) from None
+    head = head.to(device).eval()
+    for p in head.parameters():
+        p.requires_grad_(False)
+    return head
+
+
+def linear_map(head: nn.Sequential, d_in: int) -> torch.Tensor:
+    """The (d_proj, d_enc) matrix W_L ⋯ W_1 of a head of linear layers (identity for an empty head)."""
+    ref = next(iter(head.parameters()), None)
+    m = torch.eye(d_in, dtype=torch.float64, device=ref.device if ref is not None else "cpu")
+    for layer in head:
+        m = layer.weight @ m
+    return m
+
+
+def row_space_basis(m: torch.Tensor) -> torch.Tensor:
+    """Orthonormal (d_enc, r) basis of the row space of (d_proj, d_enc) ``m`` = col(W) for W = mᵀ.
+
+    Rank-aware: right singular vectors with σ > max(d_proj, d_enc)·eps₆₄·σ_1; a zero map gives r = 0.
+    """
+    _, s, vh = torch.linalg.svd(m, full_matrices=False)
+    if s.numel() == 0:
+        return m.new_zeros(m.shape[1], 0)
+    r = int((s > max(m.shape) * torch.finfo(torch.float64).eps * s[0]).sum()) if s[0] > 0 else 0
+    return vh[:r].T
+
+
+def normalise(x: torch.Tensor) -> torch.Tensor:
+    """Row-wise x/‖x‖ (no ε floor, so tiny-scale rows stay unit); a zero row stays zero (cosine 0)."""
+    n = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    return x / torch.where(n > 0, n, torch.ones_like(n))
+
+
+def contrastive_batch(z1: torch.Tensor, z2: torch.Tensor, beta: float) -> Dict[str, torch.Tensor]:
+    """InfoNCE (paper 002 Eq. 1, symmetrised), its Prop. 3.1 terms and the hardest negatives of one batch.
+
+    Args:
+        z1, z2: (B, p) ℓ2-normalised projector outputs of the two views, B ≥ 2.
+        beta: inverse temperature β.
+
+    Returns:
+        ``infonce`` mean over the 2B anchors a of log Σ_{l ∈ B₋ₐ} exp(β s_al) − β s_a,pos (2B − 2 negatives,
+        the positive not in the denominator); ``invariance`` −mean_a s_a,pos; ``repulsion`` mean_a max_{l ∈ B₋ₐ}
+        s_al; ``upper_bound`` β·invariance + β·repulsion + log(2(B − 1)) (Eq. 3, ≥ infonce); ``hardest``
+        (2B,) int64 column of each anchor's hardest negative in [z1; z2] (ties: the first column).
+    """
+    b = z1.shape[0]
+    z = torch.cat([z1, z2])
+    s = z @ z.T  # (2B, 2B) cosine similarities
+    rows = torch.arange(2 * b, device=z.device)
+    pos = (rows + b) % (2 * b)
+    mask = torch.zeros_like(s, dtype=torch.bool)
+    mask[rows, rows] = True
+    mask[rows, pos] = True
+    neg = s.masked_fill(mask, float("-inf"))
+    hardest = neg.argmax(dim=1)
+    s_pos = s[rows, pos]
+    s_hard = neg[rows, hardest]
+    infonce = (torch.logsumexp(beta * neg, dim=1) - beta * s_pos).mean()
+    invariance = -s_pos.mean()
+    repulsion = s_hard.mean()
+    return {"infonce": infonce, "invariance": invariance, "repulsion": repulsion,
+            "upper_bound": beta * invariance + beta * repulsion + math.log(2 * (b - 1)), "hardest": hardest}
+
+
+def jacobian_residual(head: nn.Sequential, h: torch.Tensor, dh: torch.Tensor) -> torch.Tensor:
+    """Squared residuals min_t ‖δh_i − J_iᵀ t‖² with J_i = ∂g/∂h at h_i (the local affine map W_ω = J_iᵀ).
+
+    Every head layer acts on each row alone in eval mode (BatchNorm uses its running statistics), so the
+    per-sample Jacobians are the Jacobian of Σ_i g(h_i) with respect to the stacked h: one ``jacrev`` over
+    the d_proj outputs (about 3× faster than ``vmap(jacrev)`` per sample, same values). The projection on
+    the row space of J_i uses Jᵀ = QR and the SVD of the small R, keeping σ > max(d_proj, d_enc)·eps₆₄·σ_1.
+
+    Args:
+        head: the projector g (eval mode), (·, d_enc) → (·, d_proj).
+        h: (m, d_enc) points of linearisation h_i⁽¹⁾; dh: (m, d_enc) δh_i.
+
+    Returns:
+        (m,) squared residuals of δh_i after projecting it on the row space of J_i (the column space of W_ω).
+    """
+    jac = torch.func.jacrev(lambda x: head(x).sum(0))(h).transpose(0, 1)  # (m, d_proj, d_enc)
+    q, r = torch.linalg.qr(jac.transpose(1, 2))  # Jᵀ = QR: q (m, d_enc, k), r (m, k, d_proj)
+    u, s, _ = torch.linalg.svd(r, full_matrices=False)  # col(Jᵀ) = col(Q U) over the non-zero σ
+    tol = max(jac.shape[1:]) * torch.finfo(torch.float64).eps * s[:, :1]
+    keep = (s > tol) & (s[:, :1] > 0)
+    basis = q @ u  # (m, d_enc, k) orthonormal columns
+    coef = (basis.transpose(1, 2) @ dh.unsqueeze(-1)).squeeze(-1) * keep
+    res = dh - (basis @ coef.unsqueeze(-1)).squeeze(-1)
+    return (res * res).sum(dim=1)
+
+
+def _batches(data: LayerData, ids: List[int], size: int) -> Iterator[np.ndarray]:
+    """(2, b, d) float64 batches of exactly ``size`` kept samples in order, then the remainder.
+
+    ``data.chunks`` counts stored samples, so with a sample mask its chunks can be short; re-buffering keeps
+    the batches independent of which samples were masked out (streaming equals whole).
+    """
+    buf: List[np.ndarray] = []
+    have = 0
+    for c in data.chunks(views=ids, dtype=np.float64, size=size):
+        buf.append(c)
+        have += c.shape[1]
+        while have >= size:
+            cat = np.concatenate(buf, axis=1) if len(buf) > 1 else buf[0]
+            yield cat[:, :size]
+            rest = cat[:, size:]
+            buf, have = ([rest] if rest.shape[1] else []), rest.shape[1]
+    if have:
+        yield np.concatenate(buf, axis=1) if len(buf) > 1 else buf[0]
+
+
+@register_analyzer(
+    "tangent",
+    params=[
+        Param("batch_size", 512, "int", "samples per batch for the hardest negatives and InfoNCE (2B−2 negatives)", low=2),
+        Param("temperature", 0.5, "float", "InfoNCE temperature; β = 1/temperature", low=0, low_open=True),
+        Param("max_jacobian_samples", 1024, "int", "samples (seeded subset) whose projector Jacobian enters fvu for a non-linear projector", low=1),
+        Param("seed", 0, "int", "seed of the Jacobian subset", low=0),
+    ],
+    needs=("two_views", "projector"),
+    summary="hardest negatives, InfoNCE and its Prop. 3.1 upper bound, FVU of δh by the projector's column space (encoder layer only)",
+    paper="002 Prop. 3.1, Eq. 3–10, Fig. 5–7",
+)
+def tangent(data: LayerData, batch_size: int = 512, temperature: float = 0.5, max_jacobian_samples: int = 1024,
+            seed: int = 0) -> Result:
+    """Hardest-negative geometry of the encoder output under the stored projector (paper 002 §3–5).
+
+    The kept samples are cut, in order, into batches of ``batch_size`` (a last batch of ≥ 2 is used, one
+    left-over sample is not). In each batch, with h⁽¹⁾, h⁽²⁾ the (B, d_enc) first two augmented views and
+    z = g(h)/‖g(h)‖ (g rebuilt from ``data.modules["projector"]``, float64, eval mode, on ``data.device``):
+    the hardest negative of h_i⁽¹⁾ is h̃*_i = argmax over both views of the other samples of
+    Sim(g(h_i⁽¹⁾), g(h̃_l)) (ties: view 1 before view 2, lower sample first), and δh_i = h_i⁽²⁾ − h̃*_i.
+
+    Args:
+        data: the encoder layer (``space == "encoder"``); any other layer gives an empty Result, no note.
+        batch_size: B (≥ 2).
+        temperature: β = 1/temperature (paper 002 uses β = 2).
+        max_jacobian_samples: for a non-linear projector, fvu uses the Jacobians at a subset of this many
+            samples (drawn with ``seed``; all samples when there are fewer).
+        seed: seed of that subset.
+
+    Returns:
+        Rows with ``view`` = ``<view1>|<view2>``:
+        ``fvu`` Σ_i min_t ‖δh_i − W t‖² / Σ_i ‖δh_i‖² pooled over all batches (Eq. 10; W the product of a
+        linear projector's weights, transposed, or per sample the transposed Jacobian of g at h_i⁽¹⁾);
+        ``hardest_negative_label_agreement`` (``index`` ``fine``, and ``coarse`` when coarse labels exist) the
+        fraction of i whose h̃*_i comes from a sample with i's label; ``hardest_negative_distance``
+        mean_i ‖h_i⁽¹⁾ − h̃*_i‖ / mean_i ‖h_i⁽¹⁾‖; and, as means over batches, ``infonce`` (paper 002 Eq. 1
+        symmetrised over the 2B anchors, 2B − 2 negatives in the denominator), ``invariance`` −mean Sim of
+        positive pairs, ``repulsion`` mean Sim of each anchor with its hardest negative (both view orders), and
+        ``upper_bound`` = β·invariance + β·repulsion + log(2(B − 1)) ≥ infonce (Prop. 3.1, Eq. 3).
+        Undefined values (all δh zero, all h⁽¹⁾ zero) become notes.
+    """
+    res = Result()
+    if data.space != "encoder":
+        return res  # the projector maps the encoder output; other layers are not its input
+    i1, i2 = data.aug_view_ids()[:2]
+    view = f"{data.views[i1]}|{data.views[i2]}"
+    device = torch.device(data.device)
+    head = load_head(data.modules["projector"], device)
+    d = data.dim
+    try:
+        with torch.no_grad():
+            d_proj = int(head(torch.zeros(2, d, dtype=torch.float64, device=device)).shape[1])
+    except RuntimeError as e:
+        res.notes.append(f"the stored projector cannot take this layer's {d}-dimensional embeddings; skipped ({str(e).splitlines()[0]})")
+        return res
+    beta = 1.0 / temperature
+    linear = is_linear_head(data.modules["projector"].spec)
+    basis = row_space_basis(linear_map(head, d).to(device)) if linear else None
+
+    n = data.n
+    n_used = n - 1 if n % batch_size == 1 else n
+    if n_used < n:
+        res.notes.append("one sample left over in a last batch of size 1 was not used")
+    if linear:
+        jac_mask = None
+    else:
+        jac_mask = np.ones(n_used, dtype=bool)
+        if n_used > max_jacobian_samples:
+            jac_mask[:] = False
+            jac_mask[np.random.default_rng(seed).choice(n_used, max_jacobian_samples, replace=False)] = True
+            res.notes.append(f"fvu of the non-linear projector from its Jacobian at {max_jacobian_samples} of {n_used} samples (max_jacobian_samples)")
+    labels = {"fine": data.labels, "coarse": data.labels_coarse}
+    labels = {k: np.asarray(v) for k, v in labels.items() if v is not None}
+
+    sums = {"infonce": 0.0, "invariance": 0.0, "repulsion": 0.0, "upper_bound": 0.0}
+    n_batches = 0
+    fvu_num = fvu_den = dist_num = dist_den = 0.0
+    agree = {k: 0 for k in labels}
+    off = 0
+    widths = [d] + [int(x[k]) for x in data.modules["projector"].spec for k in ("in", "out") if k in x]
+    jac_rows = max(1, _JAC_BLOCK_ELEMS // max(1, d_proj * max(widths)))
+    with torch.no_grad():
+        for batch in _batches(data, [i1, i2], batch_size):
+            b = batch.shape[1]
+            if b < 2:
+                break
+            hb = torch.from_numpy(np.ascontiguousarray(batch)).to(device)
+            h1, h2 = hb[0], hb[1]
+            z = normalise(head(torch.cat([h1, h2])))
+            out = contrastive_batch(z[:b], z[b:], beta)
+            for k in sums:
+                sums[k] += float(out[k])
+            n_batches += 1
+            cols = out["hardest"][:b]  # view-1 anchors (the paper's h̃*_i)
+            h_star = torch.cat([h1, h2])[cols]
+            dh = h2 - h_star
+            dist_num += float(torch.linalg.vector_norm(h1 - h_star, dim=1).sum())
+            dist_den += float(torch.linalg.vector_norm(h1, dim=1).sum())
+            if linear:
+                r = dh - (dh @ basis) @ basis.T
+                fvu_num += float((r * r).sum())
+                fvu_den += float((dh * dh).sum())
+            else:
+                sel = torch.from_numpy(np.flatnonzero(jac_mask[off:off + b])).to(device)
+                for s0 in range(0, sel.numel(), jac_rows):
+                    idx = sel[s0:s0 + jac_rows]
+                    with torch.enable_grad():
+                        r2 = jacobian_residual(head, h1[idx], dh[idx])
+                    fvu_num += float(r2.sum())
+                    fvu_den += float((dh[idx] * dh[idx]).sum())
+            src = (cols % b).cpu().numpy()
+            for k, lab in labels.items():
+                lb = lab[off:off + b]
+                agree[k] += int((lb[src] == lb).sum())
+            off += b
+
+    if fvu_den > 0:
+        res.add("fvu", fvu_num / fvu_den, view=view)
+    else:
+        res.notes.append("every δh = h⁽²⁾ − h̃* is zero (collapsed or identical views); fvu is undefined")
+    if labels:
+        for k in ("fine", "coarse"):
+            if k in labels:
+                res.add("hardest_negative_label_agreement", agree[k] / off, view=view, index=k)
+    else:
+        res.notes.append("no labels: hardest_negative_label_agreement skipped")
+    if dist_den > 0:
+        res.add("hardest_negative_distance", dist_num / dist_den, view=view)
+    else:
+        res.notes.append("every h⁽¹⁾ is zero; hardest_negative_distance is undefined")
+    for k in ("infonce", "invariance", "repulsion", "upper_bound"):
+        res.add(k, sums[k] / n_batches, view=view)
+    return res
