@@ -25,7 +25,6 @@ from .io_utils import sha256_file
 from .params import resolve_params
 from .table import make_table
 
-DEFAULT_ANALYZERS = ("center", "spectrum", "identifiability")
 
 
 @dataclass
@@ -83,7 +82,8 @@ def parse_params(items: Iterable[Tuple[List[str], str]], selected: Sequence[str]
 
 
 def select_analyzers(names: Optional[Sequence[str]]) -> List[str]:
-    chosen = list(names) if names else list(DEFAULT_ANALYZERS)
+    """The analyzers to run: the given names (validated), or every registered analyzer."""
+    chosen = list(names) if names else ANALYZERS.names()
     for n in chosen:
         ANALYZERS.get(n)
     return chosen

@@ -109,9 +109,13 @@ class LayerData:
                 yield block
 
     def view(self, i: int, dtype: Any = np.float64) -> np.ndarray:
-        """One whole view of the kept samples, (n, d), in memory."""
-        parts = [c[0] for c in self.chunks([i], dtype=dtype)]
-        return np.concatenate(parts) if parts else np.zeros((0, self.dim), dtype=dtype)
+        """One whole view of the kept samples, (n, d), in memory (filled chunk by chunk, no second copy)."""
+        out = np.empty((self.n, self.dim), dtype=dtype)
+        pos = 0
+        for c in self.chunks([i], dtype=dtype):
+            out[pos : pos + c.shape[1]] = c[0]
+            pos += c.shape[1]
+        return out
 
     def take(self, keep: np.ndarray) -> "LayerData":
         """The same data restricted to the samples ``keep``: a bool mask over the current samples, or their

@@ -9,7 +9,7 @@ the same split as ``linear_probe``.
 """
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -78,32 +78,43 @@ def topk_lowest_index(sims: torch.Tensor, k: int) -> torch.Tensor:
     return idx
 
 
-def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, k: int, temperature: float,
-                n_classes: int, block_elems: int = _BLOCK_ELEMS) -> torch.Tensor:
-    """Weighted k-NN predictions (InstDisc / DINO): class scores Σ_{neighbours of class c} exp(sim/T).
+def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, ks: List[int], temperature: float,
+                n_classes: int, block_elems: int = _BLOCK_ELEMS) -> Dict[int, torch.Tensor]:
+    """Weighted k-NN predictions (InstDisc / DINO): class scores Σ_{neighbours of class c} exp(sim/T), for every
+    k in ``ks`` from one similarity computation per block.
+
+    The top max(ks) neighbours are found once (ties to the lowest bank index); each smaller k takes its top k
+    among them — ordered by bank index first, so ties again go to the lowest index.
 
     Args:
         bank: (m, d) ℓ2-normalised train features; bank_labels: (m,) class ids in [0, n_classes).
         queries: (q, d) ℓ2-normalised test features.
-        k: neighbours (≤ m); temperature: T.
+        ks: neighbour counts (each ≤ m); temperature: T.
         block_elems: queries per block = max(1, block_elems // m), bounding the (block, m) similarities.
 
     Returns:
-        (q,) predicted class ids; ties in the class score go to the lowest class id (``argmax``).
+        k → (q,) predicted class ids; ties in the class score go to the lowest class id (``argmax``).
     """
     m = bank.shape[0]
+    kmax = max(ks)
     step = max(1, block_elems // max(1, m))
-    out = []
+    out: Dict[int, List[torch.Tensor]] = {k: [] for k in ks}
     for s in range(0, queries.shape[0], step):
         sims = queries[s:s + step] @ bank.T
-        idx = topk_lowest_index(sims, k)
-        nb = torch.gather(sims, 1, idx)
-        # exp((sim − max sim)/T): the same argmax as exp(sim/T), without overflow for small T
-        w = torch.exp((nb - nb.max(dim=1, keepdim=True).values) / temperature)
-        scores = torch.zeros(nb.shape[0], n_classes, dtype=w.dtype, device=w.device)
-        scores.scatter_add_(1, bank_labels[idx], w)
-        out.append(scores.argmax(dim=1))
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=bank.device)
+        idx = torch.sort(topk_lowest_index(sims, kmax), dim=1).values  # candidates in bank-index order
+        cand = torch.gather(sims, 1, idx)
+        del sims
+        for k in ks:
+            pos = topk_lowest_index(cand, k) if k < kmax else None
+            nb_idx = idx if pos is None else torch.gather(idx, 1, pos)
+            nb = cand if pos is None else torch.gather(cand, 1, pos)
+            # exp((sim − max sim)/T): the same argmax as exp(sim/T), without overflow for small T
+            w = torch.exp((nb - nb.max(dim=1, keepdim=True).values) / temperature)
+            scores = torch.zeros(nb.shape[0], n_classes, dtype=w.dtype, device=w.device)
+            scores.scatter_add_(1, bank_labels[nb_idx], w)
+            out[k].append(scores.argmax(dim=1))
+    empty = torch.zeros(0, dtype=torch.long, device=bank.device)
+    return {k: torch.cat(v) if v else empty for k, v in out.items()}
 
 
 @register_analyzer(
@@ -153,16 +164,19 @@ def knn(data: LayerData, ks: str = "20,200", temperature: float = 0.07, similari
     dev = torch.device(data.device)
     x = torch.from_numpy(reference_features(data, np.float32)).to(dev)
     norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)
-    x = x / torch.where(norms == 0, torch.ones_like(norms), norms)
+    x /= torch.where(norms == 0, torch.ones_like(norms), norms)
     bank, queries = x[torch.from_numpy(tr).to(dev)], x[torch.from_numpy(te).to(dev)]
+    del x
     ybank = torch.from_numpy(y[tr]).to(dev)
     ytest = torch.from_numpy(y[te]).to(dev)
 
+    used = {}
     for k in k_list:
-        k_used = min(k, tr.size)
-        if k_used < k:
+        used[k] = min(k, tr.size)
+        if used[k] < k:
             res.notes.append(f"k={k} exceeds the {tr.size} train samples; all {tr.size} used")
-        pred = knn_predict(bank, ybank, queries, k_used, temperature, len(classes))
-        res.add("top1", float((pred == ytest).double().mean()), view=view, index=k)
+    preds = knn_predict(bank, ybank, queries, sorted(set(used.values())), temperature, len(classes))
+    for k in k_list:
+        res.add("top1", float((preds[used[k]] == ytest).double().mean()), view=view, index=k)
         res.rows[-1]["k"] = k
     return res

@@ -1,0 +1,165 @@
+"""Analyzer benchmark: each analyzer against its naive reference, and the whole suite on a large store.
+
+    python bench/analyzers.py                 # both parts, CPU
+    python bench/analyzers.py --part naive    # part A only
+    python bench/analyzers.py --part suite --n 100000 --d 2048
+
+Part A (per analyzer, n = 8192, float64): the fast analyzer (``run_analyzer``) and the naive reference of
+``bench/naive.py`` (the straightforward computation: n×n eigendecompositions, per-sample loops, per-latent
+least squares …) on the same data, in the same run; prints the time of both, the speed-up and the largest
+relative difference over the metrics both report.
+
+Part B (the whole suite): writes a store with n samples × d dims × two views (plus labels, latents and a
+linear projector under /modules), then runs ``reprscope analyze`` on it with every analyzer in a child
+process and reports the wall time and the child's peak resident memory. Per-analyzer times come from a second,
+in-process run (shared per-layer statistics are charged to the first analyzer that needs them).
+
+Results go to ``bench/results/analyzers.json`` and are printed as a table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+
+def make_store(path: Path, n: int, d: int, k_classes: int = 10, k_latents: int = 10, d_proj: int = 128, seed: int = 0,
+               chunk: int = 8192) -> Path:
+    """A structured two-view store: class means + a linear image of latents + noise; view 2 = view 1 + jitter."""
+    from reprscope.extract import StoreWriter
+
+    rng = np.random.default_rng(seed)
+    means = rng.standard_normal((k_classes, d)).astype(np.float32)
+    mix = (rng.standard_normal((k_latents, d)) / np.sqrt(k_latents)).astype(np.float32)
+    labels = rng.integers(0, k_classes, size=n)
+    latents = rng.uniform(0, 1, size=(n, k_latents)).astype(np.float32)
+    proj = (rng.standard_normal((d_proj, d)) / np.sqrt(d)).astype(np.float32)
+    attrs = {"source": "bench", "source_sha256": "", "source_format": "bench", "method": "bench",
+             "dataset": {"name": "bench", "n": n, "d": d}, "seed": seed, "step": -1, "augmentation": {"jitter": 0.3}}
+    with StoreWriter(path, n, ["aug1", "aug2"], [("encoder", "encoder", 0, d)], attrs) as w:
+        w.write_meta(np.arange(n), latents, [f"c{i}" for i in range(k_latents // 2)] + [f"s{i}" for i in range(k_latents - k_latents // 2)],
+                     [True] * (k_latents // 2) + [False] * (k_latents - k_latents // 2), labels)
+        w.write_module("projector", [{"type": "linear", "in": d, "out": d_proj, "bias": False}], {"0.weight": proj})
+        for s in range(0, n, chunk):
+            e = min(n, s + chunk)
+            base = means[labels[s:e]] + latents[s:e] @ mix
+            v1 = base + rng.standard_normal((e - s, d), dtype=np.float32)
+            v2 = v1 + 0.3 * rng.standard_normal((e - s, d), dtype=np.float32)
+            w.write_batch(s, {"encoder": np.stack([v1, v2])})
+    return path
+
+
+def part_naive(n: int, d: int, reps: int = 1) -> list:
+    """Part A: fast vs naive per analyzer on the same in-memory float64 data."""
+    import naive
+    from reprscope.analyzers import ANALYZERS, LayerData, run_analyzer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        from reprscope.extract import Store
+
+        path = make_store(Path(tmp) / "a.h5", n, d, d_proj=min(128, d))
+        with Store(path) as st:
+            data = st.layer_data("encoder")
+            data = LayerData(**{**data.__dict__, "embeddings": np.asarray(data.embeddings[()], dtype=np.float64), "cache": {}})
+    out = []
+    for name in ANALYZERS.names():
+        ref = naive.REFERENCES.get(name)
+        if ref is None:
+            print(f"  {name:20s} (no naive reference)")
+            continue
+        fn, params = ref
+        best_fast = best_naive = float("inf")
+        for _ in range(reps):
+            fresh = LayerData(**{**data.__dict__, "cache": {}})
+            t = time.perf_counter(); res = run_analyzer(name, fresh, params); best_fast = min(best_fast, time.perf_counter() - t)
+            t = time.perf_counter(); want = fn(data, **params); best_naive = min(best_naive, time.perf_counter() - t)
+        got = {(r["metric"], r["view"], r["index"], r.get("form", "")): r["value"] for r in res.rows}
+        diffs = [abs(got[k] - v) / max(abs(v), 1e-12) for k, v in want.items() if k in got]
+        row = {"analyzer": name, "n": n, "d": d, "fast_s": best_fast, "naive_s": best_naive,
+               "speedup": best_naive / best_fast, "max_rel_diff": max(diffs) if diffs else None, "compared": len(diffs)}
+        out.append(row)
+        print(f"  {name:20s} fast {best_fast:8.3f}s  naive {best_naive:8.3f}s  x{row['speedup']:7.1f}  "
+              f"max rel diff {row['max_rel_diff'] if row['max_rel_diff'] is not None else float('nan'):.2e} over {len(diffs)} values")
+    return out
+
+
+def part_suite(n: int, d: int, device: str) -> dict:
+    """Part B: the whole `reprscope analyze` on a large store, in a child process (peak RSS of the child)."""
+    from reprscope.analyzers import ANALYZERS
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "big.h5"
+        t = time.perf_counter()
+        make_store(path, n, d)
+        gen = time.perf_counter() - t
+        names = ",".join(ANALYZERS.names())
+        cmd = [sys.executable, "-m", "reprscope", "analyze", str(path), "--analyzers", names, "--device", device,
+               "--out", str(Path(tmp) / "t.csv"), "--quiet"]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        t = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        wall = time.perf_counter() - t
+        peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        if proc.returncode != 0:
+            raise SystemExit(f"analyze failed: {proc.stderr}")
+        per = {}
+        from reprscope.extract import Store
+        from reprscope.analyzers import run_analyzer
+
+        with Store(path) as st:
+            data = st.layer_data("encoder", device=device)
+            for name in ANALYZERS.names():
+                t0 = time.perf_counter()
+                run_analyzer(name, data)
+                per[name] = time.perf_counter() - t0
+    res = {"n": n, "d": d, "views": 2, "device": device, "generate_s": gen, "analyze_wall_s": wall,
+           "peak_rss_gib": peak_kb / 2**20, "peak_rss_note": "max RSS of any child of this process (KB from getrusage)",
+           "per_analyzer_s": per, "analyzers": names}
+    print(f"  whole suite: {wall:.1f} s wall, peak RSS {res['peak_rss_gib']:.2f} GiB (n={n}, d={d}, 2 views, {device})")
+    for k, v in per.items():
+        print(f"    {k:20s} {v:7.2f} s")
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--part", choices=("all", "naive", "suite"), default="all")
+    ap.add_argument("--n-naive", type=int, default=8192)
+    ap.add_argument("--d-naive", type=int, default=512)
+    ap.add_argument("--n", type=int, default=100_000)
+    ap.add_argument("--d", type=int, default=2048)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "analyzers.json")
+    args = ap.parse_args()
+    import torch
+
+    result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                          "torch": torch.__version__, "python": platform.python_version()},
+              "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if args.part in ("all", "naive"):
+        print(f"Part A: each analyzer vs its naive reference (n={args.n_naive}, d={args.d_naive}, float64)")
+        result["naive"] = part_naive(args.n_naive, args.d_naive)
+    if args.part in ("all", "suite"):
+        print(f"Part B: the whole suite on n={args.n}, d={args.d}")
+        result["suite"] = part_suite(args.n, args.d, args.device)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    prev = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    prev.update(result)
+    args.out.write_text(json.dumps(prev, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Streaming equals whole (STYLE.md principle 5), for every registered analyzer.
+
+The same embeddings are analyzed (a) in memory in one chunk and (b) from an .h5 store on disk, read in small
+chunks (chunk_size 7, so chunk boundaries fall inside batches), with NaN samples masked in (b) only: the rows
+must agree to rounding.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from reprscope.analyzers import ANALYZERS, run_analyzer
+from reprscope.extract import Store, StoreWriter
+
+from test_analyzer_contract import make_data, synthetic
+
+NAMES = ANALYZERS.names()
+
+
+def _rows(res):
+    return {(r["view"], r["metric"], r["index"], r.get("form", ""), r.get("k", "")): r["value"] for r in res.rows}
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory):
+    emb = synthetic(n=150, d=6).astype(np.float64)
+    mem = make_data(emb)
+    path = tmp_path_factory.mktemp("stream") / "s.h5"
+    padded = np.concatenate([emb, np.full((3, 5, 6), np.nan)], axis=1)  # 5 NaN samples appended on disk
+    order = np.r_[np.arange(0, 70), np.arange(150, 155), np.arange(70, 150)]  # …and placed in the middle
+    disk_emb = padded[:, order].astype(np.float32)
+    with StoreWriter(path, disk_emb.shape[1], ["clean", "aug1", "aug2"], [("encoder", "encoder", 0, 6)],
+                     {"source": "t", "method": "t", "dataset": {}, "seed": 0, "step": -1}) as w:
+        w.write_meta(np.arange(disk_emb.shape[1]))
+        w.write_batch(0, {"encoder": disk_emb})
+    return mem, path, order
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_chunked_h5_equals_in_memory(name, stored):
+    mem, path, order = stored
+    keep_pos = order < 150  # the stored order with the NaN samples
+    whole = run_analyzer(name, dataclasses.replace(mem, embeddings=mem.embeddings.astype(np.float32).astype(np.float64),
+                                                   chunk_size=10_000, cache={}))
+    with Store(path) as st:
+        ds = st.embeddings("encoder")
+        lat = np.full((len(order), mem.latents.shape[1]), 0.0, dtype=np.float32)
+        lat[keep_pos] = mem.latents
+        lab = np.zeros(len(order), dtype=np.int64)
+        lab[keep_pos] = mem.labels
+        coarse = np.zeros(len(order), dtype=np.int64)
+        coarse[keep_pos] = mem.labels_coarse
+        disk = dataclasses.replace(mem, embeddings=ds, latents=lat, labels=lab, labels_coarse=coarse,
+                                   chunk_size=7, cache={})
+        streamed = run_analyzer(name, disk)
+    a, b = _rows(whole), _rows(streamed)
+    assert a.keys() == b.keys()
+    assert any("NaN" in n for n in streamed.notes)
+    for k in a:
+        assert b[k] == pytest.approx(a[k], rel=1e-9, abs=1e-9), (name, k)
+
+
+def test_large_float32_stores_use_float32_products_accumulated_in_float64(monkeypatch):
+    from reprscope.analyzers import stats
+
+    rng = np.random.default_rng(3)
+    emb = (rng.normal(size=(2, 3000, 16)) * 3 + 50).astype(np.float32)  # a large offset: shifting matters
+    data = make_data(emb, views=["aug1", "aug2"])
+    exact = stats.moments(dataclasses.replace(data, embeddings=emb.astype(np.float64), cache={}))
+    monkeypatch.setattr(stats, "FLOAT32_PRODUCTS_ABOVE", 1000)
+    fast_data = dataclasses.replace(data, chunk_size=512, cache={})
+    assert stats.product_dtype(fast_data) == np.float32
+    fast = stats.moments(fast_data)
+    for a, b in zip(exact, fast):
+        np.testing.assert_allclose(b.mean, a.mean, rtol=1e-6)
+        np.testing.assert_allclose(b.scatter, a.scatter, rtol=2e-5, atol=2e-5 * np.abs(a.scatter).max())
+        np.testing.assert_allclose(b.gram, a.gram, rtol=2e-5)
