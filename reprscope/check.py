@@ -19,6 +19,8 @@ with no counterpart fails as ``missing``. Rules come from the command line (one 
     layer = "encoder*"               # glob on the layer (default "*")
     atol = 0.02
     direction = "higher"
+
+The same in YAML (``.yaml``/``.yml``): ``default: {rtol: 0.01}`` and ``rule: [{metric: ..., atol: ...}]``.
 """
 from __future__ import annotations
 
@@ -67,6 +69,25 @@ def _rule_from(d: Dict[str, Any], base: Rule, where: str) -> Rule:
     return r
 
 
+def _read_rules_file(path: Path) -> Dict[str, Any]:
+    """TOML, or YAML (``.yaml``/``.yml``, with the same ``default`` mapping and ``rule`` list)."""
+    text = path.read_text()
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml  # PyYAML comes with timm
+
+            doc = yaml.safe_load(text) or {}
+        else:
+            import tomllib
+
+            doc = tomllib.loads(text)
+    except Exception as exc:  # tomllib.TOMLDecodeError, yaml.YAMLError: both are parse errors of the user's file
+        raise ReprscopeError(f"cannot parse tolerance file '{path}': {exc}") from None
+    if not isinstance(doc, dict):
+        raise ReprscopeError(f"tolerance file '{path}' must hold a mapping with 'default' and 'rule'")
+    return doc
+
+
 def load_rules(path: Optional[Path], rtol: Optional[float] = None, atol: Optional[float] = None) -> List[Rule]:
     """Rules from a TOML file (``[default]`` and ``[[rule]]`` tables) with the CLI's rtol/atol as defaults.
 
@@ -75,15 +96,10 @@ def load_rules(path: Optional[Path], rtol: Optional[float] = None, atol: Optiona
     default = Rule()
     rules: List[Rule] = []
     if path is not None:
-        import tomllib
-
         path = Path(path)
         if not path.is_file():
             raise ReprscopeError(f"tolerance file '{path}' does not exist")
-        try:
-            doc = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise ReprscopeError(f"cannot parse tolerance file '{path}': {exc}") from None
+        doc = _read_rules_file(path)
         unknown = set(doc) - {"default", "rule"}
         if unknown:
             raise ReprscopeError(f"tolerance file '{path}': unknown table '{sorted(unknown)[0]}'; use [default] and [[rule]]")

@@ -109,3 +109,14 @@ def test_cli_check_bad_input_exit_2(tmp_path):
     f.write_text("a,b\n1,2\n")
     r = runner.invoke(app, ["check", str(FIX / "tiny_dgp.h5"), "--baseline", str(f)])
     assert r.exit_code == 2 and "not a reprscope table" in r.stderr
+
+
+def test_rules_from_yaml(tmp_path):
+    f = tmp_path / "tol.yaml"
+    f.write_text("default:\n  rtol: 0.5\nrule:\n  - metric: 'spectrum/*'\n    layer: 'proj*'\n    rtol: 0\n    atol: 0\n")
+    rules = load_rules(f)
+    res = compare(_table([12.0, 5.001]), _table([10.0, 5.0]), rules)
+    assert list(res.failures["layer"]) == ["projector"]
+    f.write_text("- just a list\n")
+    with pytest.raises(ReprscopeError, match="mapping"):
+        load_rules(f)
