@@ -11,13 +11,15 @@ from typing import List
 import numpy as np
 
 from .base import LayerData, Result, register_analyzer
+from .stats import product_dtype
 
 #: Samples per chunk: bounds the float64 working copy of one chunk of every used view.
 _CHUNK_ELEMS = 1 << 24
 
 
 def _normalise(z: np.ndarray) -> "tuple[np.ndarray, int]":
-    """Row-normalise (m, d) float64 ``z``; a zero row stays zero. Returns (ẑ, number of zero rows)."""
+    """Row-normalise (m, d) ``z`` (float64, or float32 for large float32 stores); a zero row stays zero.
+    Returns (ẑ, number of zero rows)."""
     norms = np.linalg.norm(z, axis=1)
     zero = norms == 0
     return z / np.where(zero, 1.0, norms)[:, None], int(zero.sum())
@@ -51,7 +53,7 @@ def center(data: LayerData) -> Result:
 
     def means():
         """Yield (µ for a chunk of samples, zero rows in it, Σ_pairs ẑ^a·ẑ^b in it)."""
-        for chunk in data.chunks(views=ids, dtype=np.float64, size=step):
+        for chunk in data.chunks(views=ids, dtype=product_dtype(data), size=step):
             acc = np.zeros(chunk.shape[1:], dtype=np.float64)
             zeros, pairs = 0, 0.0
             hats = []

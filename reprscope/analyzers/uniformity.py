@@ -21,6 +21,7 @@ import torch
 
 from ..params import Param
 from .base import LayerData, Result, register_analyzer
+from .stats import product_dtype
 
 #: Rows of one block of the pairwise computation; a block holds (_BLOCK, _BLOCK) distances.
 _BLOCK = 2048
@@ -32,22 +33,24 @@ def normalise_rows(z: torch.Tensor) -> torch.Tensor:
     return z / torch.where(norms == 0, torch.ones_like(norms), norms)
 
 
-def log_mean_exp_pairs(x: torch.Tensor, t: float, block: int = _BLOCK) -> float:
+def log_mean_exp_pairs(x: torch.Tensor, t: float, block: int = _BLOCK, product_dtype: torch.dtype = torch.float64) -> float:
     """log mean_{i≠j} exp(−t‖x_i − x_j‖²) of (m, d) ``x`` (m ≥ 2), exactly over all ordered pairs.
 
     Only blocks (I, J) with J ≥ I are computed (the kernel is symmetric; off-diagonal blocks count twice);
     each is reduced to its log-sum-exp at once and merged into a running one, so memory is O(block²) and
-    large t cannot overflow.
+    large t cannot overflow. The inner products may be formed in ``product_dtype`` (float32 for large float32
+    stores); distances, exponentials and sums stay in float64.
     """
     m = x.shape[0]
     sq = (x * x).sum(dim=1)
+    xp = x.to(product_dtype)
     parts: List[torch.Tensor] = []
     for s0 in range(0, m, block):
         e0 = min(m, s0 + block)
-        xi, si = x[s0:e0], sq[s0:e0]
+        si = sq[s0:e0]
         for s1 in range(s0, m, block):
             e1 = min(m, s1 + block)
-            d2 = (si[:, None] + sq[None, s1:e1] - 2.0 * (xi @ x[s1:e1].T)).clamp_min_(0.0)
+            d2 = (si[:, None] + sq[None, s1:e1] - 2.0 * (xp[s0:e0] @ xp[s1:e1].T).to(x.dtype)).clamp_min_(0.0)
             logits = -t * d2
             if s1 == s0:
                 logits.fill_diagonal_(-math.inf)
@@ -122,7 +125,7 @@ def uniformity(data: LayerData, t: float = 2.0, alpha: float = 2.0, max_samples:
     unif = []
     for k in range(2):
         x = torch.cat(kept[k])
-        u = log_mean_exp_pairs(x, t)
+        u = log_mean_exp_pairs(x, t, product_dtype=torch.float32 if product_dtype(data) == np.float32 else torch.float64)
         res.add("uniform", u, view=names[k])
         unif.append(u)
     res.add("uniform", float(np.mean(unif)), view=pair)
