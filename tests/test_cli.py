@@ -89,7 +89,10 @@ def test_analyze_h5_csv(cli_h5, tmp_path):
     assert f"wrote {out}" in res.stdout
     df = read_table(out)
     assert list(df.columns[:9]) == COLUMNS
-    assert set(df["analyzer"]) == {"center", "spectrum", "identifiability"}
+    # by default every registered analyzer runs; the dgp has no labels, so knn and linear_probe are skipped
+    from reprscope.analyzers import ANALYZERS
+
+    assert set(df["analyzer"]) == {n for n in ANALYZERS.names() if "labels" not in ANALYZERS.get(n).needs}
     assert set(df["layer"]) == {"encoder.layer1", "encoder.layer2", "encoder", "projector"}
     assert set(df["step"]) == {10} and set(df["source"]) == {str(cli_h5)} and set(df["method"]) == {"simclr"}
     assert np.isfinite(df["value"]).all()
@@ -336,3 +339,8 @@ def test_usage_error_is_exit_2(tmp_path):
     res = invoke("train", "simclr", ok=False)  # --data missing: Click's own usage error
     assert res.exit_code == 2
     assert "--data" in res.stderr
+
+
+def test_analyze_default_states_why_analyzers_were_skipped(cli_h5):
+    res = invoke("analyze", cli_h5)
+    assert "knn skipped" in res.stdout and "needs labels" in res.stdout
