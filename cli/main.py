@@ -86,12 +86,12 @@ def train(
     """Train METHOD on DATASET with the bundled trainer; writes checkpoints into --out."""
     from reprscope.data import parse_data_arg
     from reprscope.params import parse_assignments
-    from reprscope.train import apply_sets, default_config, load_config_file, merge, resolve_config
+    from reprscope.train import apply_sets, default_config, file_assignments, load_config_file, merge, resolve_config
     from reprscope.train import train as run_train
 
     cfg = default_config(method, parse_data_arg(data), backbone or "mlp")
     if config:
-        cfg = merge(cfg, load_config_file(config))
+        cfg = apply_sets(cfg, file_assignments(load_config_file(config)))
     cli = {"epochs": epochs, "steps": steps, "batch_size": batch_size, "save_every": save_every,
            "save_every_steps": save_every_steps, "seed": seed, "device": device}
     cfg = merge(cfg, {"train": {k: v for k, v in cli.items() if v is not None}})

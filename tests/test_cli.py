@@ -344,3 +344,23 @@ def test_usage_error_is_exit_2(tmp_path):
 def test_analyze_default_states_why_analyzers_were_skipped(cli_h5):
     res = invoke("analyze", cli_h5)
     assert "knn skipped" in res.stdout and "needs labels" in res.stdout
+
+
+def test_train_config_file_addresses_the_model_like_set(tmp_path):
+    """A [projector] section in a config file changes the head (and a new kind drops the old kind's settings)."""
+    import torch
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[train]\nsteps = 3\nbatch_size = 16\n[data]\ncontent_dims = 3\neval_size = 50\n'
+                   '[projector]\nout_dim = 6\nkind = "linear"\n[backbone]\nwidth = 8\ndepth = 2\n')
+    invoke("train", "simclr", "--data", "dgp", "--config", cfg, "--out", tmp_path / "r", "--quiet")
+    c = torch.load(tmp_path / "r" / "last.pt", weights_only=True)["config"]
+    assert c["model"]["heads"]["projector"] == [{"type": "linear", "in": 8, "out": 6, "bias": False}]
+    assert c["data"]["content_dims"] == 3 and c["train"]["steps"] == 3
+
+
+def test_train_config_file_unknown_section_is_exit_2(tmp_path):
+    cfg = tmp_path / "c.json"
+    cfg.write_text('{"bogus": {"a": 1}}')
+    res = invoke("train", "simclr", "--data", "dgp", "--config", cfg, "--out", tmp_path / "r", ok=False)
+    assert res.exit_code == 2 and "bogus" in res.stderr and not (tmp_path / "r").exists()

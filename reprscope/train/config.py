@@ -71,6 +71,30 @@ def load_config_file(path: str | Path) -> Dict[str, Any]:
         raise ReprscopeError(f"cannot parse config file '{path}': {exc}") from None
 
 
+def file_assignments(doc: Dict[str, Any]) -> List[Tuple[List[str], Any]]:
+    """A config file's sections as ``--set`` assignments, so files and the command line share one path
+    (validation, ``projector``/``predictor``/``backbone`` addressing the model, a new head kind resetting it).
+
+    Within a head section ``kind`` comes first, so the settings that follow apply to the new kind.
+    """
+    out: List[Tuple[List[str], Any]] = []
+
+    def walk(prefix: List[str], node: Any) -> None:
+        # a dict below backbone.KEY is a value (a timm kwarg such as a dict), not a further section
+        if isinstance(node, dict) and not (prefix[0] == "backbone" and len(prefix) >= 2):
+            keys = sorted(node, key=lambda k: k != "kind")
+            for k in keys:
+                walk(prefix + [str(k)], node[k])
+        else:
+            out.append((prefix, node))
+
+    for section, body in doc.items():
+        if section not in SECTIONS:
+            raise ReprscopeError(f"config file section '{section}' is not one of: {', '.join(SECTIONS)}")
+        walk([section], body)
+    return out
+
+
 def _parse_value(value: str) -> Any:
     try:
         return json.loads(value)
