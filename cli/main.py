@@ -170,7 +170,7 @@ def analyze(
 ) -> None:
     """Analyze SOURCE(s) and print a summary; write the tidy table with --out."""
     from reprscope.params import parse_assignments
-    from reprscope.pipeline import analyze as run_analyze, parse_params, select_analyzers, summarize
+    from reprscope.pipeline import analyze as run_analyze, condense_notes, parse_params, select_analyzers, summarize
     from reprscope.table import write_table
     from reprscope.train.trainer import resolve_device
 
@@ -183,7 +183,7 @@ def analyze(
                       set_data=_data_sets(sets))
     if not quiet:
         typer.echo(summarize(res.table))
-        for note in res.notes:
+        for note in condense_notes(res.notes):
             typer.echo(f"note: {note}")
     if out is not None:
         write_table(res.table, out)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
@@ -157,6 +158,26 @@ def analyze(sources: Sequence[str | os.PathLike], *, data: Optional[str] = None,
         notes.extend(f"{item.path.name}: {x}" if len(items) > 1 else x for x in n)
         stores.append(path)
     return AnalysisResult(make_table(rows), list(dict.fromkeys(notes)), stores)
+
+
+_NOTE = re.compile(r"^(?P<pre>.*?) on (?P<layer>[\w.]+): (?P<msg>.*)$")
+
+
+def condense_notes(notes: Sequence[str]) -> List[str]:
+    """Merge notes that differ only in the layer ("knn skipped on encoder.layer1: …" for every layer → one line)."""
+    groups: Dict[Tuple[str, str], List[str]] = {}
+    other: List[str] = []
+    for n in notes:
+        m = _NOTE.match(n)
+        if m:
+            groups.setdefault((m["pre"], m["msg"]), []).append(m["layer"])
+        else:
+            other.append(n)
+    out = []
+    for (pre, msg), layers in groups.items():
+        where = layers[0] if len(layers) == 1 else f"{len(layers)} layers ({', '.join(layers[:3])}{', …' if len(layers) > 3 else ''})"
+        out.append(f"{pre} on {where}: {msg}")
+    return out + other
 
 
 def summarize(df: pd.DataFrame, max_metrics: int = 6) -> str:

@@ -1,0 +1,35 @@
+"""The functional core behind `analyze`: source resolution, parameter routing, note condensing."""
+import pytest
+
+from reprscope.errors import ReprscopeError
+from reprscope.pipeline import condense_notes, parse_params, resolve_sources, select_analyzers
+
+
+def test_condense_notes_merges_layers_and_keeps_the_rest():
+    notes = [f"knn skipped on {l}: needs labels" for l in ("encoder.layer1", "encoder.layer2", "encoder", "projector")]
+    notes += ["tangent on encoder: no labels", "a note without a layer"]
+    out = condense_notes(notes)
+    assert out[0] == "knn skipped on 4 layers (encoder.layer1, encoder.layer2, encoder, …): needs labels"
+    assert "tangent on encoder: no labels" in out and out[-1] == "a note without a layer"
+
+
+def test_select_and_route_parameters():
+    from reprscope.analyzers import ANALYZERS
+
+    assert select_analyzers(None) == ANALYZERS.names()
+    with pytest.raises(ReprscopeError, match="unknown analyzer 'nope'"):
+        select_analyzers(["nope"])
+    assert parse_params([(["spectrum", "tau"], "0.1")], ["spectrum"]) == {"spectrum": {"tau": "0.1"}}
+    with pytest.raises(ReprscopeError, match="not selected"):
+        parse_params([(["center", "x"], "1")], ["spectrum"])
+
+
+def test_resolve_sources(tmp_path):
+    with pytest.raises(ReprscopeError, match="does not exist"):
+        resolve_sources([tmp_path / "missing.h5"])
+    with pytest.raises(ReprscopeError, match="no ckpt"):
+        resolve_sources([tmp_path])
+    for n in ("ckpt-0000010.pt", "ckpt-0000000.pt", "last.pt"):
+        (tmp_path / n).write_bytes(b"x")
+    got = resolve_sources([tmp_path])
+    assert [s.path.name for s in got] == ["ckpt-0000000.pt", "ckpt-0000010.pt"] and {s.kind for s in got} == {"checkpoint"}
