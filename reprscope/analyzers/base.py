@@ -108,6 +108,26 @@ class LayerData:
             if block.shape[1]:
                 yield block
 
+    def batches(self, views: Sequence[int], size: int, dtype: Any = np.float64) -> Iterator[np.ndarray]:
+        """(len(views), b, d) batches of exactly ``size`` kept samples in order, then the remainder.
+
+        :meth:`chunks` counts stored samples, so with a sample mask its chunks can be short; re-buffering keeps
+        the batches independent of which samples were masked out (streaming equals whole).
+        """
+        total = int(self.embeddings.shape[1])
+        buf: List[np.ndarray] = []
+        have = 0
+        for c in self.chunks(views=views, dtype=dtype, size=max(1, min(size, total))):
+            buf.append(c)
+            have += c.shape[1]
+            while have >= size:
+                cat = np.concatenate(buf, axis=1) if len(buf) > 1 else buf[0]
+                yield cat[:, :size]
+                rest = cat[:, size:]
+                buf, have = ([rest] if rest.shape[1] else []), rest.shape[1]
+        if have:
+            yield np.concatenate(buf, axis=1) if len(buf) > 1 else buf[0]
+
     def view(self, i: int, dtype: Any = np.float64) -> np.ndarray:
         """One whole view of the kept samples, (n, d), in memory (filled chunk by chunk, no second copy)."""
         out = np.empty((self.n, self.dim), dtype=dtype)

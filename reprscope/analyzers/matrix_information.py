@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -318,26 +318,6 @@ def coding_rates(k: PSD, mu: float) -> Dict[str, float]:
 # -- batches ----------------------------------------------------------------------------------------------
 
 
-def _batches(data: LayerData, ids: List[int], m: int) -> Iterator[np.ndarray]:
-    """(2, m, d) float64 batches of exactly m kept samples (the last one shorter), in order.
-
-    ``data.chunks`` counts stored samples; with a sample mask its chunks are shorter, so they are re-cut here.
-    """
-    total = int(data.embeddings.shape[1])
-    buf: List[np.ndarray] = []
-    have = 0
-    for c in data.chunks(views=ids, dtype=np.float64, size=max(1, min(m, total))):
-        buf.append(c)
-        have += c.shape[1]
-        while have >= m:
-            cat = np.concatenate(buf, axis=1) if len(buf) > 1 else buf[0]
-            yield cat[:, :m]
-            rest = cat[:, m:]
-            buf, have = ([rest] if rest.shape[1] else []), rest.shape[1]
-    if have:
-        yield np.concatenate(buf, axis=1) if len(buf) > 1 else buf[0]
-
-
 def _plan(n: int, m: int, max_batches: Optional[int], seed: int) -> Tuple[List[int], int, List[str]]:
     """Which batch indices to use: (chosen indices, number of full batches, notes)."""
     full = n // m
@@ -413,7 +393,7 @@ def matrix_information(data: LayerData, batch_size=512, alpha: float = 1.0, mu: 
     zero_rows = [0, 0]
     zero_cols = [0, 0]
     used = 0
-    for b, batch in enumerate(_batches(data, ids, m)):
+    for b, batch in enumerate(data.batches(ids, m)):
         if b not in want:
             continue
         if batch.shape[1] < 2:

@@ -30,7 +30,7 @@ note — the projector does not apply to them, and a note per layer would only r
 from __future__ import annotations
 
 import math
-from typing import Dict, Iterator, List
+from typing import Dict, List
 
 import numpy as np
 import torch
@@ -160,26 +160,6 @@ def jacobian_residual(head: nn.Sequential, h: torch.Tensor, dh: torch.Tensor) ->
     return (res * res).sum(dim=1)
 
 
-def _batches(data: LayerData, ids: List[int], size: int) -> Iterator[np.ndarray]:
-    """(2, b, d) float64 batches of exactly ``size`` kept samples in order, then the remainder.
-
-    ``data.chunks`` counts stored samples, so with a sample mask its chunks can be short; re-buffering keeps
-    the batches independent of which samples were masked out (streaming equals whole).
-    """
-    buf: List[np.ndarray] = []
-    have = 0
-    for c in data.chunks(views=ids, dtype=np.float64, size=size):
-        buf.append(c)
-        have += c.shape[1]
-        while have >= size:
-            cat = np.concatenate(buf, axis=1) if len(buf) > 1 else buf[0]
-            yield cat[:, :size]
-            rest = cat[:, size:]
-            buf, have = ([rest] if rest.shape[1] else []), rest.shape[1]
-    if have:
-        yield np.concatenate(buf, axis=1) if len(buf) > 1 else buf[0]
-
-
 @register_analyzer(
     "tangent",
     params=[
@@ -263,7 +243,7 @@ def tangent(data: LayerData, batch_size: int = 512, temperature: float = 0.5, ma
     widths = [d] + [int(x[k]) for x in data.modules["projector"].spec for k in ("in", "out") if k in x]
     jac_rows = max(1, _JAC_BLOCK_ELEMS // max(1, d_proj * max(widths)))
     with torch.no_grad():
-        for batch in _batches(data, [i1, i2], batch_size):
+        for batch in data.batches([i1, i2], batch_size):
             b = batch.shape[1]
             if b < 2:
                 break
