@@ -235,7 +235,7 @@ def _without(need: str) -> LayerData:
     return make_data(emb, **{kw[need]: False})
 
 
-@pytest.mark.parametrize("name, need", NEED_CASES or [pytest.param(None, None, marks=pytest.mark.skip("no needs"))])
+@pytest.mark.parametrize("name, need", NEED_CASES)
 def test_missing_need_is_skipped_with_note(name, need):
     data = _without(need)
     res = run_analyzer(name, data)
@@ -267,7 +267,7 @@ def _cli_string(v) -> str:
     return json.dumps(list(v)) if isinstance(v, (list, tuple)) else str(v)
 
 
-@pytest.mark.parametrize("name, key", PARAMS or [pytest.param(None, None, marks=pytest.mark.skip("no params"))])
+@pytest.mark.parametrize("name, key", PARAMS)
 def test_default_passes_validation(name, key):
     p = _param(name, key)
     owner = f"analyzer {name}"
@@ -281,7 +281,7 @@ def test_default_passes_validation(name, key):
     assert p.doc, f"{name}.{key} has no doc line"
 
 
-@pytest.mark.parametrize("name, key", NUMERIC or [pytest.param(None, None, marks=pytest.mark.skip("no numeric params"))])
+@pytest.mark.parametrize("name, key", NUMERIC)
 def test_bad_numeric_value_names_parameter(name, key, data):
     p = _param(name, key)
     bad = ["not-a-number", "nan" if p.kind in ("float", "floats") else "1.5" if p.kind in ("int", "int_or_all") else None]
@@ -303,8 +303,7 @@ def test_unknown_parameter_lists_valid_ones(name, data):
         assert p.name in str(ei.value)
 
 
-@pytest.mark.parametrize("name, key", [(n, k) for n, k in PARAMS if _param(n, k).kind == "choice"]
-                         or [pytest.param(None, None, marks=pytest.mark.skip("no choice params"))])
+@pytest.mark.parametrize("name, key", [(n, k) for n, k in PARAMS if _param(n, k).kind == "choice"])
 def test_bad_choice_names_parameter(name, key, data):
     with pytest.raises(ReprscopeError, match=f"'{key}'"):
         run_analyzer(name, data, {key: "no-such-choice"})
