@@ -240,6 +240,16 @@ def report(
         typer.echo(f"wrote {p}")
 
 
+@app.command()
+@handle_errors
+def inspect(ckpt: Path = typer.Argument(..., help="Checkpoint file.")) -> None:
+    """What the loader detected: format, method, architecture, parts and their keys, layers, unused keys."""
+    from reprscope.formats import load_checkpoint
+    from reprscope.inspect import describe
+
+    typer.echo("\n".join(describe(load_checkpoint(ckpt))))
+
+
 @app.command("list")
 @handle_errors
 def list_(what: str = typer.Argument(..., help="methods | analyzers | datasets | formats | backbones | heads")) -> None:

@@ -33,3 +33,22 @@ def test_resolve_sources(tmp_path):
         (tmp_path / n).write_bytes(b"x")
     got = resolve_sources([tmp_path])
     assert [s.path.name for s in got] == ["ckpt-0000000.pt", "ckpt-0000010.pt"] and {s.kind for s in got} == {"checkpoint"}
+
+
+def test_inspect_describes_a_checkpoint_and_refuses_non_checkpoints(tmp_path):
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from reprscope_cli.main import app
+
+    fix = Path(__file__).resolve().parent.parent / "fixtures" / "tiny_simclr.pt"
+    r = CliRunner().invoke(app, ["inspect", str(fix)])
+    assert r.exit_code == 0, r.output
+    for want in ("format:       reprscope", "method:       simclr", "projector", "linear(16→8)",
+                 "encoder.layer1 [intermediate]", "unused keys: none"):
+        assert want in r.stdout
+    bad = tmp_path / "x.pt"
+    bad.write_text("not a checkpoint")
+    r = CliRunner().invoke(app, ["inspect", str(bad)])
+    assert r.exit_code == 2 and r.stderr.startswith("error:")
