@@ -11,7 +11,7 @@ from reprscope.data import DATASETS, Samples, build_dataset
 from reprscope.data.dgp import sample_vmf
 from reprscope.errors import ReprscopeError
 
-ALL = DATASETS.names()
+ALL = [n for n in DATASETS.names() if not DATASETS.meta(n).get("on_disk")]  # on-disk sets: tests/test_images.py
 SMALL = {"eval_size": 60}
 
 

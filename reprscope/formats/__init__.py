@@ -3,5 +3,6 @@
 """
 from .base import FORMATS, LoadedModel, load_checkpoint, read_checkpoint_file
 from . import native  # noqa: F401  (registers reprscope/1)
+from . import resnet_ssl  # noqa: F401  (registers simsiam, moco, torchvision)
 
 __all__ = ["FORMATS", "LoadedModel", "load_checkpoint", "read_checkpoint_file"]

@@ -1,6 +1,7 @@
 """Format registry and the safe file reader shared by every format."""
 from __future__ import annotations
 
+import argparse
 import os
 import pickle
 import warnings
@@ -63,9 +64,11 @@ def read_checkpoint_file(path: os.PathLike | str) -> Any:
     if path.stat().st_size == 0:
         raise ReprscopeError(f"'{path}' is empty; expected a PyTorch checkpoint (.pt/.pth)")
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), torch.serialization.safe_globals([argparse.Namespace]):
             # a plain pickle (not a torch.save archive) makes torch warn about its protocol before we refuse it
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            # argparse.Namespace is inert data (DINO, MAE, timm save their args as one); everything else that
+            # is not a tensor or a plain container is refused
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)

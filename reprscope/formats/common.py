@@ -1,0 +1,361 @@
+"""Pieces shared by the formats of checkpoints from the wild (CHECKPOINT_FORMATS.md, "What a loader must resolve").
+
+Each format is a detection rule plus a key mapping (after timm's ``checkpoint_filter_fn``); what they share
+lives here: the allow-listed reader, container resolution, the one prefix cleaner, ResNet inference from
+shapes, head-spec inference from ``prefix.N.*`` keys and the strict loader that accounts for every tensor.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from ..errors import ReprscopeError
+from ..models.bundle import ModelBundle
+from .base import read_checkpoint_file
+
+#: containers tried in this order before falling back to "the sub-dict holding the most tensors"
+#: (teacher before student: the EMA teacher is the default branch of DINO-family checkpoints)
+CONTAINER_KEYS = ("state_dict", "model", "teacher", "student", "resnet", "state_dict_ema")
+
+#: wrappers added by DDP/DataParallel and torch.compile; removed only at the start of a key, dot included
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+#: torchvision/timm ResNet stages: block counts → depth
+_BASIC_DEPTHS = {(2, 2, 2, 2): 18, (3, 4, 6, 3): 34}
+_BOTTLENECK_DEPTHS = {(3, 4, 6, 3): 50, (3, 4, 23, 3): 101, (3, 8, 36, 3): 152}
+RESNET_ROOTS = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4", "fc")
+
+_BN_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+# -- 8. deserialisation -------------------------------------------------------------------------------------
+
+
+def allowlisted_load(path: os.PathLike | str) -> Any:
+    """``torch.load(weights_only=True)`` with ``argparse.Namespace`` allow-listed (DINO and MAE pickle one):
+    the shared reader does this for every format. Never falls back to full unpickling."""
+    return read_checkpoint_file(path)
+
+
+# -- 1. the container ---------------------------------------------------------------------------------------
+
+
+def _n_tensors(d: Any) -> int:
+    return sum(isinstance(v, torch.Tensor) for v in d.values()) if isinstance(d, Mapping) else 0
+
+
+def find_state_dict(payload: Mapping[str, Any]) -> Tuple[Dict[str, torch.Tensor], Optional[str]]:
+    """The tensor dict of a checkpoint and the container key it was found under (None: the payload itself).
+
+    Tries :data:`CONTAINER_KEYS` in order; else the payload when every value is a tensor; else the sub-dict
+    holding the most tensors. Raises ReprscopeError when no dict of tensors is found.
+    """
+    if not isinstance(payload, Mapping):
+        raise ReprscopeError(f"expected a checkpoint dict, got a {type(payload).__name__}")
+    for key in CONTAINER_KEYS:
+        if _n_tensors(payload.get(key)) > 0:
+            return dict(payload[key]), key
+    if payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
+        return dict(payload), None
+    best, best_n = None, 0
+    for key, value in payload.items():
+        n = _n_tensors(value)
+        if n > best_n:
+            best, best_n = key, n
+    if best is None:
+        keys = ", ".join(map(str, list(payload)[:8]))
+        raise ReprscopeError(f"found no dict of tensors in the checkpoint (top-level keys: {keys})")
+    return dict(payload[best]), best
+
+
+# -- 2. prefixes --------------------------------------------------------------------------------------------
+
+
+def strip_key(key: str) -> str:
+    """``key`` without leading ``module.`` / ``_orig_mod.`` wrappers (repeated, e.g. ``module._orig_mod.``)."""
+    changed = True
+    while changed:
+        changed = False
+        for p in WRAPPER_PREFIXES:
+            if key.startswith(p):
+                key, changed = key[len(p):], True
+    return key
+
+
+def strip_prefix(keys: Iterable[str]) -> List[str]:
+    """Each key without its leading wrapper prefixes; ``module.encoder_q.x`` → ``encoder_q.x``, never ``_q.x``."""
+    return [strip_key(k) for k in keys]
+
+
+def strip_state(state: Mapping[str, Any]) -> Tuple[Dict[str, Any], Dict[str, str]]:
+    """``(stripped state, stripped key → original key)``; two keys that collide after stripping raise."""
+    out: Dict[str, Any] = {}
+    origin: Dict[str, str] = {}
+    for k, v in state.items():
+        s = strip_key(k)
+        if s in out:
+            raise ReprscopeError(f"keys '{origin[s]}' and '{k}' are the same weight once 'module.'/'_orig_mod.' are removed")
+        out[s], origin[s] = v, k
+    return out, origin
+
+
+def sub_state(state: Mapping[str, Any], prefix: str) -> Dict[str, Any]:
+    """Entries under ``prefix.`` with the prefix (and its dot) removed; ``encoder.`` never matches ``encoder_q.``."""
+    p = prefix.rstrip(".") + "."
+    return {k[len(p):]: v for k, v in state.items() if k.startswith(p)}
+
+
+# -- 6. the architecture from shapes ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResNetArch:
+    """A torchvision-layout ResNet read from its weights.
+
+    Attributes:
+        name: timm model name (``resnet18`` … ``resnet152``, ``wide_resnet50_2``).
+        kwargs: extra ``timm.create_model`` kwargs (``in_chans``).
+        cifar_stem: conv1 is 3×3 stride 1 and there is no max-pool (solo-learn / CIFAR ResNets).
+        depth: 18, 34, 50, 101 or 152.
+    """
+
+    name: str
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+    cifar_stem: bool = False
+    depth: int = 50
+
+    def config(self) -> Dict[str, Any]:
+        return {"arch": self.name, "timm_kwargs": dict(self.kwargs), "cifar_stem": self.cifar_stem, "depth": self.depth}
+
+
+def _shape(state: Mapping[str, Any], key: str) -> Optional[Tuple[int, ...]]:
+    v = state.get(key)
+    return tuple(v.shape) if isinstance(v, torch.Tensor) else None
+
+
+def infer_resnet(state: Mapping[str, Any]) -> ResNetArch:
+    """Depth, stem and width of a torchvision-named ResNet state dict (CHECKPOINT_FORMATS.md §6).
+
+    Args:
+        state: backbone weights with torchvision names (``conv1.weight``, ``layer1.0.conv1.weight`` …).
+
+    Raises:
+        ReprscopeError: not a ResNet, an unknown block layout, a deep stem or a uniformly widened ResNet.
+    """
+    conv1 = _shape(state, "conv1.weight")
+    if conv1 is None:
+        if _shape(state, "conv1.0.weight") is not None:
+            raise ReprscopeError("deep-stem ResNets (conv1.0/conv1.3/conv1.6, timm 'resnet*d') are not supported yet")
+        raise ReprscopeError("not a torchvision-layout ResNet: there is no 'conv1.weight'")
+    if len(conv1) != 4:
+        raise ReprscopeError(f"'conv1.weight' has shape {list(conv1)}; a ResNet stem conv is 4-D")
+    out_ch, in_ch, kh, kw = conv1
+    if out_ch != 64:
+        raise ReprscopeError(
+            f"'conv1.weight' has shape {list(conv1)}: a uniformly widened ResNet (e.g. VICReg/SimCLR x{out_ch // 64}) "
+            "is not supported yet; expected 64 stem channels")
+    if (kh, kw) == (7, 7):
+        cifar = False
+    elif (kh, kw) == (3, 3):
+        cifar = True
+    else:
+        raise ReprscopeError(f"'conv1.weight' has shape {list(conv1)}; expected a 7×7 (ImageNet) or 3×3 (CIFAR) stem")
+    counts = []
+    for stage in range(1, 5):
+        idx = {int(m.group(1)) for k in state for m in [re.match(rf"layer{stage}\.(\d+)\.", k)] if m}
+        if not idx or idx != set(range(max(idx) + 1)):
+            raise ReprscopeError(f"ResNet stage 'layer{stage}' has blocks {sorted(idx)}; expected 0..n-1")
+        counts.append(max(idx) + 1)
+    bottleneck = _shape(state, "layer1.0.conv3.weight") is not None
+    table = _BOTTLENECK_DEPTHS if bottleneck else _BASIC_DEPTHS
+    depth = table.get(tuple(counts))
+    if depth is None:
+        kind = "Bottleneck" if bottleneck else "BasicBlock"
+        raise ReprscopeError(f"{kind} ResNet with blocks per stage {counts} is not a known depth; known: "
+                             + ", ".join(f"{v}: {list(k)}" for k, v in table.items()))
+    name = f"resnet{depth}"
+    inner = _shape(state, "layer1.0.conv1.weight")
+    if bottleneck and inner is not None and inner[0] != 64:
+        if inner[0] == 128 and depth in (50, 101):
+            name = f"wide_resnet{depth}_2"
+        else:
+            raise ReprscopeError(f"'layer1.0.conv1.weight' has shape {list(inner)}: Bottleneck width {inner[0]} "
+                                 "is not supported (known: 64, and 128 for wide_resnet50_2/101_2)")
+    kwargs = {"in_chans": int(in_ch)} if in_ch != 3 else {}
+    return ResNetArch(name=name, kwargs=kwargs, cifar_stem=cifar, depth=depth)
+
+
+class ResNetEncoder(nn.Module):
+    """A timm ResNet without classifier (optionally with a CIFAR stem), following the backbone contract.
+
+    ``forward_features(x)`` → (B, num_features) globally average-pooled features, the input of the original
+    ``fc``. State-dict keys are ``model.<torchvision name>``.
+
+    Args:
+        arch: what :func:`infer_resnet` read.
+        cifar_padding: padding of the 3×3 CIFAR stem conv (not visible in the weights; 1 in most code).
+    """
+
+    def __init__(self, arch: ResNetArch, cifar_padding: int = 1):
+        super().__init__()
+        import timm
+
+        self.model = timm.create_model(arch.name, pretrained=False, num_classes=0, **arch.kwargs)
+        if arch.cifar_stem:
+            in_ch = int(arch.kwargs.get("in_chans", 3))
+            self.model.conv1 = nn.Conv2d(in_ch, 64, kernel_size=3, stride=1, padding=cifar_padding, bias=False)
+            self.model.maxpool = nn.Identity()
+        self.num_features = int(self.model.num_features)
+        self.feature_names: List[str] = [f"model.layer{i}" for i in range(1, 5)]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(x)
+
+
+# -- 7. heads from their keys -------------------------------------------------------------------------------
+
+
+def head_spec_from_state(state: Mapping[str, Any], prefix: str) -> Tuple[List[Dict[str, Any]], Dict[str, Any]]:
+    """Rebuild a projector/predictor from ``prefix.N.<param>`` keys.
+
+    A 2-D ``weight`` is a Linear (bias if ``bias`` is present); a 1-D ``running_mean`` is a BatchNorm1d
+    (affine iff ``weight`` is present). A single skipped index is a parameter-free layer, taken to be a ReLU
+    (every ResNet-era SSL head: SimSiam/MoCo v3 ``{0,1,3,4,6,7}``, MoCo v2 ``{0,2}``), so the Sequential
+    keeps the original indices. A bare ``prefix.weight`` (MoCo v1 ``fc``) is one Linear.
+
+    Returns:
+        ``(spec, renamed)``: the layer-spec list for ``models.heads.build_head`` and the weights keyed by that
+        Sequential's own names (``"0.weight"``, ``"1.running_mean"`` …).
+
+    Raises:
+        ReprscopeError: no keys under ``prefix``, an unknown parameter, a gap of more than one index.
+    """
+    sub = sub_state(state, prefix)
+    if not sub:
+        raise ReprscopeError(f"no weights under '{prefix}.'")
+    if set(sub) <= {"weight", "bias"}:  # a bare Linear
+        sub = {f"0.{k}": v for k, v in sub.items()}
+    layers: Dict[int, Dict[str, Any]] = {}
+    for k, v in sub.items():
+        m = re.fullmatch(r"(\d+)\.(\w+)", k)
+        if not m:
+            raise ReprscopeError(f"'{prefix}.{k}' is not a '{prefix}.<index>.<param>' weight of a projector/predictor")
+        layers.setdefault(int(m.group(1)), {})[m.group(2)] = v
+    spec: List[Dict[str, Any]] = []
+    renamed: Dict[str, Any] = {}
+    last = max(layers)
+    i = 0
+    while i <= last:
+        if i not in layers:
+            j = i
+            while j not in layers:
+                j += 1
+            if i == 0 or j - i > 1:
+                raise ReprscopeError(
+                    f"'{prefix}' has no weights at indices {list(range(i, j))}; only a single parameter-free layer "
+                    "(read as ReLU) between weighted layers can be inferred")
+            spec.append({"type": "relu"})
+            i += 1
+            continue
+        params = layers[i]
+        w = params.get("weight")
+        if "running_mean" in params:
+            unknown = sorted(set(params) - set(_BN_KEYS))
+            if unknown:
+                raise ReprscopeError(f"'{prefix}.{i}' looks like a BatchNorm but has {unknown}")
+            n = int(params["running_mean"].numel())
+            spec.append({"type": "batchnorm", "in": n, "affine": w is not None})
+        elif isinstance(w, torch.Tensor) and w.dim() == 2:
+            unknown = sorted(set(params) - {"weight", "bias"})
+            if unknown:
+                raise ReprscopeError(f"'{prefix}.{i}' looks like a Linear but has {unknown}")
+            spec.append({"type": "linear", "in": int(w.shape[1]), "out": int(w.shape[0]), "bias": "bias" in params})
+        else:
+            desc = {p: list(getattr(t, "shape", [])) for p, t in params.items()}
+            raise ReprscopeError(f"'{prefix}.{i}' is neither a Linear (2-D weight) nor a BatchNorm (running_mean): {desc}")
+        for p, t in params.items():
+            renamed[f"{i}.{p}"] = t
+        i += 1
+    return spec, renamed
+
+
+# -- strict loading -----------------------------------------------------------------------------------------
+
+
+def load_strict(bundle: ModelBundle, mapped: Dict[str, torch.Tensor], origin: Mapping[str, str]) -> None:
+    """Load ``mapped`` (bundle key → tensor) into ``bundle``: every bundle weight must be given with its shape.
+
+    Args:
+        origin: bundle key → the key it had in the file, used in messages.
+
+    Raises:
+        ReprscopeError: listing missing, unexpected and shape-mismatched keys by their names in the file.
+    """
+    target = bundle.state_dict()
+    # a counter, not a weight; BatchNorm fills it in when absent (checkpoints older than PyTorch 0.4.1)
+    missing = [k for k in target if k not in mapped and not k.endswith("num_batches_tracked")]
+    unexpected = [origin.get(k, k) for k in mapped if k not in target]
+    mismatched = [f"{origin.get(k, k)} {list(v.shape)} (model expects {list(target[k].shape)})"
+                  for k, v in mapped.items() if k in target and tuple(v.shape) != tuple(target[k].shape)]
+    problems = []
+    if mismatched:
+        problems.append("shape mismatch: " + "; ".join(mismatched[:8]) + (" …" if len(mismatched) > 8 else ""))
+    if missing:
+        problems.append("missing weights: " + ", ".join(missing[:8]) + (" …" if len(missing) > 8 else ""))
+    if unexpected:
+        problems.append("unexpected keys: " + ", ".join(unexpected[:8]) + (" …" if len(unexpected) > 8 else ""))
+    if problems:
+        raise ReprscopeError("checkpoint weights do not fit the model read from their shapes: " + " | ".join(problems))
+    bundle.load_state_dict(mapped, strict=True)
+    bundle.eval()
+
+
+def build_resnet_bundle(
+    backbone: Mapping[str, torch.Tensor],
+    heads: Mapping[str, Tuple[List[Dict[str, Any]], Dict[str, torch.Tensor]]],
+    origin: Mapping[str, str],
+    backbone_prefix: str,
+    head_prefixes: Mapping[str, str],
+    cifar_padding: int = 1,
+) -> Tuple[ModelBundle, ResNetArch]:
+    """A bundle from torchvision-named backbone weights and ``part → (spec, renamed weights)`` heads.
+
+    Args:
+        origin: stripped key → key in the file; ``backbone_prefix`` / ``head_prefixes`` say where each part
+            sat among the stripped keys (for messages).
+    """
+    arch = infer_resnet(backbone)
+    bundle = ModelBundle(ResNetEncoder(arch, cifar_padding=cifar_padding), {p: s for p, (s, _) in heads.items()})
+    mapped: Dict[str, torch.Tensor] = {}
+    where: Dict[str, str] = {}
+    bp = f"{backbone_prefix}." if backbone_prefix else ""
+    for k, v in backbone.items():
+        mapped[f"encoder.model.{k}"] = v
+        where[f"encoder.model.{k}"] = origin.get(bp + k, bp + k)
+    for part, (_, weights) in heads.items():
+        for k, v in weights.items():
+            src = f"{head_prefixes[part]}.{k}"
+            if src not in origin and k.startswith("0."):  # a bare Linear (MoCo v1 fc) had no index
+                src = f"{head_prefixes[part]}.{k[2:]}"
+            mapped[f"{part}.{k}"] = v
+            where[f"{part}.{k}"] = origin.get(src, src)
+    load_strict(bundle, mapped, where)
+    return bundle, arch
+
+
+def epoch_of(payload: Mapping[str, Any]) -> Optional[int]:
+    e = payload.get("epoch")
+    return int(e) if isinstance(e, int) and not isinstance(e, bool) else None
+
+
+def unused(keys: Iterable[str], origin: Mapping[str, str], reason: str) -> List[str]:
+    """``"<key in file>: <reason>"`` for each stripped key."""
+    return [f"{origin.get(k, k)}: {reason}" for k in keys]

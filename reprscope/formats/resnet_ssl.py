@@ -1,0 +1,166 @@
+"""ResNet checkpoints of SSL projects and raw torchvision/timm ResNets (CHECKPOINT_FORMATS.md).
+
+Each format is a detection rule on the (container-resolved, prefix-stripped) state dict and a key mapping
+onto the one model contract. Every tensor of the state dict is either loaded strictly or listed in
+``unused_keys`` with its reason; a tensor no rule accounts for is an error.
+
+Sources: SimSiam (Chen & He 2021, facebookresearch/simsiam ``main_simsiam.py``), MoCo v1/v2 (He et al. 2020,
+Chen et al. 2020, facebookresearch/moco), MoCo v3 (Chen et al. 2021, facebookresearch/moco-v3).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import torch
+
+from ..errors import ReprscopeError
+from .base import register_format
+from .common import (RESNET_ROOTS, build_resnet_bundle, epoch_of, find_state_dict, head_spec_from_state,
+                     strip_state, sub_state, unused)
+
+Resolved = Tuple[Dict[str, torch.Tensor], Dict[str, str], Optional[str]]
+
+
+def _resolve(payload: Mapping[str, Any]) -> Optional[Resolved]:
+    """``(stripped state, stripped → original key, container)``, or None when the payload has no tensor dict."""
+    if payload.get("format") is not None:  # reprscope's own files are self-describing
+        return None
+    try:
+        state, container = find_state_dict(payload)
+        stripped, origin = strip_state(state)
+    except ReprscopeError:
+        return None
+    return stripped, origin, container
+
+
+def _must_resolve(payload: Mapping[str, Any]) -> Resolved:
+    state, container = find_state_dict(payload)
+    stripped, origin = strip_state(state)
+    return stripped, origin, container
+
+
+def _under(state: Mapping[str, Any], prefix: str) -> List[str]:
+    p = prefix + "."
+    return [k for k in state if k.startswith(p)]
+
+
+def _check_accounted(state: Mapping[str, Any], origin: Mapping[str, str], accounted: set, fmt: str) -> None:
+    left = [origin.get(k, k) for k in state if k not in accounted]
+    if left:
+        raise ReprscopeError(f"{fmt} checkpoint has tensors no rule of the format accounts for: "
+                             + ", ".join(left[:8]) + (" …" if len(left) > 8 else ""))
+
+
+def _backbone(state: Mapping[str, Any], prefix: str) -> Dict[str, Any]:
+    """The torchvision-named backbone under ``prefix`` without its ``fc`` slot (which holds the projector)."""
+    return {k: v for k, v in sub_state(state, prefix).items() if not (k == "fc" or k.startswith("fc."))}
+
+
+def _result(bundle, arch, method: str, fmt: str, container: Optional[str], payload: Mapping[str, Any],
+            heads: Dict[str, List[Dict[str, Any]]], unused_keys: List[str], **extra: Any) -> Dict[str, Any]:
+    config = {"format": fmt, "container": container, **arch.config(), "heads": heads, **extra}
+    if isinstance(payload.get("arch"), str):
+        config["arch_saved"] = payload["arch"]
+    return {"bundle": bundle, "method": method, "config": config, "epoch": epoch_of(payload),
+            "unused_keys": unused_keys}
+
+
+# -- SimSiam ------------------------------------------------------------------------------------------------
+
+
+def _is_simsiam(payload: Mapping[str, Any]) -> bool:
+    r = _resolve(payload)
+    if r is None:
+        return False
+    state = r[0]
+    return "encoder.conv1.weight" in state and bool(_under(state, "encoder.fc")) and bool(_under(state, "predictor"))
+
+
+@register_format("simsiam", detect=_is_simsiam,
+                 summary="SimSiam (facebookresearch/simsiam): module.encoder.* + encoder.fc projector + module.predictor")
+def build_simsiam(payload: Dict[str, Any]) -> Dict[str, Any]:
+    state, origin, container = _must_resolve(payload)
+    backbone = _backbone(state, "encoder")
+    heads = {"projector": head_spec_from_state(state, "encoder.fc"),
+             "predictor": head_spec_from_state(state, "predictor")}
+    _check_accounted(state, origin, set(_under(state, "encoder")) | set(_under(state, "predictor")), "SimSiam")
+    bundle, arch = build_resnet_bundle(backbone, heads, origin, "encoder",
+                                       {"projector": "encoder.fc", "predictor": "predictor"})
+    return _result(bundle, arch, "simsiam", "simsiam", container, payload,
+                   {p: s for p, (s, _) in heads.items()}, [], branch="encoder")
+
+
+# -- MoCo v1 / v2 / v3 --------------------------------------------------------------------------------------
+
+
+def _is_moco(payload: Mapping[str, Any]) -> bool:
+    r = _resolve(payload)
+    if r is None:
+        return False
+    state = r[0]
+    v12 = "encoder_q.conv1.weight" in state
+    v3 = "base_encoder.conv1.weight" in state and bool(_under(state, "momentum_encoder"))
+    return v12 or v3
+
+
+@register_format("moco", detect=_is_moco,
+                 summary="MoCo v1/v2 (module.encoder_q, queue) and v3 ResNet (module.base_encoder, momentum_encoder)")
+def build_moco(payload: Dict[str, Any]) -> Dict[str, Any]:
+    state, origin, container = _must_resolve(payload)
+    if "encoder_q.conv1.weight" in state:
+        branch = "encoder_q"
+        heads = {"projector": head_spec_from_state(state, "encoder_q.fc")}
+        n_linear = sum(s["type"] == "linear" for s in heads["projector"][0])
+        method = "moco_v1" if n_linear == 1 else "moco_v2"
+        momentum = _under(state, "encoder_k")
+        queue = [k for k in ("queue", "queue_ptr") if k in state]
+        unused_keys = (unused(momentum, origin, "MoCo key (momentum) encoder; the online encoder_q is analysed")
+                       + unused(queue, origin, "MoCo negative-key queue; not part of the model"))
+        accounted = set(_under(state, "encoder_q")) | set(momentum) | set(queue)
+        head_prefixes = {"projector": "encoder_q.fc"}
+    else:
+        branch = "base_encoder"
+        heads = {"projector": head_spec_from_state(state, "base_encoder.fc")}
+        if _under(state, "predictor"):
+            heads["predictor"] = head_spec_from_state(state, "predictor")
+        method = "moco_v3"
+        momentum = _under(state, "momentum_encoder")
+        unused_keys = unused(momentum, origin, "MoCo v3 momentum encoder; the online base_encoder is analysed")
+        accounted = set(_under(state, "base_encoder")) | set(_under(state, "predictor")) | set(momentum)
+        head_prefixes = {"projector": "base_encoder.fc", "predictor": "predictor"}
+    _check_accounted(state, origin, accounted, "MoCo")
+    bundle, arch = build_resnet_bundle(_backbone(state, branch), heads, origin, branch, head_prefixes)
+    return _result(bundle, arch, method, "moco", container, payload,
+                   {p: s for p, (s, _) in heads.items()}, unused_keys, branch=branch)
+
+
+# -- raw torchvision / timm ResNet --------------------------------------------------------------------------
+
+
+def _is_torchvision(payload: Mapping[str, Any]) -> bool:
+    r = _resolve(payload)
+    if r is None:
+        return False
+    state = r[0]
+    if "conv1.weight" not in state or "layer1.0.conv1.weight" not in state:
+        return False
+    if any(k.split(".", 1)[0] not in RESNET_ROOTS for k in state):
+        return False
+    fc = state.get("fc.weight")
+    return fc is None or (isinstance(fc, torch.Tensor) and fc.dim() == 2)
+
+
+@register_format("torchvision", detect=_is_torchvision,
+                 summary="a raw torchvision/timm ResNet state dict (2-D fc = classifier, unused); no heads")
+def build_torchvision(payload: Dict[str, Any]) -> Dict[str, Any]:
+    state, origin, container = _must_resolve(payload)
+    fc = [k for k in state if k == "fc" or k.startswith("fc.")]
+    odd = [origin[k] for k in fc if k not in ("fc.weight", "fc.bias")]
+    if odd:
+        raise ReprscopeError(f"torchvision ResNet has an indexed fc ({', '.join(odd[:4])}): that is a projector, "
+                             "not a classifier; use the format of the SSL project that wrote it")
+    backbone = {k: v for k, v in state.items() if k not in fc}
+    bundle, arch = build_resnet_bundle(backbone, {}, origin, "", {})
+    unused_keys = unused(fc, origin, "classifier (2-D fc) on top of the representation; not analysed "
+                                     "(in lucidrains-BYOL saves it was never trained)")
+    return _result(bundle, arch, "unknown", "torchvision", container, payload, {}, unused_keys, branch=None)
