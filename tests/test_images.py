@@ -254,7 +254,10 @@ def test_unpickler_rebuilds_arrays(tmp_path, protocol):
     np.testing.assert_array_equal(d[b"data"], arr)
     assert d[b"labels"] == [1, 2] and d[b"x"] == (1.5, b"s", None)
     with open(path, "wb") as f:
-        pickle.dump({"f": np.float64(1.0)}, f, protocol=protocol)  # a numpy scalar needs numpy's scalar global
+        pickle.dump({"f": np.float64(1.5)}, f, protocol=protocol)  # numpy scalars are rebuilt as numpy scalars
+    assert load_pickle_safely(path)["f"] == np.float64(1.5)
+    with open(path, "wb") as f:
+        pickle.dump({"f": np.random.default_rng(0)}, f, protocol=protocol)  # any other numpy object: refused
     with pytest.raises(ReprscopeError, match="refusing"):
         load_pickle_safely(path)
 
@@ -285,3 +288,18 @@ def test_extract_end_to_end_on_cifar10(tmp_path, cifar10_dir):
         emb = f["embeddings/encoder"][:]
         assert emb.shape == (3, 6, 512) and np.isfinite(emb).all()
         assert not np.allclose(emb[0], emb[1])
+
+
+def test_cifar_labels_saved_as_numpy_scalars_load(tmp_path):
+    """Batches re-saved with numpy-integer labels (np.int64 scalars in the list) still load; nothing else is allowed."""
+    import pickle
+
+    import numpy as np
+
+    from reprscope.data.images import load_pickle_safely
+
+    p = tmp_path / "b"
+    with open(p, "wb") as f:
+        pickle.dump({b"data": np.zeros((2, 3072), dtype=np.uint8), b"labels": [np.int64(3), np.int64(7)]}, f)
+    d = load_pickle_safely(p)
+    assert [int(v) for v in d[b"labels"]] == [3, 7]

@@ -281,6 +281,12 @@ def _numpy_global(name: str) -> Any:
         import codecs
 
         return codecs.encode
+    if name == "scalar":  # a numpy scalar (labels re-saved as np.int64): rebuilt from its dtype and bytes
+        try:
+            from numpy._core.multiarray import scalar
+        except ImportError:  # numpy < 2
+            from numpy.core.multiarray import scalar
+        return scalar
     return {"ndarray": np.ndarray, "dtype": np.dtype}[name]
 
 
@@ -296,6 +302,7 @@ class ArrayOnlyUnpickler(pickle.Unpickler):
         ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
         ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
         ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
         ("_codecs", "encode"),  # how Python 3 writes bytes at protocol < 3 (str → latin-1 bytes; no side effects)
     }
 
