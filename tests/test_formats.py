@@ -373,3 +373,11 @@ def test_head_spec_from_state_keeps_indices():
         head_spec_from_state({"h.0.weight": torch.randn(3, 4), "h.3.weight": torch.randn(3, 3)}, "h")
     with pytest.raises(ReprscopeError, match="no weights under 'h.'"):
         head_spec_from_state({"hx.0.weight": torch.randn(3, 4)}, "h")
+
+
+def test_head_with_inconsistent_widths_names_the_layer():
+    from reprscope.formats.common import head_spec_from_state
+
+    state = {"p.0.weight": torch.zeros(64, 32), "p.2.weight": torch.zeros(16, 65)}
+    with pytest.raises(ReprscopeError, match=r"'p\.2' takes 65 inputs but the layer before it gives 64"):
+        head_spec_from_state(state, "p")

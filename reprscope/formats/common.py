@@ -284,7 +284,19 @@ def head_spec_from_state(state: Mapping[str, Any], prefix: str) -> Tuple[List[Di
         for p, t in params.items():
             renamed[f"{i}.{p}"] = t
         i += 1
+    check_head_widths(spec, prefix)
     return spec, renamed
+
+
+def check_head_widths(spec: List[Dict[str, Any]], prefix: str) -> None:
+    """Each layer must take the width the previous one gives; a mismatch names the layer as it is in the file."""
+    width = None
+    for j, layer in enumerate(spec):
+        if layer["type"] in ("linear", "weightnorm_linear", "batchnorm"):
+            if width is not None and int(layer["in"]) != width:
+                raise ReprscopeError(f"'{prefix}.{j}' takes {layer['in']} inputs but the layer before it gives {width}; "
+                                     "the checkpoint's head is inconsistent")
+            width = int(layer.get("out", layer["in"]))
 
 
 # -- strict loading -----------------------------------------------------------------------------------------
