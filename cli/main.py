@@ -119,6 +119,7 @@ def extract(
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
     seed: int = typer.Option(0, "--seed", help="Seed of the augmented views."),
     sets: Optional[List[str]] = typer.Option(None, "--set", help="data.key=value overrides of the data set."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="Checkpoint format (default: detected; reprscope list formats)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Write the embedding store (HDF5) of CKPT's layers on the held-out set."""
@@ -129,7 +130,7 @@ def extract(
 
     if out.suffix.lower() not in (".h5", ".hdf5"):
         raise ReprscopeError(f"--out must name an .h5 file, got '{out}'")
-    model = load_checkpoint(ckpt)
+    model = load_checkpoint(ckpt, fmt)
     spec = dict(model.dataset or {})
     if data:
         given = parse_data_arg(data)
@@ -166,6 +167,7 @@ def analyze(
     limit: Optional[int] = typer.Option(None, "--limit", help="Held-out samples when a checkpoint is extracted."),
     device: str = typer.Option("cpu", "--device", help="Device for extraction."),
     sets: Optional[List[str]] = typer.Option(None, "--set", help="data.key=value overrides of the data set."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="Checkpoint format (default: detected; reprscope list formats)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar and no summary."),
 ) -> None:
     """Analyze SOURCE(s) and print a summary; write the tidy table with --out."""
@@ -180,7 +182,7 @@ def analyze(
         raise ReprscopeError(f"--out must end in .csv or .parquet, got '{out}'")
     res = run_analyze([str(s) for s in sources], data=data, analyzers=chosen, params=pp, layers=_split(layers),
                       views=views, limit=limit, device=str(resolve_device(device)), progress=not quiet,
-                      set_data=_data_sets(sets))
+                      set_data=_data_sets(sets), fmt=fmt)
     if not quiet:
         typer.echo(summarize(res.table))
         for note in condense_notes(res.notes):
@@ -242,12 +244,15 @@ def report(
 
 @app.command()
 @handle_errors
-def inspect(ckpt: Path = typer.Argument(..., help="Checkpoint file.")) -> None:
+def inspect(
+    ckpt: Path = typer.Argument(..., help="Checkpoint file."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="Checkpoint format (default: detected; reprscope list formats)."),
+) -> None:
     """What the loader detected: format, method, architecture, parts and their keys, layers, unused keys."""
     from reprscope.formats import load_checkpoint
     from reprscope.inspect import describe
 
-    typer.echo("\n".join(describe(load_checkpoint(ckpt))))
+    typer.echo("\n".join(describe(load_checkpoint(ckpt, fmt))))
 
 
 @app.command("list")

@@ -116,9 +116,9 @@ def analyze_store(store: Store, analyzers: Sequence[str], params: Mapping[str, M
 
 def store_for_checkpoint(path: Path, data: Optional[str], set_data: Optional[Dict[str, Any]] = None, views: int = 2,
                          limit: Optional[int] = None, batch_size: int = 1024, device: str = "cpu", seed: int = 0,
-                         progress: bool = True, cache: bool = True) -> Path:
+                         progress: bool = True, cache: bool = True, fmt: Optional[str] = None) -> Path:
     """Extract ``path`` (cached by checkpoint hash and extraction settings) and return the store's path."""
-    model = load_checkpoint(path)
+    model = load_checkpoint(path, fmt)
     spec = dict(model.dataset or {}) if not data else parse_data_arg(data)
     if data and model.dataset and spec["name"] == model.dataset.get("name"):
         spec = {**model.dataset, **spec}  # same data set as in training: keep its parameters (seed, mixing …)
@@ -127,7 +127,8 @@ def store_for_checkpoint(path: Path, data: Optional[str], set_data: Optional[Dic
     if not spec:
         raise ReprscopeError(f"'{path}' does not say which data it was trained on; give --data NAME")
     dataset = build_dataset(spec)
-    key = json.dumps({"data": dataset.spec(), "views": views, "limit": limit, "seed": seed, "bs": batch_size}, sort_keys=True)
+    key = json.dumps({"data": dataset.spec(), "views": views, "limit": limit, "seed": seed, "bs": batch_size,
+                      "format": model.format}, sort_keys=True)
     name = f"{model.sha256[:16]}-{hashlib.sha256(key.encode()).hexdigest()[:10]}.h5"
     target = cache_dir() / "extract" / name
     if cache and target.is_file():
@@ -139,7 +140,8 @@ def store_for_checkpoint(path: Path, data: Optional[str], set_data: Optional[Dic
 def analyze(sources: Sequence[str | os.PathLike], *, data: Optional[str] = None, analyzers: Optional[Sequence[str]] = None,
             params: Optional[Mapping[str, Mapping[str, Any]]] = None, layers: Optional[Sequence[str]] = None,
             views: int = 2, limit: Optional[int] = None, batch_size: int = 1024, device: str = "cpu",
-            seed: int = 0, progress: bool = True, set_data: Optional[Dict[str, Any]] = None) -> AnalysisResult:
+            seed: int = 0, progress: bool = True, set_data: Optional[Dict[str, Any]] = None,
+            fmt: Optional[str] = None) -> AnalysisResult:
     """Analyze every source and return one tidy table."""
     chosen = select_analyzers(analyzers)
     for a in chosen:  # bad --param values fail before any extraction or progress output
@@ -151,7 +153,8 @@ def analyze(sources: Sequence[str | os.PathLike], *, data: Optional[str] = None,
     for item in items:
         path = item.path
         if item.kind == "checkpoint":
-            path = store_for_checkpoint(item.path, data, set_data, views, limit, batch_size, device, seed, progress)
+            path = store_for_checkpoint(item.path, data, set_data, views, limit, batch_size, device, seed, progress,
+                                        fmt=fmt)
         with Store(path) as st:
             r, n = analyze_store(st, chosen, params, layers, source=str(item.path), progress=progress, device=device)
         rows.extend(r)

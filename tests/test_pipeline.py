@@ -52,3 +52,22 @@ def test_inspect_describes_a_checkpoint_and_refuses_non_checkpoints(tmp_path):
     bad.write_text("not a checkpoint")
     r = CliRunner().invoke(app, ["inspect", str(bad)])
     assert r.exit_code == 2 and r.stderr.startswith("error:")
+
+
+def test_format_override_on_inspect_and_analyze(tmp_path):
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from reprscope_cli.main import app
+
+    fix = Path(__file__).resolve().parent.parent / "fixtures"
+    r = CliRunner().invoke(app, ["inspect", str(fix / "tiny_simclr.pt"), "--format", "reprscope"])
+    assert r.exit_code == 0 and "format:       reprscope" in r.stdout
+    r = CliRunner().invoke(app, ["inspect", str(fix / "tiny_simclr.pt"), "--format", "nope"])
+    assert r.exit_code == 2 and "unknown checkpoint format 'nope'" in r.stderr
+    r = CliRunner().invoke(app, ["inspect", str(fix / "tiny_simclr.pt"), "--format", "simsiam"])
+    assert r.exit_code == 2 and "does not fit the format 'simsiam'" in r.stderr
+    r = CliRunner().invoke(app, ["analyze", str(fix / "tiny_simclr.pt"), "--format", "reprscope", "--analyzers",
+                                 "center", "--limit", "50", "--quiet", "--out", str(tmp_path / "t.csv")])
+    assert r.exit_code == 0, r.output

@@ -92,6 +92,7 @@ def load_checkpoint(path: os.PathLike | str, fmt: Optional[str] = None) -> Loade
     payload = read_checkpoint_file(path)
     if not isinstance(payload, dict):
         raise ReprscopeError(f"'{path}' holds a {type(payload).__name__}, not a checkpoint dict")
+    forced = fmt is not None
     if fmt is None:
         hits = [n for n in FORMATS.names() if FORMATS.get(n).detect(payload)]
         if not hits:
@@ -102,5 +103,10 @@ def load_checkpoint(path: os.PathLike | str, fmt: Optional[str] = None) -> Loade
             )
         fmt = hits[0]
     spec: FormatSpec = FORMATS.get(fmt)
-    built = spec.build(payload)
+    try:
+        built = spec.build(payload)
+    except ReprscopeError as exc:
+        if not forced:
+            raise
+        raise ReprscopeError(f"'{path}' does not fit the format '{fmt}' given with --format: {exc}") from None
     return LoadedModel(source=str(path), sha256=sha256_file(path), format=fmt, **built)
