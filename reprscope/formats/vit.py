@@ -20,8 +20,9 @@ from torch import nn
 from ..errors import ReprscopeError
 from ..models.bundle import ModelBundle
 from .base import register_format
-from .common import (build_resnet_bundle, epoch_of, find_state_dict, head_spec_from_state, load_strict,
+from .common import (build_resnet_bundle, epoch_of, head_spec_from_state, load_strict,
                      strip_state, sub_state, unused)
+from .resnet_ssl import _resolve  # the shared payload → (state, origin, container) resolver
 
 #: top-level module names of a timm VisionTransformer that carry weights
 VIT_ROOTS = ("cls_token", "reg_token", "pos_embed", "patch_embed", "blocks", "norm", "fc_norm", "head")
@@ -335,17 +336,6 @@ def build_dino_student(payload: Dict[str, Any]) -> Dict[str, Any]:
 
 
 _MAE_DECODER = re.compile(r"^(decoder_|mask_token$)")
-
-
-def _resolve(payload: Mapping[str, Any]) -> Optional[Tuple[Dict[str, Any], Dict[str, str], Optional[str]]]:
-    if payload.get("format") is not None:
-        return None
-    try:
-        state, container = find_state_dict(payload)
-        stripped, origin = strip_state(state)
-    except ReprscopeError:
-        return None
-    return stripped, origin, container
 
 
 def _is_mae(payload: Mapping[str, Any]) -> bool:
