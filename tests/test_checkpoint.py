@@ -83,8 +83,10 @@ def test_load_round_trip(tiny_ckpt, payload):
 def test_periodic_checkpoints(tiny_run):
     d = Path(tiny_run.run_dir)
     names = sorted(p.name for p in d.iterdir())
-    assert names == ["ckpt-0000000.pt", "ckpt-0000010.pt", "ckpt-0000020.pt", "last.pt"]
+    assert names == ["ckpt-0000000.pt", "ckpt-0000010.pt", "ckpt-0000020.pt", "last.pt", "metrics.csv"]
     assert not [n for n in names if n.endswith(".partial")]
+    assert (d / "metrics.csv").is_file()
+    names = [n for n in names if n.endswith(".pt")]
     steps = {n: torch.load(d / n, weights_only=True)["step"] for n in names}
     assert steps == {"ckpt-0000000.pt": 0, "ckpt-0000010.pt": 10, "ckpt-0000020.pt": 20, "last.pt": 20}
     a = torch.load(d / "ckpt-0000020.pt", weights_only=True)["state_dict"]

@@ -71,7 +71,7 @@ def cli_h5(cli_run) -> Path:
 
 def test_train_writes_checkpoints(cli_run):
     names = sorted(p.name for p in cli_run.iterdir())
-    assert names == ["ckpt-0000000.pt", "ckpt-0000005.pt", "ckpt-0000010.pt", "last.pt"]
+    assert names == ["ckpt-0000000.pt", "ckpt-0000005.pt", "ckpt-0000010.pt", "last.pt", "metrics.csv"]
 
 
 def test_extract_writes_store(cli_h5, cli_run):

@@ -65,3 +65,20 @@ def info_nce(z1: torch.Tensor, z2: torch.Tensor, temperature: Temperature = 0.5,
     logits = logits.masked_fill(eye, float("-inf"))
     target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
     return F.cross_entropy(logits, target)
+
+
+def variance_term(z: torch.Tensor, gamma: float = 1.0, eps: float = 1e-4) -> torch.Tensor:
+    """VICReg's variance term (paper 003 eq. 1): mean over dimensions of max(0, γ − sqrt(Var(z_j) + ε)),
+    with the unbiased variance over the batch. ``z``: (n, d)."""
+    std = torch.sqrt(z.var(dim=0) + eps)
+    return F.relu(gamma - std).mean()
+
+
+def covariance_term(z: torch.Tensor) -> torch.Tensor:
+    """VICReg's covariance term (paper 003 eq. 2): (1/d) Σ_{i≠j} C(z)_{ij}², with C the unbiased covariance
+    over the batch. ``z``: (n, d)."""
+    n, d = z.shape
+    zc = z - z.mean(dim=0)
+    cov = (zc.T @ zc) / max(1, n - 1)
+    off = cov - torch.diag(torch.diagonal(cov))
+    return off.pow(2).sum() / d

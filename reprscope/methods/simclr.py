@@ -10,7 +10,8 @@ from typing import Dict, List, Tuple
 import torch
 
 from ..params import Param
-from .base import METHODS, Method
+from ..distributed import gather
+from .base import METHODS, Method, encode
 from .losses import info_nce
 
 
@@ -39,8 +40,9 @@ class SimCLR(Method):
             )
 
     def training_step(self, bundle, views: List[torch.Tensor], step: int, total_steps: int) -> Tuple[torch.Tensor, Dict[str, float]]:
-        n = views[0].shape[0]
-        out = bundle(torch.cat(views[:2], dim=0))  # one forward so BatchNorm sees both views together
-        z1, z2 = out["z"][:n], out["z"][n:]
+        e1, e2 = encode(bundle, views[:2], joint=True)  # one forward so BatchNorm sees both views together
+        z1, z2 = gather(e1["z"]), gather(e2["z"])  # negatives from every rank, with gradient
         loss = info_nce(z1, z2, self.cfg["temperature"], self.cfg["similarity"], self.cfg["p"])
-        return loss, {"loss": float(loss.detach())}
+        reg, logs = self.regularize([e1["z"], e2["z"]])
+        logs["info_nce"] = loss.detach()
+        return loss + reg, logs

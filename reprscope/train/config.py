@@ -21,13 +21,19 @@ from ..models.heads import head_out_dim, head_spec_from_config
 from ..params import Param, resolve_params
 
 OPTIM_PARAMS = [
-    Param("name", "adamw", "choice", "optimiser", choices=("adamw", "adam", "sgd")),
+    Param("name", "adamw", "choice", "optimiser (lars: SGD with layer-wise trust ratio, the SimCLR / BYOL / Barlow "
+          "Twins / VICReg recipe)", choices=("adamw", "adam", "sgd", "lars")),
     Param("lr", 1e-3, "float", "peak learning rate", low=0, low_open=True),
     Param("weight_decay", 1e-4, "float", "weight decay", low=0),
     Param("momentum", 0.9, "float", "SGD momentum", low=0, high=1),
     Param("warmup_steps", 0, "int", "linear warm-up steps", low=0),
     Param("schedule", "cosine", "choice", "learning-rate schedule after warm-up", choices=("cosine", "constant")),
     Param("min_lr_ratio", 0.0, "float", "final lr as a fraction of the peak (cosine)", low=0, high=1),
+    Param("warmup_epochs", None, "float", "linear warm-up in epochs (overrides warmup_steps)", low=0, nullable=True),
+    Param("trust_coefficient", 0.001, "float", "LARS trust coefficient η", low=0, low_open=True),
+    Param("exclude_bias_bn", True, "bool", "no weight decay (and no LARS adaptation) for biases and norm weights"),
+    Param("lr_scaling", "none", "choice", "scale lr with the batch: linear (lr·B/256) or none", choices=("none", "linear")),
+    Param("grad_clip", None, "float", "clip the gradient norm to this value", low=0, low_open=True, nullable=True),
 ]
 TRAIN_PARAMS = [
     Param("batch_size", 256, "int", "samples per step (each gives two views)", low=2),
@@ -38,6 +44,14 @@ TRAIN_PARAMS = [
     Param("seed", 0, "int", "seed of the model initialisation and the training stream", low=0),
     Param("device", "auto", "str", "cpu, cuda, cuda:1 … or auto"),
     Param("log_every", 10, "int", "log the loss every N steps", low=1),
+    Param("amp", "auto", "choice", "autocast: bf16, fp16, none, or auto (bf16 on CUDA, none on CPU)",
+          choices=("auto", "bf16", "fp16", "none")),
+    Param("channels_last", True, "bool", "channels-last memory format for image models on CUDA"),
+    Param("compile", False, "bool", "torch.compile the model"),
+    Param("knn_every", None, "int", "online k-NN monitor every N steps (default: at every checkpoint; 0: off)",
+          low=0, nullable=True),
+    Param("knn_samples", 2000, "int", "held-out samples used by the online k-NN monitor (80% bank, 20% queries)", low=10),
+    Param("data_on_device", True, "bool", "keep the data set on the training device where it supports it (GPU augmentation)"),
 ]
 MODEL_KEYS = ("backbone",)
 SECTIONS = ("method", "data", "backbone", "projector", "predictor", "optim", "train", "model")
@@ -50,8 +64,8 @@ def default_config(method: str, data: Dict[str, Any], backbone: str = "mlp") -> 
         "method": {"name": method},
         "data": dict(data),
         "model": {"backbone": backbone, "backbone_kwargs": {}, **{p: copy.deepcopy(h) for p, h in cls.default_heads.items()}},
-        "optim": {},
-        "train": {},
+        "optim": copy.deepcopy(cls.default_optim),
+        "train": copy.deepcopy(cls.default_train),
     }
 
 
@@ -172,6 +186,7 @@ def resolve_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
             heads[part] = spec
             d = head_out_dim(spec, d)
     method.check_output_dim(d)
+    method.check_model(heads, int(encoder.num_features))
     out = {
         "method": {"name": method.name, **method.cfg},
         "data": dataset.spec(),
