@@ -58,9 +58,13 @@ def gather(x: torch.Tensor) -> torch.Tensor:
     the gradient flows back to that rank)."""
     if not is_distributed():
         return x
+    import warnings
+
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(x.contiguous()), dim=0)
+    with warnings.catch_warnings():  # deprecated in favour of a private API; still the public autograd all-gather
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.cat(all_gather(x.contiguous()), dim=0)
 
 
 def gather_nograd(x: torch.Tensor) -> torch.Tensor:
@@ -100,12 +104,11 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
 
         dims = [0] + list(range(2, x.dim()))
         count = torch.tensor(float(x.numel() // x.shape[1]), device=x.device)
-        s = all_reduce(x.sum(dim=dims))
-        ss = all_reduce((x * x).sum(dim=dims))
-        n = all_reduce(count)
-        mean = s / n
-        var = ss / n - mean * mean
         shape = [1, -1] + [1] * (x.dim() - 2)
+        n = all_reduce(count)
+        mean = all_reduce(x.sum(dim=dims)) / n
+        # two passes (mean, then squared deviations) as accurate as BatchNorm's own variance
+        var = all_reduce((x - mean.view(shape)).pow(2).sum(dim=dims)) / n
         y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
@@ -129,7 +132,9 @@ def sync_batchnorm(module: nn.Module, device_type: str) -> nn.Module:
 def _convert(module: nn.Module) -> nn.Module:
     out = module
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlobalBatchNorm):
-        out = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+        like = next(iter(list(module.parameters()) + list(module.buffers())), None)
+        kw = {} if like is None else {"device": like.device, "dtype": like.dtype if like.is_floating_point() else None}
+        out = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats, **kw)
         if module.affine:
             with torch.no_grad():
                 out.weight.copy_(module.weight)
