@@ -1,0 +1,123 @@
+"""The trainer's parts: LARS against a hand-written update, schedules and fixed-lr groups, linear lr scaling,
+warm-up in epochs, the metrics log (CSV, resume truncation), the online k-NN monitor, bad settings."""
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from reprscope.errors import ReprscopeError
+from reprscope.train import apply_sets, default_config, resolve_config, train
+from reprscope.train.optim import LARS, build_optimizer, lr_factor, split_decay
+
+
+def _cfg(data="blobs", **sets):
+    base = {"backbone.width": 16, "backbone.depth": 2, "projector.kind": "linear", "projector.out_dim": 4,
+            "train.steps": 6, "train.batch_size": 32, "train.device": "cpu", "train.log_every": 1,
+            "train.save_every_steps": 3, "data.eval_size": 300}
+    base.update({k.replace("__", "."): v for k, v in sets.items()})
+    ordered = sorted(base.items(), key=lambda kv: kv[0] != "projector.kind")
+    return resolve_config(apply_sets(default_config("simclr", {"name": data}), [(k.split("."), v) for k, v in ordered]))
+
+
+def test_lars_matches_a_hand_written_update():
+    torch.manual_seed(0)
+    w = torch.randn(5, 3, requires_grad=True)
+    b = torch.randn(5, requires_grad=True)
+    groups = split_decay([{"params": [w, b]}], {}, exclude=True)
+    opt = LARS(groups, lr=0.1, momentum=0.9, weight_decay=1e-2, trust_coefficient=0.02)
+    w0, b0 = w.detach().clone(), b.detach().clone()
+    mw, mb = torch.zeros_like(w0), torch.zeros_like(b0)
+    for it in range(3):
+        gw, gb = torch.randn(5, 3), torch.randn(5)
+        w.grad, b.grad = gw.clone(), gb.clone()
+        opt.step()
+        dw = gw + 1e-2 * w0
+        dw = dw * (0.02 * w0.norm() / (dw.norm() + 1e-8))
+        mw = dw if it == 0 else 0.9 * mw + dw
+        mb = gb if it == 0 else 0.9 * mb + gb  # a bias: no weight decay, no trust ratio
+        w0, b0 = w0 - 0.1 * mw, b0 - 0.1 * mb
+        torch.testing.assert_close(w.detach(), w0)
+        torch.testing.assert_close(b.detach(), b0)
+
+
+def test_lr_factor_warmup_then_cosine():
+    assert lr_factor(0, 100, 10, "cosine", 0.0) == pytest.approx(0.1)
+    assert lr_factor(9, 100, 10, "cosine", 0.0) == pytest.approx(1.0)
+    assert lr_factor(10, 100, 10, "cosine", 0.0) == pytest.approx(1.0)
+    assert lr_factor(55, 100, 10, "cosine", 0.0) == pytest.approx(0.5)
+    assert lr_factor(100, 100, 10, "cosine", 0.1) == pytest.approx(0.1)
+    assert lr_factor(50, 100, 0, "constant", 0.0) == 1.0
+
+
+def test_group_lr_mult_and_fixed_lr():
+    a, b = torch.nn.Parameter(torch.zeros(2, 2)), torch.nn.Parameter(torch.zeros(2, 2))
+    cfg = {"name": "sgd", "momentum": 0.9, "weight_decay": 0.0, "trust_coefficient": 0.001}
+    opt = build_optimizer([{"params": [a]}, {"params": [b], "lr_mult": 3.0, "fixed_lr": True}], cfg, lr=0.1)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.1, 0.3])
+    assert [g["fixed_lr"] for g in opt.param_groups] == [False, True]
+
+
+def test_linear_lr_scaling_and_warmup_epochs(tmp_path):
+    seen = []
+    cfg = _cfg(**{"optim.lr_scaling": "linear", "optim.lr": 0.1, "optim.warmup_epochs": 1.0, "data.epoch_size": 128,
+                  "optim.schedule": "constant"})
+    train(cfg, tmp_path / "r", progress=False, on_log=lambda s, m: seen.append(m["lr"]))
+    peak = 0.1 * 32 / 256
+    # 4 steps per epoch: warm-up over 4 steps, then constant
+    assert seen == pytest.approx([peak * 2 / 4, peak * 3 / 4, peak, peak, peak, peak])
+
+
+def test_metrics_csv_and_knn_monitor(tmp_path):
+    res = train(_cfg(), tmp_path / "r", progress=False)
+    with open(res.run_dir / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    names = {r["name"] for r in rows}
+    assert {"loss", "lr", "images_per_s", "knn_top1", "info_nce"} <= names
+    knn = [r for r in rows if r["name"] == "knn_top1"]
+    assert [int(r["step"]) for r in knn] == [0, 3, 6]  # at every checkpoint, incl. the initialisation
+    assert all(0.0 <= float(r["value"]) <= 1.0 for r in knn)
+    assert float(knn[-1]["value"]) > 0.5  # three well-separated blobs
+    assert "knn_top1" in res.metrics
+    losses = [r for r in rows if r["name"] == "loss"]
+    assert [int(r["step"]) for r in losses] == list(range(1, 7))
+
+
+def test_resume_rewrites_the_log_after_the_checkpoint(tmp_path):
+    cfg = _cfg()
+
+    class Stop(Exception):
+        pass
+
+    def stop(done, _m):
+        if done == 5:
+            raise Stop()
+
+    with pytest.raises(Stop):
+        train(cfg, tmp_path / "r", progress=False, on_log=stop)
+    train(cfg, tmp_path / "r", resume=True, progress=False)
+    with open(tmp_path / "r" / "metrics.csv", newline="") as f:
+        steps = [int(r["step"]) for r in csv.DictReader(f) if r["name"] == "loss"]
+    assert steps == list(range(1, 7))  # 4 and 5 were logged before the crash, dropped, and logged again
+
+
+def test_no_knn_monitor_without_labels(tmp_path):
+    res = train(_cfg(data="dgp"), tmp_path / "r", progress=False)
+    text = (res.run_dir / "metrics.csv").read_text()
+    assert "knn_top1" not in text
+
+
+def test_batch_must_split_over_processes(monkeypatch, tmp_path):
+    from reprscope import distributed
+
+    monkeypatch.setattr(distributed, "init_from_env", lambda _t: distributed.DistInfo(0, 3, 0))
+    with pytest.raises(ReprscopeError, match="must divide by the 3 processes"):
+        train(_cfg(), tmp_path / "r", progress=False)
+
+
+def test_unknown_optimizer_is_named():
+    with pytest.raises(ReprscopeError, match="rmsprop"):
+        _cfg(**{"optim.name": "rmsprop"})
