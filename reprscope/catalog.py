@@ -11,13 +11,13 @@ from .methods import METHODS
 from .models import BACKBONES, HEADS
 from .params import format_params
 
-KINDS = ("methods", "analyzers", "datasets", "formats", "backbones", "heads")
+KINDS = ("methods", "analyzers", "datasets", "formats", "backbones", "heads", "augmentations", "recipes")
 
 
 def catalog(kind: str) -> List[str]:
     """Lines for ``reprscope list KIND``."""
     if kind == "methods":
-        return [f"{n:10s} {METHODS.get(n).summary}  [{format_params(METHODS.get(n).params)}]" for n in METHODS.names()]
+        return [f"{n:12s} {METHODS.get(n).summary}  [{format_params(METHODS.get(n).all_params())}]" for n in METHODS.names()]
     if kind == "analyzers":
         lines = []
         for n in ANALYZERS.names():
@@ -34,4 +34,12 @@ def catalog(kind: str) -> List[str]:
             "(any timm model name, e.g. resnet18, vit_small_patch16_224)"]
     if kind == "heads":
         return [f"{n:10s} [{format_params(HEADS.meta(n)['params'])}]" for n in HEADS.names()]
+    if kind == "augmentations":
+        from .data.augment import AUGMENTATIONS
+
+        return [f"{n:16s} {AUGMENTATIONS.get(n).summary} ({AUGMENTATIONS.get(n).source})" for n in AUGMENTATIONS.names()]
+    if kind == "recipes":
+        from .reproduce import RECIPES
+
+        return [f"{n:24s} paper {RECIPES.meta(n).get('paper', '')}: {RECIPES.meta(n).get('summary', '')}" for n in RECIPES.names()]
     raise ReprscopeError(f"unknown list '{kind}'; choose one of: {', '.join(KINDS)}")

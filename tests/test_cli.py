@@ -27,8 +27,11 @@ from reprscope.models import BACKBONES, HEADS
 from reprscope.table import COLUMNS, read_table
 from reprscope_cli.main import app
 
+from reprscope.data.augment import AUGMENTATIONS  # noqa: E402
+from reprscope.reproduce import RECIPES  # noqa: E402
+
 REGISTRIES = {"methods": METHODS, "analyzers": ANALYZERS, "datasets": DATASETS, "formats": FORMATS,
-              "backbones": BACKBONES, "heads": HEADS}
+              "backbones": BACKBONES, "heads": HEADS, "augmentations": AUGMENTATIONS, "recipes": RECIPES}
 TINY = ["--set", "data.eval_size=300", "--set", "backbone.width=16", "--set", "backbone.depth=3",
         "--set", "projector.kind=linear", "--set", "projector.out_dim=8", "--batch-size", "64"]
 

@@ -1,5 +1,6 @@
 """Tests of the image data sets on disk (``reprscope.data.images``) on small fixtures written at test time:
-an ImageFolder tree of PNGs and CIFAR-format pickles; the restricted unpickler; one extraction end to end."""
+an ImageFolder tree of PNGs, CIFAR-format pickles and STL-10 binary files; the restricted unpickler; the
+download switch (with the downloader replaced: nothing is fetched); one extraction end to end."""
 import json
 import os
 import pickle
@@ -11,7 +12,9 @@ import torch
 from PIL import Image
 
 from reprscope.data import DATASETS, build_dataset
-from reprscope.data.images import ArrayOnlyUnpickler, load_pickle_safely, random_resized_crop_params
+from reprscope.data import images as images_mod
+from reprscope.data.augment import sample_view_params, get_preset
+from reprscope.data.images import ArrayOnlyUnpickler, load_pickle_safely
 from reprscope.errors import ReprscopeError
 
 CLASSES = ["cat", "dog", "emu"]
@@ -67,7 +70,7 @@ def cifar100_dir(tmp_path_factory):
 
 
 def test_registered_and_listed():
-    for name in ("imagefolder", "cifar10", "cifar100"):
+    for name in ("imagefolder", "cifar10", "cifar100", "stl10"):
         assert name in DATASETS
         assert DATASETS.get(name).summary and DATASETS.meta(name)["on_disk"]
         assert "path" in {p.name for p in DATASETS.get(name).all_params()}
@@ -139,12 +142,23 @@ def test_imagefolder_errors(tmp_path, folder):
         build_dataset(f"imagefolder:{folder}", resolution=32, resize=16)
 
 
-def test_random_resized_crop_params_in_bounds():
+def test_random_resized_crop_boxes_in_bounds_per_sample_size():
+    """Boxes are drawn per sample inside each image's own extent (images of different sizes in one canvas)."""
     g = torch.Generator().manual_seed(0)
-    for h, w in [(32, 32), (10, 300), (300, 10), (1, 1)]:
-        for _ in range(50):
-            t, l, ch, cw = random_resized_crop_params(h, w, g)
-            assert 0 <= t and 0 <= l and 0 < ch and 0 < cw and t + ch <= h and l + cw <= w
+    sizes = torch.tensor([[32, 32], [10, 300], [300, 10], [1, 1]] * 50, dtype=torch.float64)
+    p = sample_view_params(len(sizes), get_preset("simclr").view(0), g, sizes[:, 0], sizes[:, 1])
+    t, l, ch, cw = p.boxes.unbind(1)
+    h, w = sizes.unbind(1)
+    assert torch.equal(p.boxes, p.boxes.round())
+    assert bool(((t >= 0) & (l >= 0) & (ch > 0) & (cw > 0) & (t + ch <= h) & (l + cw <= w)).all())
+
+
+def test_imagefolder_presets_and_asymmetric_views(folder):
+    ds = build_dataset(f"imagefolder:{folder}", resolution=16, resize=20, augment="byol")
+    ev = ds.eval_set()
+    v0, v1 = ds.augment(ev, _rng(1), view=0), ds.augment(ev, _rng(1), view=1)
+    assert v0.shape == v1.shape == ev.x.shape and not torch.equal(v0, v1)  # same seed, different view recipes
+    assert ds.spec()["augment"] == "byol"
 
 
 # -- CIFAR -------------------------------------------------------------------------------------------------------
@@ -216,6 +230,189 @@ def test_cifar_errors(tmp_path, cifar10_dir):
     (bad / "test_batch").write_bytes(b"garbage")
     with pytest.raises(ReprscopeError, match="not a readable CIFAR batch"):
         build_dataset(f"cifar10:{tmp_path}")
+
+
+def test_cifar_resolution_resizes_clean_view_and_views(cifar10_dir):
+    from torchvision.transforms.v2 import functional as F
+
+    ds = build_dataset(f"cifar10:{cifar10_dir}", resolution=64)
+    assert ds.input_shape == (3, 64, 64) and ds.spec()["resolution"] == 64
+    ev = ds.eval_set()
+    assert ev.x.shape == (6, 3, 64, 64)
+    raw = torch.from_numpy(_cifar_data(6, 0).reshape(6, 3, 32, 32)).float() / 255.0
+    mean, std = torch.tensor([0.4914, 0.4822, 0.4465]), torch.tensor([0.2470, 0.2435, 0.2616])
+    ref = (F.resize(raw, [64, 64], antialias=True) - mean[:, None, None]) / std[:, None, None]
+    torch.testing.assert_close(ev.x, ref, atol=1e-5, rtol=0)
+    assert ds.augment(ev, _rng()).shape == (6, 3, 64, 64)
+    assert all(v.shape == (4, 3, 64, 64) for v in ds.train_views(4, _rng()))
+    small = build_dataset(f"cifar10:{cifar10_dir}", resolution=16)  # down-scaling works too
+    assert small.eval_set().x.shape == (6, 3, 16, 16)
+    assert small.augment(small.eval_set(), _rng()).shape == (6, 3, 16, 16)
+
+
+@pytest.mark.parametrize("augment", ["simclr", "byol", "none"])
+def test_cifar_train_views_draw_as_the_default_stream(cifar10_dir, augment):
+    """The in-memory sets skip the unused clean view but consume the rng exactly as sample + augment(view 0, 1)."""
+    ds = build_dataset(f"cifar10:{cifar10_dir}", split="train", augment=augment)
+    r1, r2 = _rng(3), _rng(3)
+    v = ds.train_views(5, r1)
+    s = ds.sample(5, r2)
+    w = [ds.augment(s, r2, view=0), ds.augment(s, r2, view=1)]
+    assert all(torch.equal(a, b) for a, b in zip(v, w))
+    assert r1.integers(1 << 30) == r2.integers(1 << 30)  # the stream continues in step
+
+
+def test_data_set_to_device_keeps_pixels_there_and_metadata_on_cpu(cifar10_dir):
+    ds = build_dataset(f"cifar10:{cifar10_dir}")
+    ev = ds.eval_set()
+    assert ds.device == torch.device("cpu") and ds.memory_bytes() == 6 * 3072
+    assert ds.to("cpu") is ds and ds.images.dtype == torch.uint8
+    for v in ds.train_views(3, _rng()) + [ds.augment(ev, _rng()), ds.eval_set().x]:
+        assert v.device == ds.device and v.dtype == torch.float32
+    assert ds.eval_set().index.device.type == "cpu" and ds.eval_set().labels.device.type == "cpu"
+    assert build_dataset("dgp", eval_size=10).memory_bytes() == 0
+
+
+def test_augment_choice_is_any_preset(cifar10_dir):
+    from reprscope.data import AUGMENTATIONS
+
+    for name in AUGMENTATIONS.names():
+        ds = build_dataset(f"cifar10:{cifar10_dir}", augment=name)
+        v = ds.augment(ds.eval_set(), _rng())
+        assert v.shape == (6, 3, 32, 32) and torch.isfinite(v).all()
+    with pytest.raises(ReprscopeError, match="'augment'.*'byol'"):
+        build_dataset(f"cifar10:{cifar10_dir}", augment="autoaugment")
+
+
+# -- STL-10 ----------------------------------------------------------------------------------------------------
+
+STL_N = {"train": 4, "test": 3, "unlabeled": 5}
+
+
+def _stl_images(split):
+    return np.random.default_rng(len(split)).integers(0, 256, size=(STL_N[split], 3, 96, 96), dtype=np.uint8)
+
+
+def _stl_labels(split):
+    return (np.arange(STL_N[split]) * 3 % 10 + 1).astype(np.uint8)  # 1..10 on disk
+
+
+def _write_stl(base):
+    base.mkdir(parents=True, exist_ok=True)
+    for split in STL_N:
+        # as distributed: each image's channels stored column-major (Matlab order)
+        (base / f"{split}_X.bin").write_bytes(np.ascontiguousarray(_stl_images(split).transpose(0, 1, 3, 2)).tobytes())
+        if split != "unlabeled":
+            (base / f"{split}_y.bin").write_bytes(_stl_labels(split).tobytes())
+
+
+@pytest.fixture(scope="module")
+def stl_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stl")
+    _write_stl(root / "stl10_binary")
+    return root
+
+
+def test_stl10_splits_images_and_labels(stl_dir):
+    ds = build_dataset(f"stl10:{stl_dir}")
+    assert ds.input_shape == (3, 96, 96) and ds.num_classes == 10 and ds.cfg["split"] == "test"
+    ev = ds.eval_set()
+    assert ev.x.shape == (3, 3, 96, 96) and ev.labels.tolist() == (_stl_labels("test") - 1).tolist()
+    assert torch.equal(ds.images, torch.from_numpy(_stl_images("test")))
+    mean, std = np.array([0.4467, 0.4398, 0.4066]), np.array([0.2603, 0.2566, 0.2713])
+    expect = (_stl_images("test") / 255.0 - mean[:, None, None]) / std[:, None, None]
+    np.testing.assert_allclose(ev.x.numpy(), expect, atol=1e-5)
+    tr = build_dataset(f"stl10:{stl_dir / 'stl10_binary'}", split="train")  # the folder itself works too
+    assert tr.eval_set().labels.tolist() == (_stl_labels("train") - 1).tolist()
+    un = build_dataset(f"stl10:{stl_dir}", split="unlabeled")
+    assert len(un.images) == 5 and un.eval_set().labels is None and un.cfg["epoch_size"] == 5
+    both = build_dataset(f"stl10:{stl_dir}", split="train+unlabeled", resolution=32)
+    assert len(both.images) == 9 and both.eval_set().labels is None and both.eval_set().x.shape == (9, 3, 32, 32)
+    assert torch.equal(both.images[4:], torch.from_numpy(_stl_images("unlabeled")))
+    v1, v2 = both.train_views(6, _rng())
+    assert v1.shape == v2.shape == (6, 3, 32, 32) and not torch.equal(v1, v2)
+
+
+def test_stl10_errors(tmp_path, stl_dir):
+    with pytest.raises(ReprscopeError, match="needs a path"):
+        build_dataset("stl10")
+    with pytest.raises(ReprscopeError, match="missing test_X.bin, test_y.bin.*stl10_binary.*download=true"):
+        build_dataset(f"stl10:{tmp_path}")
+    with pytest.raises(ReprscopeError, match="'split'"):
+        build_dataset(f"stl10:{stl_dir}", split="val")
+    bad = tmp_path / "stl10_binary"
+    _write_stl(bad)
+    (bad / "test_X.bin").write_bytes(b"x" * 100)
+    with pytest.raises(ReprscopeError, match="not an STL-10 image file"):
+        build_dataset(f"stl10:{tmp_path}")
+    _write_stl(bad)
+    (bad / "test_y.bin").write_bytes(bytes([0, 1, 2]))
+    with pytest.raises(ReprscopeError, match="not an STL-10 label file"):
+        build_dataset(f"stl10:{tmp_path}")
+
+
+# -- download ----------------------------------------------------------------------------------------------------
+
+
+def _fake_archive(name):
+    """What extracting the real archive leaves under root, written from the fixtures."""
+    def write(root):
+        if name == "stl10":
+            _write_stl(root / "stl10_binary")
+            return
+        base = root / ("cifar-10-batches-py" if name == "cifar10" else "cifar-100-python")
+        base.mkdir(parents=True)
+        if name == "cifar10":
+            for f in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+                with open(base / f, "wb") as fh:
+                    pickle.dump({b"data": _cifar_data(2, 1), b"labels": [3, 4]}, fh, protocol=2)
+        else:
+            for f in ("train", "test"):
+                with open(base / f, "wb") as fh:
+                    pickle.dump({b"data": _cifar_data(2, 1), b"fine_labels": [3, 4], b"coarse_labels": [0, 1]}, fh)
+    return write
+
+
+@pytest.mark.parametrize("name,tv", [("cifar10", "CIFAR10"), ("cifar100", "CIFAR100"), ("stl10", "STL10")])
+def test_download_fetches_missing_files_then_reads_them_safely(tmp_path, monkeypatch, name, tv):
+    import torchvision.datasets as tvd
+
+    calls = []
+
+    def fake_fetch(url, root, filename, md5):
+        calls.append((url, filename, md5))
+        _fake_archive(name)(root)
+
+    monkeypatch.setattr(images_mod, "fetch_archive", fake_fetch)
+
+    def refuse(*a, **k):
+        raise AssertionError("the default unpickler must never run")
+
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    root = tmp_path / "data" / name
+    with pytest.raises(ReprscopeError, match="download=true"):  # off by default: the clear error, nothing fetched
+        build_dataset(f"{name}:{tmp_path}")
+    assert calls == []
+    ds = build_dataset(f"{name}:{root}", download=True)
+    cls = getattr(tvd, tv)
+    assert calls == [(cls.url, cls.filename, cls.tgz_md5)]
+    assert len(ds.eval_set()) in (2, 3) and ds.spec()["download"] is True
+    build_dataset(f"{name}:{root}", download=True)  # present now: not fetched again
+    assert len(calls) == 1
+
+
+def test_download_failure_is_one_clear_error(tmp_path, monkeypatch):
+    import urllib.error
+
+    import torchvision.datasets.utils as tvu
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("network is unreachable")
+
+    monkeypatch.setattr(tvu, "download_and_extract_archive", offline)
+    with pytest.raises(ReprscopeError, match="could not download https://www.cs.toronto.edu/.*unreachable"):
+        build_dataset(f"cifar10:{tmp_path / 'c'}", download=True)
 
 
 # -- the restricted unpickler ------------------------------------------------------------------------------------

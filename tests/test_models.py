@@ -359,3 +359,37 @@ def test_cl_ica_sanity_full_depth_encoder_on_the_box():
         h = enc(ev.x.double()).numpy()
     np.testing.assert_allclose(h, ev.state, atol=1e-4)
     assert min(_r2(ds, h).values()) >= 0.999
+
+
+def test_cifar_stem_resnet():
+    b = build_backbone("resnet18", [3, 32, 32], {"cifar_stem": True})
+    assert b.model.conv1.kernel_size == (3, 3) and b.model.conv1.stride == (1, 1)
+    assert isinstance(b.model.maxpool, torch.nn.Identity)
+    assert b.forward_features(torch.randn(2, 3, 32, 32)).shape == (2, 512)
+
+
+def test_cifar_stem_refused_for_a_vit():
+    with pytest.raises(ReprscopeError, match="cifar_stem"):
+        build_backbone("vit_tiny_patch16_224", [3, 32, 32], {"cifar_stem": True, "patch_size": 4})
+
+
+def test_vit_takes_the_data_resolution():
+    b = build_backbone("vit_tiny_patch16_224", [3, 32, 32], {"patch_size": 4, "depth": 1})
+    assert b.model.patch_embed.num_patches == 64
+    assert b.forward_features(torch.randn(2, 3, 32, 32)).shape == (2, 192)
+
+
+def test_convnet_backbone():
+    b = build_backbone("convnet", [3, 16, 16], {"width": 8, "blocks": 3})
+    assert b.num_features == 32 and b.feature_names == ["block1", "block2"]
+    assert b.forward_features(torch.randn(2, 3, 16, 16)).shape == (2, 32)
+    with pytest.raises(ReprscopeError, match="takes images"):
+        build_backbone("convnet", [10], {})
+
+
+def test_cifar_stem_deep_stem_resnet():
+    b = build_backbone("resnet10t", [3, 32, 32], {"cifar_stem": True})
+    assert isinstance(b.model.maxpool, torch.nn.Identity)
+    first = next(m for m in b.model.conv1.modules() if isinstance(m, torch.nn.Conv2d))
+    assert first.stride == (1, 1)
+    assert b.forward_features(torch.randn(2, 3, 32, 32)).shape[0] == 2

@@ -247,11 +247,11 @@ def test_extract_error_midway_leaves_nothing(tmp_path, tiny_model, monkeypatch):
     calls = {"n": 0}
     real = type(ds).augment
 
-    def flaky(self, samples, rng):
+    def flaky(self, samples, rng, view=0):
         calls["n"] += 1
         if calls["n"] > 3:
             raise RuntimeError("augmentation failed")
-        return real(self, samples, rng)
+        return real(self, samples, rng, view=view)
 
     monkeypatch.setattr(type(ds), "augment", flaky)
     with pytest.raises(RuntimeError, match="augmentation failed"):

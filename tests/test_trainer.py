@@ -121,3 +121,9 @@ def test_batch_must_split_over_processes(monkeypatch, tmp_path):
 def test_unknown_optimizer_is_named():
     with pytest.raises(ReprscopeError, match="rmsprop"):
         _cfg(**{"optim.name": "rmsprop"})
+
+
+def test_lr_scaling_can_be_switched_off_again():
+    cfg = _cfg(**{"optim.lr_scaling": "linear"})
+    assert cfg["optim"]["lr_scaling"] == "linear"
+    assert _cfg(**{"optim.lr_scaling": "none"})["optim"]["lr_scaling"] is None

@@ -7,13 +7,18 @@ pairs come from the set's own sampler (``augment``): an image augmentation, the 
 latent-variable model, or "another point of the same class" for the toy sets of paper 000.
 
 Randomness flows through a ``numpy.random.Generator`` handed in by the caller, so training streams are
-reproducible from the seed and their state can be checkpointed for exact resume.
+reproducible from the seed and their state can be checkpointed for exact resume (image augmentations draw their
+per-sample parameters from a ``torch.Generator`` on the data's device seeded by one draw of that rng).
+
+Devices: ``to(device)`` moves a data set; afterwards inputs (``Samples.x``, the image ``state``) and every view
+from ``augment``/``train_views`` are tensors on that device (image sets keep their uint8 pixels there and
+augment there), while the metadata (``index``, ``latents``, ``labels``, ``labels_coarse``) stays on the CPU.
 """
 from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple
+from typing import Any, ClassVar, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -46,6 +51,16 @@ class Samples:
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
+
+    def to(self, device: str | torch.device) -> "Samples":
+        """These samples with ``x`` and the tensors in ``state`` on ``device`` (metadata stays on the CPU)."""
+        dev = torch.device(device)
+        st = self.state
+        if isinstance(st, torch.Tensor):
+            st = st.to(dev)
+        elif isinstance(st, dict):
+            st = {k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in st.items()}
+        return replace(self, x=self.x.to(dev), state=st)
 
     def select(self, sl: slice) -> "Samples":
         """The samples ``sl`` (a slice) of this batch; ``state`` is sliced when it supports it."""
@@ -81,6 +96,7 @@ class GeneratedDataset(abc.ABC):
     def __init__(self, **given: Any):
         self.cfg: Dict[str, Any] = resolve_params(f"dataset {self.name}", self.all_params(), given)
         self.seed: int = self.cfg["seed"]
+        self.device: torch.device = torch.device("cpu")
         self._eval: Optional[Samples] = None
 
     @classmethod
@@ -109,8 +125,31 @@ class GeneratedDataset(abc.ABC):
         """Draw ``n`` fresh samples from the marginal."""
 
     @abc.abstractmethod
-    def augment(self, samples: Samples, rng: np.random.Generator) -> torch.Tensor:
-        """One positive view per sample from the set's own positive-pair sampler, (n, *input_shape)."""
+    def augment(self, samples: Samples, rng: np.random.Generator, view: int = 0) -> torch.Tensor:
+        """One positive view per sample from the set's own positive-pair sampler, (n, *input_shape) float32 on
+        ``self.device``. ``view`` (0-based) picks the view's distribution where a pipeline is asymmetric (BYOL's
+        two views); symmetric samplers ignore it."""
+
+    # -- device ------------------------------------------------------------------------------------------
+    def to(self, device: str | torch.device) -> "GeneratedDataset":
+        """Keep this data set's tensors on ``device`` from now on (inputs, views, the cached held-out set).
+
+        Sets that hold data in memory move it there (the image sets keep uint8 pixels, 1 byte per value, and
+        augment on the device). Returns ``self``.
+        """
+        self.device = torch.device(device)
+        self._move(self.device)
+        if self._eval is not None:
+            self._eval = self._eval.to(self.device)
+        return self
+
+    def _move(self, device: torch.device) -> None:
+        """Hook: move the data held in memory to ``device`` (default: nothing is held)."""
+
+    def memory_bytes(self) -> int:
+        """Bytes of data held in memory that ``to`` would move (0 for generated sets): lets a trainer decide
+        whether the whole set fits on its device."""
+        return 0
 
     def make_eval_set(self, n: int, rng: np.random.Generator) -> Samples:
         """The held-out set; default: ``n`` samples of the marginal from a dedicated stream."""
@@ -126,11 +165,15 @@ class GeneratedDataset(abc.ABC):
         return self._eval
 
     def train_views(self, batch_size: int, rng: np.random.Generator) -> List[torch.Tensor]:
-        """A batch of positive pairs ``[view1, view2]`` from the training stream."""
+        """A batch of positive pairs ``[view1, view2]`` from the training stream, on ``self.device``.
+
+        ``two_aug``: ``augment`` with ``view=0`` and ``view=1`` (the two branches of an asymmetric pipeline);
+        ``anchor``: the clean input and ``augment(view=0)``.
+        """
         s = self.sample(batch_size, rng)
         if self.pair_mode == "anchor":
-            return [s.x, self.augment(s, rng)]
-        return [self.augment(s, rng), self.augment(s, rng)]
+            return [s.x.to(self.device), self.augment(s, rng, view=0)]
+        return [self.augment(s, rng, view=0), self.augment(s, rng, view=1)]
 
 
 def parse_data_arg(arg: str) -> Dict[str, Any]:

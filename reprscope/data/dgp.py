@@ -159,12 +159,12 @@ class ContentStyleDGP(GeneratedDataset):
 
     # -- contract ----------------------------------------------------------------------------------------
     def _observe(self, z: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(self.g(z).astype(np.float32))
+        return torch.from_numpy(self.g(z).astype(np.float32)).to(self.device)
 
     def sample(self, n: int, rng: np.random.Generator) -> Samples:
         z = self.sample_latents(n, rng)
         return Samples(x=self._observe(z), index=torch.full((n,), -1, dtype=torch.int64),
                        latents=torch.from_numpy(z.astype(np.float32)), state=z)
 
-    def augment(self, samples: Samples, rng: np.random.Generator) -> torch.Tensor:
+    def augment(self, samples: Samples, rng: np.random.Generator, view: int = 0) -> torch.Tensor:
         return self._observe(self.sample_conditional(samples.state, rng))

@@ -1,18 +1,22 @@
-"""Image data sets on disk: any ImageFolder tree (``imagefolder:/data/val``) and the CIFAR python batches
-(``cifar10:/data/cifar``, ``cifar100:/data/cifar``).
+"""Image data sets on disk: any ImageFolder tree (``imagefolder:/data/val``), the CIFAR python batches
+(``cifar10:/data/cifar``, ``cifar100:/data/cifar``) and the STL-10 binary files (``stl10:/data/stl``).
 
 The clean view is the deterministic evaluation preprocessing (ImageNet: resize the shorter side, centre crop,
-normalise; CIFAR: normalise). Positive views follow the SimCLR recipe (Chen et al. 2020, appendix A):
-RandomResizedCrop(scale=(0.08, 1)), horizontal flip p=0.5, colour jitter (0.4, 0.4, 0.4, 0.1) with p=0.8,
-grayscale p=0.2. Their random parameters are drawn per sample from a ``torch.Generator`` seeded from the
-numpy rng handed in, so every view is reproducible from the caller's seed.
+normalise; CIFAR and STL-10: resize to ``resolution`` when it differs from the native side, normalise). Positive
+views come from an augmentation preset of :data:`reprscope.data.augment.AUGMENTATIONS` (``augment``, default
+``simclr``: the SimCLR recipe of Chen et al. 2020 without blur), computed batched on the data set's device with
+per-sample parameters drawn from a ``torch.Generator`` seeded from the numpy rng handed in, so every view is
+reproducible from the caller's seed. CIFAR and STL-10 live in memory as uint8 and move with ``to(device)``.
 
 CIFAR batches are Python pickles. They are read with :class:`ArrayOnlyUnpickler`, which resolves only the
 numpy globals needed to rebuild an array and refuses every other global, so a tampered file cannot run code.
+With ``download=true`` a missing set is fetched with torchvision's download helper (the archive's URL and MD5
+from ``torchvision.datasets.CIFAR10`` …), then read here; torchvision's own loader, which unpickles with the
+default unpickler, is never called.
 """
 from __future__ import annotations
 
-import math
+import abc
 import os
 import pickle
 from pathlib import Path
@@ -20,9 +24,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+import torch.nn.functional as TF
 
 from ..errors import ReprscopeError
 from ..params import Param
+from .augment import AUGMENTATIONS, AugmentationPreset, augment_images, get_preset, normalize, pad_to_canvas
+from .augment import torch_generator  # noqa: F401  (re-exported: the seeding helper of every image set)
 from .base import DATASETS, GeneratedDataset, Samples
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # as torchvision
@@ -36,71 +43,9 @@ def _tvf():
     return F
 
 
-# -- SimCLR augmentation, reproducible from a generator ---------------------------------------------------------
-
-
-def torch_generator(rng: np.random.Generator) -> torch.Generator:
-    """A CPU ``torch.Generator`` seeded from one draw of ``rng`` (one per batch)."""
-    g = torch.Generator()
-    g.manual_seed(int(rng.integers(0, 2**63 - 1)))
-    return g
-
-
-def _uniform(g: torch.Generator, lo: float, hi: float) -> float:
-    return lo + (hi - lo) * float(torch.rand((), generator=g, dtype=torch.float64))
-
-
-def random_resized_crop_params(h: int, w: int, g: torch.Generator, scale: Tuple[float, float] = (0.08, 1.0),
-                               ratio: Tuple[float, float] = (3 / 4, 4 / 3)) -> Tuple[int, int, int, int]:
-    """``(top, left, height, width)`` of a random crop, the algorithm of torchvision's RandomResizedCrop."""
-    area = h * w
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        target = area * _uniform(g, *scale)
-        aspect = math.exp(_uniform(g, *log_ratio))
-        cw = int(round(math.sqrt(target * aspect)))
-        ch = int(round(math.sqrt(target / aspect)))
-        if 0 < cw <= w and 0 < ch <= h:
-            top = int(torch.randint(0, h - ch + 1, (), generator=g))
-            left = int(torch.randint(0, w - cw + 1, (), generator=g))
-            return top, left, ch, cw
-    # fallback: the central crop with the ratio clamped into range
-    in_ratio = w / h
-    if in_ratio < ratio[0]:
-        cw, ch = w, int(round(w / ratio[0]))
-    elif in_ratio > ratio[1]:
-        ch, cw = h, int(round(h * ratio[1]))
-    else:
-        cw, ch = w, h
-    return (h - ch) // 2, (w - cw) // 2, ch, cw
-
-
-def simclr_view(img: torch.Tensor, size: int, g: torch.Generator, jitter: Sequence[float] = (0.4, 0.4, 0.4, 0.1),
-                p_jitter: float = 0.8, p_gray: float = 0.2) -> torch.Tensor:
-    """One SimCLR view of a (3, H, W) uint8 image → (3, size, size) float32 in [0, 1] (not normalised)."""
-    F = _tvf()
-    top, left, ch, cw = random_resized_crop_params(int(img.shape[-2]), int(img.shape[-1]), g)
-    x = F.resized_crop(img, top, left, ch, cw, [size, size], antialias=True)
-    x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
-    if _uniform(g, 0, 1) < 0.5:
-        x = F.horizontal_flip(x)
-    if _uniform(g, 0, 1) < p_jitter:
-        b, c, s, h = jitter
-        factors = [_uniform(g, max(0.0, 1 - b), 1 + b), _uniform(g, max(0.0, 1 - c), 1 + c),
-                   _uniform(g, max(0.0, 1 - s), 1 + s), _uniform(g, -h, h)]
-        ops = [F.adjust_brightness, F.adjust_contrast, F.adjust_saturation, F.adjust_hue]
-        for k in torch.randperm(4, generator=g).tolist():  # random order, as ColorJitter
-            x = ops[k](x, factors[k])
-    if _uniform(g, 0, 1) < p_gray:
-        x = F.rgb_to_grayscale(x, num_output_channels=3)
-    return x.clamp(0.0, 1.0)  # grayscale may return an expanded view: no in-place op
-
-
 def _normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """(n, 3, h, w) or (3, h, w) in [0, 1] → (x − mean) / std per channel, float32."""
-    m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-    return (x.float() - m) / s
+    """(n, 3, h, w) or (3, h, w) in [0, 1] → (x − mean) / std per channel, float32, on x's device."""
+    return normalize(x if x.ndim == 4 else x[None], mean, std).view(x.shape)
 
 
 def _three(name: str, owner: str, v: Any) -> List[float]:
@@ -110,8 +55,33 @@ def _three(name: str, owner: str, v: Any) -> List[float]:
     return [float(x) for x in vals]
 
 
+def augment_param(default: str = "simclr", doc: str = "") -> Param:
+    """The ``augment`` parameter: any preset name of ``AUGMENTATIONS`` (``none``: the clean view)."""
+    return Param("augment", default, "choice", doc or "positive views: an augmentation preset (none = the clean view)",
+                 choices=tuple(AUGMENTATIONS.names()), nullable=True)
+
+
+def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
+    """(n, 3, h, w) uint8 or float → (n, 3, size, size) float in [0, 1] (antialiased bilinear, as torchvision)."""
+    x = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
+    if x.shape[-2:] == (size, size) or x.shape[0] == 0:
+        return x
+    return TF.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True).clamp_(0.0, 1.0)
+
+
+def fetch_archive(url: str, root: Path, filename: str, md5: str) -> None:
+    """Download ``url`` into ``root`` and extract it, checking ``md5`` (torchvision's downloader; no unpickling)."""
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        download_and_extract_archive(url, str(root), filename=filename, md5=md5)
+    except (OSError, RuntimeError, ValueError) as e:  # urllib's URLError is an OSError
+        raise ReprscopeError(f"could not download {url} into '{root}': {e}") from None
+
+
 class _ImageSet(GeneratedDataset):
-    """Shared parts: normalisation, SimCLR views, and a held-out set that is the data itself (``limit``)."""
+    """Shared parts: normalisation, batched views from a preset, and a held-out set that is the data itself."""
 
     # the held-out set is the images on disk (``limit``), so the generated sets' ``eval_size`` does not apply
     common_params = [p for p in GeneratedDataset.common_params if p.name != "eval_size"]
@@ -128,6 +98,11 @@ class _ImageSet(GeneratedDataset):
         if not self.cfg.get("path"):
             raise ReprscopeError(f"{self.name} needs a path: --data {self.name}:/path/to/{self._expected_short()}")
 
+    @property
+    def preset(self) -> AugmentationPreset:
+        """The augmentation preset named by ``augment``."""
+        return get_preset(self.cfg["augment"])
+
     def _expected_short(self) -> str:
         return "data"
 
@@ -141,10 +116,12 @@ class _ImageSet(GeneratedDataset):
             self._eval = self.make_eval_set(0, np.random.default_rng([self.seed, 1]))
         return self._eval
 
-    def _views(self, images: Sequence[torch.Tensor], size: int, rng: np.random.Generator) -> torch.Tensor:
-        g = torch_generator(rng)
-        out = torch.stack([simclr_view(im, size, g) for im in images]) if len(images) else torch.empty(0, 3, size, size)
-        return _normalize(out, self.mean, self.std)
+    def _views(self, images: torch.Tensor, size: int, rng: np.random.Generator, view: int,
+               sizes: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Batched views of (n, 3, H, W) images (uint8 or float in [0, 1]) on ``self.device``."""
+        images = images.to(self.device)
+        g = torch_generator(rng, images.device)
+        return augment_images(images, self.preset.view(view), size, g, self.mean, self.std, sizes=sizes)
 
 
 # -- ImageFolder ---------------------------------------------------------------------------------------------
@@ -201,7 +178,7 @@ class ImageFolderSet(_ImageSet):
     """
 
     name = "imagefolder"
-    summary = "ImageFolder tree on disk (imagefolder:/path); clean = resize+centre crop, views = SimCLR recipe"
+    summary = "ImageFolder tree on disk (imagefolder:/path); clean = resize+centre crop, views = an augmentation preset"
     params = [
         Param("path", None, "str", "root of the tree: one sub-directory of images per class (required)"),
         Param("resolution", 224, "int", "side of the (square) input", low=8),
@@ -210,8 +187,8 @@ class ImageFolderSet(_ImageSet):
         Param("std", list(IMAGENET_STD), "floats", "per-channel std for normalisation (ImageNet)", low=0, low_open=True),
         Param("limit", 10000, "int", "held-out set: the first N images in sorted order (none: all; ~0.6 MB each at 224)",
               low=1, nullable=True),
-        Param("augment", "simclr", "choice", "positive views: the SimCLR recipe, or none (= the clean view)",
-              choices=("simclr", "none"), nullable=True),
+        augment_param("simclr", "positive views: an augmentation preset (simclr, byol, vicreg, small, moderate, "
+                      "large, ...; none = the clean view)"),
         Param("epoch_size", None, "int", "nominal samples per epoch (none: the number of images)", low=1, nullable=True),
     ]
 
@@ -240,7 +217,7 @@ class ImageFolderSet(_ImageSet):
     def _samples(self, ids: np.ndarray, keep_images: bool) -> Samples:
         images = [decode_image(self.paths[i]) for i in ids]
         r = int(self.cfg["resolution"])
-        x = torch.stack([self.clean(im) for im in images]) if len(ids) else torch.empty(0, 3, r, r)
+        x = (torch.stack([self.clean(im) for im in images]) if len(ids) else torch.empty(0, 3, r, r)).to(self.device)
         state: Dict[str, Any] = {"paths": np.asarray([self.paths[i] for i in ids], dtype=object)}
         if keep_images:  # training batches keep the decoded images for their two views; the held-out set does not
             state["images"] = images
@@ -253,12 +230,14 @@ class ImageFolderSet(_ImageSet):
     def make_eval_set(self, n: int, rng: np.random.Generator) -> Samples:
         return self._samples(np.arange(self._n_eval(len(self.paths))), keep_images=False)
 
-    def augment(self, samples: Samples, rng: np.random.Generator) -> torch.Tensor:
-        if self.cfg["augment"] == "none":
-            return samples.x.clone()
+    def augment(self, samples: Samples, rng: np.random.Generator, view: int = 0) -> torch.Tensor:
+        """A batch of views: the decoded images (sizes differ) padded into one canvas, augmented on the device."""
+        if self.preset.clean:
+            return samples.x.to(self.device).clone()
         st = samples.state
         images = st.get("images") or [decode_image(p) for p in st["paths"]]
-        return self._views(images, int(self.cfg["resolution"]), rng)
+        canvas, sizes = pad_to_canvas(images)
+        return self._views(canvas, int(self.cfg["resolution"]), rng, view, sizes=sizes)
 
 
 # -- CIFAR -----------------------------------------------------------------------------------------------------
@@ -334,36 +313,129 @@ def _field(d: Dict[Any, Any], key: str) -> Any:
     raise KeyError(key)
 
 
-class _Cifar(_ImageSet):
-    """CIFAR python batches; the whole split lives in memory as uint8 (50000×3×32×32 = 150 MB for train)."""
+class _InMemoryImages(_ImageSet):
+    """A split held in memory as uint8 (n, 3, H, W) pixels, with labels; subclasses read the files.
 
-    folder: str = ""
-    files: Dict[str, List[str]] = {}
-    label_key: str = "labels"
-    coarse_key: Optional[str] = None
-    input_shape = (3, 32, 32)
+    ``to(device)`` moves the pixels (1 byte per value: CIFAR-10 train 150 MB, STL-10 unlabeled 2.8 GB), and the
+    views are then augmented there. The held-out set keeps the clean views as float32, 3·r²·4 bytes per image
+    (12 KB at r = 32, 0.6 MB at r = 224: set ``limit`` for large resolutions).
+    """
+
+    folder: str = ""  # the folder the archive extracts to
+    tv_class: str = ""  # the torchvision.datasets class whose url / filename / tgz_md5 the download uses
+    layout: str = ""  # how the files are described in messages
+    splits: Dict[str, List[str]] = {}
 
     def __init__(self, **given: Any):
         super().__init__(**given)
-        self.images, self.targets, self.targets_coarse = self._load(Path(self.cfg["path"]))
+        r = int(self.cfg["resolution"])
+        self.input_shape = (3, r, r)
+        root = Path(self.cfg["path"])
+        if self.cfg["download"] and self._missing(root):
+            self._download(root)
+        self.images, self.targets, self.targets_coarse = self._load(root)
         if self.cfg["epoch_size"] is None:
             self.cfg["epoch_size"] = len(self.images)
 
+    # -- files ------------------------------------------------------------------------------------------------
     def _expected_short(self) -> str:
         return "dir-containing-" + self.folder
 
-    def _load(self, root: Path) -> Tuple[torch.Tensor, np.ndarray, Optional[np.ndarray]]:
-        expected = f"{self.folder}/{{{','.join(self.files[self.cfg['split']])}}}"
+    def _files(self) -> List[str]:
+        return list(self.splits[self.cfg["split"]])
+
+    def _base(self, root: Path) -> Path:
+        return root / self.folder if (root / self.folder).is_dir() else root
+
+    def _missing(self, root: Path) -> List[str]:
+        if not root.is_dir():
+            return self._files()
+        base = self._base(root)
+        return [f for f in self._files() if not (base / f).is_file()]
+
+    def _download(self, root: Path) -> None:
+        import torchvision.datasets as tvd
+
+        tv = getattr(tvd, self.tv_class)
+        fetch_archive(tv.url, root, tv.filename, tv.tgz_md5)
+
+    def _check_present(self, root: Path) -> Path:
+        hint = "; set data.download=true to fetch it" if not self.cfg["download"] else ""
         if not root.is_dir():
             raise ReprscopeError(f"{self.name} path '{root}' is not a directory; expected the directory holding "
-                                 f"{self.folder}/ (the python version of the data set), or that folder itself")
-        base = root / self.folder if (root / self.folder).is_dir() else root
-        missing = [f for f in self.files[self.cfg["split"]] if not (base / f).is_file()]
+                                 f"{self.folder}/ ({self.layout}), or that folder itself{hint}")
+        missing = self._missing(root)
         if missing:
+            expected = f"{self.folder}/{{{','.join(self._files())}}}"
             raise ReprscopeError(f"{self.name} split '{self.cfg['split']}' not found under '{root}': missing "
-                                 f"{', '.join(missing)}; expected {expected} (the python version of the data set)")
+                                 f"{', '.join(missing)}; expected {expected} ({self.layout}){hint}")
+        return self._base(root)
+
+    @abc.abstractmethod
+    def _load(self, root: Path) -> Tuple[torch.Tensor, Optional[np.ndarray], Optional[np.ndarray]]:
+        """``(pixels (n, 3, H, W) uint8, labels (n,) int64 or None, coarse labels or None)`` of the split."""
+
+    # -- device ---------------------------------------------------------------------------------------------
+    def _move(self, device: torch.device) -> None:
+        self.images = self.images.to(device)
+
+    def memory_bytes(self) -> int:
+        return int(self.images.numel()) * self.images.element_size()
+
+    # -- samples and views ----------------------------------------------------------------------------------
+    def clean(self, images: torch.Tensor) -> torch.Tensor:
+        """The clean view of (n, 3, H, W) uint8 images: resized to ``resolution`` if needed, normalised."""
+        return _normalize(resize_images(images, int(self.cfg["resolution"])), self.mean, self.std)
+
+    def _labels(self, ids: np.ndarray, which: Optional[np.ndarray]) -> Optional[torch.Tensor]:
+        return None if which is None else torch.from_numpy(which[ids])
+
+    def _samples(self, ids: np.ndarray, imgs: torch.Tensor) -> Samples:
+        return Samples(x=self.clean(imgs), index=torch.from_numpy(ids.astype(np.int64)),
+                       labels=self._labels(ids, self.targets), labels_coarse=self._labels(ids, self.targets_coarse),
+                       state={"images": imgs})
+
+    def _take(self, ids: np.ndarray) -> torch.Tensor:
+        return self.images[torch.from_numpy(ids.astype(np.int64)).to(self.images.device)]
+
+    def sample(self, n: int, rng: np.random.Generator) -> Samples:
+        ids = rng.integers(0, len(self.images), size=n)
+        return self._samples(ids, self._take(ids))
+
+    def make_eval_set(self, n: int, rng: np.random.Generator) -> Samples:
+        m = self._n_eval(len(self.images))
+        return self._samples(np.arange(m), self.images[:m])  # a view of the pixels, not a copy
+
+    def augment(self, samples: Samples, rng: np.random.Generator, view: int = 0) -> torch.Tensor:
+        if self.preset.clean:
+            return samples.x.to(self.device).clone()
+        return self._views(samples.state["images"], int(self.cfg["resolution"]), rng, view)
+
+    def train_views(self, batch_size: int, rng: np.random.Generator) -> List[torch.Tensor]:
+        """As the default (same draws from ``rng``), without computing the unused clean view."""
+        ids = rng.integers(0, len(self.images), size=batch_size)
+        imgs = self._take(ids)
+        if self.preset.clean:
+            x = self.clean(imgs)
+            return [x, x.clone()]
+        r = int(self.cfg["resolution"])
+        return [self._views(imgs, r, rng, 0), self._views(imgs, r, rng, 1)]
+
+
+# -- CIFAR -----------------------------------------------------------------------------------------------------
+
+
+class _Cifar(_InMemoryImages):
+    """CIFAR python batches; the whole split lives in memory as uint8 (50000×3×32×32 = 150 MB for train)."""
+
+    label_key: str = "labels"
+    coarse_key: Optional[str] = None
+    layout = "the python version of the data set"
+
+    def _load(self, root: Path) -> Tuple[torch.Tensor, np.ndarray, Optional[np.ndarray]]:
+        base = self._check_present(root)
         data, labels, coarse = [], [], []
-        for f in self.files[self.cfg["split"]]:
+        for f in self._files():
             d = load_pickle_safely(base / f)
             try:
                 x = np.asarray(_field(d, "data"))
@@ -382,36 +454,29 @@ class _Cifar(_ImageSet):
         images = torch.from_numpy(np.concatenate(data).reshape(-1, 3, 32, 32))
         return images, np.concatenate(labels), (np.concatenate(coarse) if coarse else None)
 
-    def _samples(self, ids: np.ndarray) -> Samples:
-        t = torch.from_numpy(ids.astype(np.int64))
-        imgs = self.images[t]
-        return Samples(x=_normalize(imgs.float() / 255.0, self.mean, self.std), index=t,
-                       labels=torch.from_numpy(self.targets[ids]),
-                       labels_coarse=None if self.targets_coarse is None else torch.from_numpy(self.targets_coarse[ids]),
-                       state={"images": imgs})
 
-    def sample(self, n: int, rng: np.random.Generator) -> Samples:
-        return self._samples(rng.integers(0, len(self.images), size=n))
+def _resolution_param(native: int) -> Param:
+    return Param("resolution", native, "int", f"side of the clean view and the views (native {native}; "
+                 "another value resizes, e.g. 224 to evaluate an ImageNet-sized model)", low=8)
 
-    def make_eval_set(self, n: int, rng: np.random.Generator) -> Samples:
-        return self._samples(np.arange(self._n_eval(len(self.images))))
 
-    def augment(self, samples: Samples, rng: np.random.Generator) -> torch.Tensor:
-        if self.cfg["augment"] == "none":
-            return samples.x.clone()
-        return self._views(list(samples.state["images"]), 32, rng)
+def _download_param() -> Param:
+    return Param("download", False, "bool", "fetch the files with torchvision's downloader when they are missing "
+                 "(then read here; off by default: nothing is downloaded unless asked)")
 
 
 def _cifar_params(mean: List[float], std: List[float]) -> List[Param]:
     return [
         Param("path", None, "str", "directory holding the python batches (required)"),
         Param("split", "test", "choice", "which split: test (analysis) or train", choices=("test", "train")),
+        _resolution_param(32),
         Param("mean", mean, "floats", "per-channel mean for normalisation"),
         Param("std", std, "floats", "per-channel std for normalisation", low=0, low_open=True),
         Param("limit", None, "int", "held-out set: the first N images of the split (none: all)", low=1, nullable=True),
-        Param("augment", "simclr", "choice", "positive views: the SimCLR recipe at 32x32, or none (= the clean view)",
-              choices=("simclr", "none"), nullable=True),
+        augment_param("simclr", "positive views: an augmentation preset (default the SimCLR CIFAR recipe; "
+                      "none = the clean view)"),
         Param("epoch_size", None, "int", "nominal samples per epoch (none: the size of the split)", low=1, nullable=True),
+        _download_param(),
     ]
 
 
@@ -420,9 +485,10 @@ class Cifar10(_Cifar):
     """CIFAR-10, ``cifar-10-batches-py`` (data_batch_1..5, test_batch); 10 classes."""
 
     name = "cifar10"
-    summary = "CIFAR-10 python batches (cifar10:/path); clean = normalised, views = SimCLR recipe at 32x32"
+    summary = "CIFAR-10 python batches (cifar10:/path); clean = normalised, views = an augmentation preset"
     folder = "cifar-10-batches-py"
-    files = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+    tv_class = "CIFAR10"
+    splits = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
     num_classes = 10
     params = _cifar_params([0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616])
 
@@ -432,10 +498,81 @@ class Cifar100(_Cifar):
     """CIFAR-100, ``cifar-100-python`` (train, test); 100 fine labels and 20 coarse labels (``labels_coarse``)."""
 
     name = "cifar100"
-    summary = "CIFAR-100 python batches (cifar100:/path), fine + coarse labels; views = SimCLR recipe at 32x32"
+    summary = "CIFAR-100 python batches (cifar100:/path), fine + coarse labels; views = an augmentation preset"
     folder = "cifar-100-python"
-    files = {"train": ["train"], "test": ["test"]}
+    tv_class = "CIFAR100"
+    splits = {"train": ["train"], "test": ["test"]}
     label_key = "fine_labels"
     coarse_key = "coarse_labels"
     num_classes = 100
     params = _cifar_params([0.5071, 0.4865, 0.4409], [0.2673, 0.2564, 0.2762])
+
+
+# -- STL-10 ----------------------------------------------------------------------------------------------------
+
+STL10_SIDE = 96
+_STL10_BYTES = 3 * STL10_SIDE * STL10_SIDE
+
+
+def read_stl10_images(path: Path) -> np.ndarray:
+    """(n, 3, 96, 96) uint8 of an STL-10 ``*_X.bin`` (raw bytes, each channel stored column-major)."""
+    raw = np.fromfile(path, dtype=np.uint8)
+    if raw.size == 0 or raw.size % _STL10_BYTES:
+        raise ReprscopeError(f"{path} is not an STL-10 image file: {raw.size} bytes is not a positive multiple of "
+                             f"3x96x96 = {_STL10_BYTES}")
+    return raw.reshape(-1, 3, STL10_SIDE, STL10_SIDE).transpose(0, 1, 3, 2)  # column-major → (c, row, col)
+
+
+def read_stl10_labels(path: Path, n: int) -> np.ndarray:
+    """(n,) int64 labels 0..9 of an STL-10 ``*_y.bin`` (stored as bytes 1..10)."""
+    y = np.fromfile(path, dtype=np.uint8).astype(np.int64)
+    if len(y) != n or (len(y) and (y.min() < 1 or y.max() > 10)):
+        raise ReprscopeError(f"{path} is not an STL-10 label file for {n} images: expected {n} bytes in 1..10; got "
+                             f"{len(y)} bytes" + (f" in {y.min()}..{y.max()}" if len(y) else ""))
+    return y - 1
+
+
+@DATASETS.register("stl10", on_disk=True)
+class STL10(_InMemoryImages):
+    """STL-10, the binary version ``stl10_binary/{train,test,unlabeled}_X.bin`` and ``{train,test}_y.bin``.
+
+    96×96 colour images, 10 classes (labels 1..10 on disk, 0..9 here). Splits: ``train`` (5 000), ``test``
+    (8 000), ``unlabeled`` (100 000, no labels) and ``train+unlabeled`` (the SSL training set; no labels, as a
+    mixed split would need a placeholder class). In memory as uint8: 2.8 GB for ``unlabeled``; the held-out
+    set's clean views take 110 KB per image at r = 96 (≈ 0.9 GB for ``test``).
+    """
+
+    name = "stl10"
+    summary = "STL-10 binary files (stl10:/path), 96x96, split train/test/unlabeled/train+unlabeled"
+    folder = "stl10_binary"
+    tv_class = "STL10"
+    layout = "the binary version of the data set"
+    num_classes = 10
+    splits = {"train": ["train"], "test": ["test"], "unlabeled": ["unlabeled"],
+              "train+unlabeled": ["train", "unlabeled"]}
+    params = [
+        Param("path", None, "str", "directory holding stl10_binary/ (or that folder itself; required)"),
+        Param("split", "test", "choice", "which split: test (analysis), train, unlabeled or train+unlabeled (SSL)",
+              choices=("test", "train", "unlabeled", "train+unlabeled")),
+        _resolution_param(STL10_SIDE),
+        Param("mean", [0.4467, 0.4398, 0.4066], "floats", "per-channel mean for normalisation"),
+        Param("std", [0.2603, 0.2566, 0.2713], "floats", "per-channel std for normalisation", low=0, low_open=True),
+        Param("limit", None, "int", "held-out set: the first N images of the split (none: all)", low=1, nullable=True),
+        augment_param("simclr", "positive views: an augmentation preset (none = the clean view)"),
+        Param("epoch_size", None, "int", "nominal samples per epoch (none: the size of the split)", low=1, nullable=True),
+        _download_param(),
+    ]
+
+    def _files(self) -> List[str]:
+        parts = self.splits[self.cfg["split"]]
+        return [f"{p}_X.bin" for p in parts] + [f"{p}_y.bin" for p in parts if p != "unlabeled"]
+
+    def _load(self, root: Path) -> Tuple[torch.Tensor, Optional[np.ndarray], None]:
+        base = self._check_present(root)
+        parts = self.splits[self.cfg["split"]]
+        images = [read_stl10_images(base / f"{p}_X.bin") for p in parts]
+        labels = None
+        if "unlabeled" not in parts:
+            labels = np.concatenate([read_stl10_labels(base / f"{p}_y.bin", len(x)) for p, x in zip(parts, images)])
+        pixels = images[0] if len(images) == 1 else np.concatenate(images)
+        return torch.from_numpy(pixels), labels, None

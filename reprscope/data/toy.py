@@ -36,7 +36,8 @@ class _ClassConditional2D(GeneratedDataset):
 
     def _samples(self, y: np.ndarray, rng: np.random.Generator) -> Samples:
         x = self.draw(y, rng)
-        return Samples(x=torch.from_numpy(x.astype(np.float32)), index=torch.full((len(y),), -1, dtype=torch.int64),
+        return Samples(x=torch.from_numpy(x.astype(np.float32)).to(self.device),
+                       index=torch.full((len(y),), -1, dtype=torch.int64),
                        labels=torch.from_numpy(y.astype(np.int64)), state=y)
 
     def make_eval_set(self, n: int, rng: np.random.Generator) -> Samples:
@@ -45,8 +46,8 @@ class _ClassConditional2D(GeneratedDataset):
         s.index = torch.arange(n, dtype=torch.int64)
         return s
 
-    def augment(self, samples: Samples, rng: np.random.Generator) -> torch.Tensor:
-        return torch.from_numpy(self.draw(np.asarray(samples.state), rng).astype(np.float32))
+    def augment(self, samples: Samples, rng: np.random.Generator, view: int = 0) -> torch.Tensor:
+        return torch.from_numpy(self.draw(np.asarray(samples.state), rng).astype(np.float32)).to(self.device)
 
 
 @DATASETS.register("blobs")
@@ -109,7 +110,8 @@ class Points3D(GeneratedDataset):
         self.num_classes = self.cfg["n_points"]
 
     def _samples(self, ids: np.ndarray) -> Samples:
-        return Samples(x=torch.from_numpy(self.points[ids].astype(np.float32)), index=torch.from_numpy(ids.astype(np.int64)),
+        return Samples(x=torch.from_numpy(self.points[ids].astype(np.float32)).to(self.device),
+                       index=torch.from_numpy(ids.astype(np.int64)),
                        labels=torch.from_numpy(ids.astype(np.int64)), state=ids)
 
     def sample(self, n, rng):
@@ -120,7 +122,7 @@ class Points3D(GeneratedDataset):
         s.index = torch.arange(n, dtype=torch.int64)
         return s
 
-    def augment(self, samples, rng):
+    def augment(self, samples, rng, view=0):
         ids = np.asarray(samples.state)
         x = self.points[ids] + self.k + self.cfg["aug_std"] * rng.standard_normal((len(ids), 3))
-        return torch.from_numpy(x.astype(np.float32))
+        return torch.from_numpy(x.astype(np.float32)).to(self.device)

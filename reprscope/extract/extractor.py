@@ -55,6 +55,7 @@ def extract(model: LoadedModel, dataset: GeneratedDataset, out: os.PathLike | st
     dims = {k: int(v.shape[1]) for k, v in probe.items()}
     attrs: Dict[str, Any] = {
         "source": str(model.source), "source_sha256": model.sha256, "source_format": model.format,
+        "source_branch": model.branch or "",
         "method": model.method, "dataset": dataset.spec(), "seed": int(seed),
         "step": -1 if model.step is None else int(model.step),
         "augmentation": {"sampler": f"{dataset.name}.augment", "views": names, "pair_mode": dataset.pair_mode,
@@ -71,7 +72,7 @@ def extract(model: LoadedModel, dataset: GeneratedDataset, out: os.PathLike | st
         bar = tqdm(total=n, desc="extract", unit="sample", disable=not progress, leave=False, dynamic_ncols=True)
         for start in range(0, n, batch_size):
             batch = samples.select(slice(start, min(n, start + batch_size)))
-            inputs = ([batch.x] if clean else []) + [dataset.augment(batch, rng) for _ in range(views)]
+            inputs = ([batch.x] if clean else []) + [dataset.augment(batch, rng, view=k) for k in range(views)]
             per_view: List[Dict[str, torch.Tensor]] = []
             with torch.inference_mode():
                 for x in inputs:

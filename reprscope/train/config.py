@@ -32,7 +32,8 @@ OPTIM_PARAMS = [
     Param("warmup_epochs", None, "float", "linear warm-up in epochs (overrides warmup_steps)", low=0, nullable=True),
     Param("trust_coefficient", 0.001, "float", "LARS trust coefficient η", low=0, low_open=True),
     Param("exclude_bias_bn", True, "bool", "no weight decay (and no LARS adaptation) for biases and norm weights"),
-    Param("lr_scaling", "none", "choice", "scale lr with the batch: linear (lr·B/256) or none", choices=("none", "linear")),
+    Param("lr_scaling", None, "choice", "scale lr with the batch: linear (lr·B/256) or none", choices=("linear",),
+          nullable=True),
     Param("grad_clip", None, "float", "clip the gradient norm to this value", low=0, low_open=True, nullable=True),
 ]
 TRAIN_PARAMS = [

@@ -187,6 +187,15 @@ def train(config: Dict[str, Any], out_dir: str | Path, resume: bool = False, pro
         dist.cleanup(started_dist)
 
 
+def _fits(dataset, device: torch.device) -> bool:
+    """Whether the data set fits in half of the device's free memory (always on the CPU)."""
+    if device.type != "cuda":
+        return True
+    need = int(dataset.memory_bytes()) if hasattr(dataset, "memory_bytes") else 0
+    free, _total = torch.cuda.mem_get_info(device)
+    return need <= free // 2
+
+
 def _train(config, out_dir, resume, progress, on_log, device, di: dist.DistInfo) -> TrainResult:
     tcfg, ocfg = config["train"], config["optim"]
     seed = int(tcfg["seed"])
@@ -200,8 +209,8 @@ def _train(config, out_dir, resume, progress, on_log, device, di: dist.DistInfo)
     local_batch = batch // di.world_size
 
     dataset = build_dataset(config["data"])
-    if tcfg["data_on_device"] and hasattr(dataset, "to"):
-        dataset.to(device)
+    if tcfg["data_on_device"] and _fits(dataset, device):
+        dataset.to(device)  # uint8 images on the GPU, augmented there in batches
     bundle = build_bundle(config["model"], config["model"]["in_shape"])
     if di.enabled:
         bundle = dist.sync_batchnorm(bundle, device.type)
