@@ -21,6 +21,15 @@ app = typer.Typer(
 _state = {"debug": False}
 
 
+BRANCH_HELP = ("Network to analyse where the checkpoint holds two: teacher, student, online or momentum (the "
+               "teacher is the momentum network, the student the online one); default: the format's (DINO teacher, "
+               "MoCo online, …).")
+ARCH_HELP = ("timm architecture instead of the one read from the weights' shapes: NAME or NAME:key=value,... "
+             "(e.g. resnet50, vit_small_patch16_224, or vit:num_heads=12 to set only the head count).")
+PREPROCESS_HELP = ("source: feed image data the way the checkpoint's source did (resolution, resize, mean/std "
+                   "through the data set's parameters; --set data.KEY=... still wins); data: the data set's own.")
+
+
 def _fail(msg: str, code: int = 2) -> None:
     typer.echo(f"error: {msg}", err=True)
     raise typer.Exit(code)
@@ -120,26 +129,34 @@ def extract(
     seed: int = typer.Option(0, "--seed", help="Seed of the augmented views."),
     sets: Optional[List[str]] = typer.Option(None, "--set", help="data.key=value overrides of the data set."),
     fmt: Optional[str] = typer.Option(None, "--format", help="Checkpoint format (default: detected; reprscope list formats)."),
+    branch: Optional[str] = typer.Option(None, "--branch", help=BRANCH_HELP),
+    arch: Optional[str] = typer.Option(None, "--arch", help=ARCH_HELP),
+    preprocess: str = typer.Option("source", "--preprocess", help=PREPROCESS_HELP),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Write the embedding store (HDF5) of CKPT's layers on the held-out set."""
-    from reprscope.data import build_dataset, parse_data_arg
+    from reprscope.data import parse_data_arg
     from reprscope.extract import extract as run_extract
-    from reprscope.formats import load_checkpoint
+    from reprscope.formats import LoadOptions, load_checkpoint
+    from reprscope.formats.preprocess import dataset_for_model
     from reprscope.train.trainer import resolve_device
 
     if out.suffix.lower() not in (".h5", ".hdf5"):
         raise ReprscopeError(f"--out must name an .h5 file, got '{out}'")
-    model = load_checkpoint(ckpt, fmt)
+    model = load_checkpoint(ckpt, fmt, LoadOptions(branch=branch, arch=arch))
     spec = dict(model.dataset or {})
     if data:
         given = parse_data_arg(data)
         spec = {**spec, **given} if spec.get("name") == given["name"] else given
-    spec.update(_data_sets(sets))
+    explicit = _data_sets(sets)
+    spec.update(explicit)
     if not spec:
         raise ReprscopeError(f"'{ckpt}' does not say which data it was trained on; give --data NAME")
-    path = run_extract(model, build_dataset(spec), out, views=views, clean=clean, layers=_split(layers), limit=limit,
+    dataset, notes = dataset_for_model(model, spec, preprocess, explicit)
+    path = run_extract(model, dataset, out, views=views, clean=clean, layers=_split(layers), limit=limit,
                        batch_size=batch_size, device=resolve_device(device), seed=seed, progress=not quiet)
+    for note in notes:
+        typer.echo(f"note: {note}")
     typer.echo(f"wrote {path}")
 
 
@@ -168,6 +185,9 @@ def analyze(
     device: str = typer.Option("cpu", "--device", help="Device for extraction."),
     sets: Optional[List[str]] = typer.Option(None, "--set", help="data.key=value overrides of the data set."),
     fmt: Optional[str] = typer.Option(None, "--format", help="Checkpoint format (default: detected; reprscope list formats)."),
+    branch: Optional[str] = typer.Option(None, "--branch", help=BRANCH_HELP),
+    arch: Optional[str] = typer.Option(None, "--arch", help=ARCH_HELP),
+    preprocess: str = typer.Option("source", "--preprocess", help=PREPROCESS_HELP),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar and no summary."),
 ) -> None:
     """Analyze SOURCE(s) and print a summary; write the tidy table with --out."""
@@ -182,7 +202,7 @@ def analyze(
         raise ReprscopeError(f"--out must end in .csv or .parquet, got '{out}'")
     res = run_analyze([str(s) for s in sources], data=data, analyzers=chosen, params=pp, layers=_split(layers),
                       views=views, limit=limit, device=str(resolve_device(device)), progress=not quiet,
-                      set_data=_data_sets(sets), fmt=fmt)
+                      set_data=_data_sets(sets), fmt=fmt, branch=branch, arch=arch, preprocess=preprocess)
     if not quiet:
         typer.echo(summarize(res.table))
         for note in condense_notes(res.notes):
@@ -247,17 +267,24 @@ def report(
 def inspect(
     ckpt: Path = typer.Argument(..., help="Checkpoint file."),
     fmt: Optional[str] = typer.Option(None, "--format", help="Checkpoint format (default: detected; reprscope list formats)."),
+    branch: Optional[str] = typer.Option(None, "--branch", help=BRANCH_HELP),
+    arch: Optional[str] = typer.Option(None, "--arch", help=ARCH_HELP),
 ) -> None:
-    """What the loader detected: format, method, architecture, parts and their keys, layers, unused keys."""
-    from reprscope.formats import load_checkpoint
-    from reprscope.inspect import describe
+    """What the loader detected: format, method, architecture, branch, preprocessing, parts and their keys,
+    layers, unused keys. A file no format recognises: its keys and tensors, then the error (exit 2)."""
+    from reprscope.formats import LoadOptions
+    from reprscope.inspect import inspect_checkpoint
 
-    typer.echo("\n".join(describe(load_checkpoint(ckpt, fmt))))
+    lines, error = inspect_checkpoint(ckpt, fmt, LoadOptions(branch=branch, arch=arch))
+    if lines:
+        typer.echo("\n".join(lines))
+    if error is not None:
+        raise error
 
 
 @app.command("list")
 @handle_errors
-def list_(what: str = typer.Argument(..., help="methods | analyzers | datasets | formats | backbones | heads")) -> None:
+def list_(what: str = typer.Argument(..., help="methods | analyzers | datasets | formats | backbones | heads | augmentations | recipes")) -> None:
     """List what is available, one line each."""
     from reprscope.catalog import catalog
 
@@ -275,6 +302,35 @@ def demo(
     from reprscope.demo import run_demo
 
     run_demo(out, steps=steps, progress=not quiet, echo=typer.echo)
+
+
+@app.command()
+@handle_errors
+def reproduce(
+    name: Optional[str] = typer.Argument(None, help="Recipe name (reprscope reproduce --list)."),
+    scale: str = typer.Option("cpu", "--scale", help="cpu (under 10 minutes on 2 cores), gpu (the papers' setting) or tiny."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output directory (default: reproduce/NAME-SCALE)."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto (training and analysis)."),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="Folder holding cifar10/, cifar100/ … for the gpu scale."),
+    list_: bool = typer.Option(False, "--list", help="List the recipes."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Reproduce a paper's finding: train its runs, analyze them, write table.csv, figures/ and summary.md."""
+    from reprscope.reproduce import RECIPES
+    from reprscope.reproduce import reproduce as run_recipe
+
+    if list_ or not name:
+        if not list_:
+            raise ReprscopeError("give a recipe name, or --list to see them")
+        for n in RECIPES.names():
+            meta = RECIPES.meta(n)
+            typer.echo(f"{n:24s} {meta.get('paper', '')}: {meta.get('summary', '')}")
+        return
+    res = run_recipe(name, scale=scale, out=out, device=device, progress=not quiet, echo=typer.echo, data_root=data_root)
+    held = [f.held for f in res.findings if f.held is not None]
+    typer.echo("")
+    typer.echo(res.summary.read_text())
+    typer.echo(f"{sum(held)} of {len(held)} findings held; table: {res.table}; summary: {res.summary}")
 
 
 def main() -> None:

@@ -1,10 +1,12 @@
 """``reprscope inspect``: what the loader made of a checkpoint, in words."""
 from __future__ import annotations
 
+import os
 from collections import Counter
-from typing import List
+from typing import Dict, List, Optional, Tuple
 
-from .formats.base import LoadedModel
+from .errors import ReprscopeError
+from .formats.base import FORMATS, LoadedModel, LoadOptions, load_checkpoint, payload_summary, read_checkpoint
 
 
 def _prefixes(keys: List[str], depth: int = 2) -> str:
@@ -12,21 +14,63 @@ def _prefixes(keys: List[str], depth: int = 2) -> str:
     return ", ".join(f"{p}.* ({n})" for p, n in sorted(c.items()))
 
 
-def describe(model: LoadedModel) -> List[str]:
-    """Lines: format, method, architecture, parts with parameter counts and key prefixes, layers, unused keys."""
-    b = model.bundle
+def _group_unused(entries: List[str]) -> List[str]:
+    """``"key: reason"`` entries, those sharing a reason and a two-part key prefix folded into one line."""
+    groups: Dict[Tuple[str, str], List[str]] = {}
+    for entry in entries:
+        key, _, reason = entry.partition(": ")
+        parts = key.split(".")
+        prefix = ".".join(parts[:2]) if len(parts) > 2 else key
+        groups.setdefault((prefix, reason), []).append(key)
+    out = []
+    for (prefix, reason), keys in groups.items():
+        out.append(f"  {keys[0]}: {reason}" if len(keys) == 1 else f"  {prefix}.* ({len(keys)} tensors): {reason}")
+    return out
+
+
+def _architecture(model: LoadedModel) -> List[str]:
     cfg = model.config or {}
     mcfg = cfg.get("model", {})
+    if mcfg.get("backbone"):  # a reprscope checkpoint: its config names the backbone
+        return [f"architecture: {mcfg['backbone']} {mcfg.get('backbone_kwargs') or ''}".rstrip()]
+    name = cfg.get("arch") or type(model.bundle.encoder).__name__
+    lines = [f"architecture: {name} ({cfg.get('arch_source', 'read from the weights')})"]
+    kw = cfg.get("timm_kwargs") or {}
+    if kw:
+        lines.append("  timm kwargs: " + ", ".join(f"{k}={v}" for k, v in kw.items()))
+    if cfg.get("num_heads_source"):
+        lines.append(f"  attention heads: {kw.get('num_heads', '?')} ({cfg['num_heads_source']})")
+    if cfg.get("cifar_stem"):
+        lines.append(f"  CIFAR stem: 3×3 conv1, no max-pool (padding {cfg.get('cifar_padding') or 1})")
+    return lines
+
+
+def describe(model: LoadedModel) -> List[str]:
+    """Lines: format, method, architecture, branch, preprocessing, parts with parameter counts and key prefixes,
+    layers, unused keys."""
+    b = model.bundle
     lines = [
-        f"file:         {model.source}",
+        f"file:         {model.source} ({model.file_type})",
         f"sha256:       {model.sha256}",
         f"format:       {model.format}",
         f"method:       {model.method}",
-        f"architecture: {mcfg.get('backbone', type(b.encoder).__name__)} {mcfg.get('backbone_kwargs') or ''}".rstrip(),
+        *_architecture(model),
         f"step:         {model.step if model.step is not None else '-'}",
     ]
+    if model.epoch is not None:
+        lines.append(f"epoch:        {model.epoch}")
     if model.dataset:
         lines.append(f"data:         {model.dataset}")
+    lines.append(f"branch:       {model.branch or '-'}" + (" (chosen with --branch)" if model.options.branch else " (default)"))
+    for name, where in model.branches.items():
+        mark = "*" if name == model.branch else " "
+        lines.append(f"  {mark} {name:9s} {where}")
+    if model.preprocess is not None:
+        lines.append(f"preprocessing: {model.preprocess.describe()}")
+        lines.append(f"  mean {list(model.preprocess.mean)}, std {list(model.preprocess.std)}; applied to image --data "
+                     "unless --preprocess data or --set data.KEY=...")
+    else:
+        lines.append("preprocessing: none (not an image model)")
     lines.append("parts:")
     state = b.state_dict()
     for part in ["encoder", *b.head_specs]:
@@ -39,9 +83,29 @@ def describe(model: LoadedModel) -> List[str]:
     lines.append("extractable layers: " + ", ".join(f"{i.name} [{i.space}]" for i in b.layer_infos()))
     if model.unused_keys:
         lines.append(f"unused keys ({len(model.unused_keys)}):")
-        lines.extend(f"  {k}" for k in model.unused_keys[:50])
-        if len(model.unused_keys) > 50:
-            lines.append(f"  … and {len(model.unused_keys) - 50} more")
+        groups = _group_unused(model.unused_keys)
+        lines.extend(groups[:50])
+        if len(groups) > 50:
+            lines.append(f"  … and {len(groups) - 50} more groups")
     else:
         lines.append("unused keys: none (every tensor was loaded)")
     return lines
+
+
+def inspect_checkpoint(path: os.PathLike | str, fmt: Optional[str] = None, options: Optional[LoadOptions] = None
+                       ) -> Tuple[List[str], Optional[ReprscopeError]]:
+    """``(lines, error)``: :func:`describe` of the loaded checkpoint; or, when the file is readable but does not
+    load (an unknown layout, weights that do not fit), what it holds (:func:`payload_summary`) and the error."""
+    if fmt is not None:
+        try:
+            FORMATS.get(fmt)
+        except ReprscopeError as exc:  # a mistyped --format: nothing to show about the file
+            return [], exc
+    try:
+        return describe(load_checkpoint(path, fmt, options)), None
+    except ReprscopeError as exc:
+        try:
+            payload, file_type = read_checkpoint(path)
+        except ReprscopeError:
+            return [], exc
+        return [f"file:         {path} ({file_type}; not loaded, see the error)", *payload_summary(payload)], exc

@@ -17,11 +17,11 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .analyzers import ANALYZERS, run_analyzer
-from .data import build_dataset
 from .data.base import parse_data_arg
 from .errors import ReprscopeError
 from .extract import Store, extract
-from .formats import load_checkpoint
+from .formats import LoadOptions, load_checkpoint
+from .formats.preprocess import MODES as PREPROCESS_MODES, dataset_for_model
 from .io_utils import sha256_file
 from .params import resolve_params
 from .table import make_table
@@ -116,9 +116,16 @@ def analyze_store(store: Store, analyzers: Sequence[str], params: Mapping[str, M
 
 def store_for_checkpoint(path: Path, data: Optional[str], set_data: Optional[Dict[str, Any]] = None, views: int = 2,
                          limit: Optional[int] = None, batch_size: int = 1024, device: str = "cpu", seed: int = 0,
-                         progress: bool = True, cache: bool = True, fmt: Optional[str] = None) -> Path:
-    """Extract ``path`` (cached by checkpoint hash and extraction settings) and return the store's path."""
-    model = load_checkpoint(path, fmt)
+                         progress: bool = True, cache: bool = True, fmt: Optional[str] = None,
+                         options: Optional[LoadOptions] = None, preprocess: str = "source",
+                         notes: Optional[List[str]] = None) -> Path:
+    """Extract ``path`` (cached by checkpoint hash and extraction settings) and return the store's path.
+
+    Args:
+        options: ``--branch`` / ``--arch`` for the loader; ``preprocess``: ``source`` or ``data``
+            (:mod:`reprscope.formats.preprocess`); ``notes`` collects what the preprocessing did.
+    """
+    model = load_checkpoint(path, fmt, options)
     spec = dict(model.dataset or {}) if not data else parse_data_arg(data)
     if data and model.dataset and spec["name"] == model.dataset.get("name"):
         spec = {**model.dataset, **spec}  # same data set as in training: keep its parameters (seed, mixing …)
@@ -126,9 +133,11 @@ def store_for_checkpoint(path: Path, data: Optional[str], set_data: Optional[Dic
         spec.update(set_data)
     if not spec:
         raise ReprscopeError(f"'{path}' does not say which data it was trained on; give --data NAME")
-    dataset = build_dataset(spec)
+    dataset, applied = dataset_for_model(model, spec, preprocess, set_data or {})
+    if notes is not None:
+        notes.extend(applied)
     key = json.dumps({"data": dataset.spec(), "views": views, "limit": limit, "seed": seed, "bs": batch_size,
-                      "format": model.format}, sort_keys=True)
+                      "format": model.format, "branch": model.branch, "arch": model.options.arch}, sort_keys=True)
     name = f"{model.sha256[:16]}-{hashlib.sha256(key.encode()).hexdigest()[:10]}.h5"
     target = cache_dir() / "extract" / name
     if cache and target.is_file():
@@ -141,8 +150,13 @@ def analyze(sources: Sequence[str | os.PathLike], *, data: Optional[str] = None,
             params: Optional[Mapping[str, Mapping[str, Any]]] = None, layers: Optional[Sequence[str]] = None,
             views: int = 2, limit: Optional[int] = None, batch_size: int = 1024, device: str = "cpu",
             seed: int = 0, progress: bool = True, set_data: Optional[Dict[str, Any]] = None,
-            fmt: Optional[str] = None) -> AnalysisResult:
-    """Analyze every source and return one tidy table."""
+            fmt: Optional[str] = None, branch: Optional[str] = None, arch: Optional[str] = None,
+            preprocess: str = "source") -> AnalysisResult:
+    """Analyze every source and return one tidy table (``branch``/``arch``/``preprocess``: see
+    :func:`store_for_checkpoint`)."""
+    options = LoadOptions(branch=branch, arch=arch)
+    if preprocess not in PREPROCESS_MODES:
+        raise ReprscopeError(f"--preprocess must be one of {', '.join(PREPROCESS_MODES)}; got '{preprocess}'")
     chosen = select_analyzers(analyzers)
     for a in chosen:  # bad --param values fail before any extraction or progress output
         resolve_params(f"analyzer {a}", ANALYZERS.get(a).params, dict((params or {}).get(a) or {}))
@@ -154,7 +168,7 @@ def analyze(sources: Sequence[str | os.PathLike], *, data: Optional[str] = None,
         path = item.path
         if item.kind == "checkpoint":
             path = store_for_checkpoint(item.path, data, set_data, views, limit, batch_size, device, seed, progress,
-                                        fmt=fmt)
+                                        fmt=fmt, options=options, preprocess=preprocess, notes=notes)
         with Store(path) as st:
             r, n = analyze_store(st, chosen, params, layers, source=str(item.path), progress=progress, device=device)
         rows.extend(r)

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pickle
 import warnings
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -18,11 +19,106 @@ from ..models.bundle import ModelBundle
 from ..registry import Registry
 
 FORMATS: Registry = Registry("checkpoint format")
+READERS: Registry = Registry("checkpoint file type")
+
+#: the names ``--branch`` accepts. Checkpoints use two vocabularies for their two networks (DINO: teacher /
+#: student; MoCo, BYOL, solo-learn: momentum / online); the teacher *is* the momentum (EMA) network and the
+#: student the online one, so each name also finds its counterpart (``--branch momentum`` on a DINO file picks
+#: the teacher).
+BRANCHES = ("teacher", "student", "online", "momentum")
+BRANCH_COUNTERPART = {"teacher": "momentum", "momentum": "teacher", "student": "online", "online": "student"}
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """What the user overrides in detection (``--branch``, ``--arch``); every format's build receives it.
+
+    Attributes:
+        branch: ``teacher``, ``student``, ``online`` or ``momentum``; None: the format's default branch.
+        arch: a timm model name, optionally with timm kwargs: ``vit_small_patch16_224`` or
+            ``vit_small_patch16_224:num_heads=12`` (values parsed as JSON); None: read from the shapes.
+    """
+
+    branch: Optional[str] = None
+    arch: Optional[str] = None
+    #: the file being read (set by :func:`load_checkpoint`): formats whose config sits beside the checkpoint
+    #: (solo-learn's ``args.json``) read it from there
+    source: Optional[str] = None
+
+    def __post_init__(self):
+        if self.branch is not None and self.branch not in BRANCHES:
+            raise ReprscopeError(f"--branch must be one of {', '.join(BRANCHES)}; got '{self.branch}'")
+        if self.arch is not None:
+            parse_arch(self.arch)  # fail early on a malformed --arch
+
+    @property
+    def arch_name(self) -> Optional[str]:
+        return None if self.arch is None else parse_arch(self.arch)[0]
+
+    @property
+    def arch_kwargs(self) -> Dict[str, Any]:
+        return {} if self.arch is None else parse_arch(self.arch)[1]
+
+
+def parse_arch(text: str) -> Tuple[str, Dict[str, Any]]:
+    """``NAME`` or ``NAME:key=value,key=value`` → ``(NAME, {key: value})``; values are JSON where they parse."""
+    name, _, rest = str(text).partition(":")
+    name = name.strip()
+    if not name:
+        raise ReprscopeError(f"--arch needs a timm model name, e.g. --arch resnet50 or --arch vit_small_patch16_224; got '{text}'")
+    kwargs: Dict[str, Any] = {}
+    for item in filter(None, (x.strip() for x in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ReprscopeError(f"--arch takes NAME or NAME:key=value,...; '{item}' in '{text}' is not key=value")
+        try:
+            kwargs[key.strip()] = json.loads(value)
+        except ValueError:
+            kwargs[key.strip()] = value.strip()
+    return name, kwargs
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """The input preprocessing of a checkpoint's source (what its own evaluation feeds the network).
+
+    Attributes:
+        resolution: side of the square input, in pixels.
+        mean, std: per-channel normalisation of [0, 1] RGB.
+        resize: shorter side the image is resized to before the centre crop of ``resolution`` (ImageNet
+            evaluation: 256 → 224); None: no resize (CIFAR images are already 32×32).
+        stats: the name of the statistics (``imagenet``, ``cifar10`` …), for messages.
+        reason: what in the checkpoint says so.
+    """
+
+    resolution: int
+    mean: Tuple[float, float, float]
+    std: Tuple[float, float, float]
+    resize: Optional[int]
+    stats: str
+    reason: str
+
+    def data_params(self) -> Dict[str, Any]:
+        """The image data sets' parameters that apply this preprocessing."""
+        return {"resolution": int(self.resolution), "resize": int(self.resize or self.resolution),
+                "mean": [float(v) for v in self.mean], "std": [float(v) for v in self.std]}
+
+    def describe(self) -> str:
+        size = (f"resize {self.resize} + centre crop {self.resolution}" if self.resize
+                else f"{self.resolution}×{self.resolution}")
+        return f"{size}, {self.stats} mean/std ({self.reason})"
 
 
 @dataclass
 class LoadedModel:
-    """What a checkpoint resolves to, whatever its format (the one model contract plus provenance)."""
+    """What a checkpoint resolves to, whatever its format (the one model contract plus provenance).
+
+    Attributes:
+        branch: the network analysed (``teacher``/``student``/``online``/``momentum``); ``branches`` maps every
+            branch the file holds to where its weights sit.
+        preprocess: the source's input preprocessing (None: not an image model, e.g. trained on ``dgp``).
+        file_type: ``torch`` (``torch.save``, read with ``weights_only=True``) or ``safetensors``.
+    """
 
     bundle: ModelBundle
     format: str
@@ -34,18 +130,27 @@ class LoadedModel:
     epoch: Optional[int] = None
     dataset: Optional[Dict[str, Any]] = None
     unused_keys: List[str] = field(default_factory=list)
+    branch: Optional[str] = None
+    branches: Dict[str, str] = field(default_factory=dict)
+    preprocess: Optional[Preprocess] = None
+    file_type: str = "torch"
+    options: LoadOptions = field(default_factory=LoadOptions)
 
 
 @dataclass(frozen=True)
 class FormatSpec:
+    """A checkpoint layout: ``detect(payload) -> bool`` and ``build(payload, options) -> dict`` with the
+    :class:`LoadedModel` fields ``bundle``, ``method``, ``config``, ``branch``, ``branches`` (and optionally
+    ``epoch``, ``step``, ``dataset``, ``unused_keys``, ``preprocess``)."""
+
     name: str
     detect: Callable[[Dict[str, Any]], bool]
-    build: Callable[[Dict[str, Any]], Dict[str, Any]]
+    build: Callable[[Dict[str, Any], LoadOptions], Dict[str, Any]]
     summary: str
 
 
 def register_format(name: str, *, detect: Callable[[Dict[str, Any]], bool], summary: str) -> Callable:
-    """Decorator registering ``build(payload) -> dict(bundle=..., method=..., config=..., ...)`` for a format."""
+    """Decorator registering ``build(payload, options) -> dict(bundle=..., method=..., config=..., ...)``."""
 
     def deco(build):
         FORMATS.register(name)(FormatSpec(name, detect, build, summary))
@@ -54,15 +159,102 @@ def register_format(name: str, *, detect: Callable[[Dict[str, Any]], bool], summ
     return deco
 
 
-def read_checkpoint_file(path: os.PathLike | str) -> Any:
-    """``torch.load(path, weights_only=True)`` with every failure turned into one clear line."""
+def pick_branch(fmt: str, available: Dict[str, str], default: str, requested: Optional[str]) -> str:
+    """The branch to analyse: ``requested`` (or its counterpart name, see :data:`BRANCHES`) or ``default``.
+
+    Args:
+        available: branch → where its weights are in the file (``"module.encoder_k.*"``), in display order.
+
+    Raises:
+        ReprscopeError: the file holds neither the requested branch nor its counterpart; lists the branches.
+    """
+    if requested is None:
+        return default
+    if requested not in BRANCHES:
+        raise ReprscopeError(f"--branch must be one of {', '.join(BRANCHES)}; got '{requested}'")
+    for name in (requested, BRANCH_COUNTERPART[requested]):
+        if name in available:
+            return name
+    listed = "; ".join(f"{b} ({w})" for b, w in available.items())
+    raise ReprscopeError(f"this {fmt} checkpoint has no '{requested}' branch; available: {listed}")
+
+
+# -- reading files ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileReader:
+    """A file type: ``sniff(head bytes, size) -> bool`` and ``read(path) -> payload``."""
+
+    name: str
+    sniff: Callable[[bytes, int], bool]
+    read: Callable[[Path], Any]
+    summary: str
+
+
+def _sniff_safetensors(head: bytes, size: int) -> bool:
+    # 8-byte little-endian header length, then the JSON header itself
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    n = int.from_bytes(head[:8], "little")
+    return 2 <= n <= 100_000_000
+
+
+def _read_safetensors(path: Path) -> Any:
+    try:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+    except ImportError:  # a declared dependency; only a broken install lacks it
+        raise ReprscopeError(f"'{path}' is a safetensors file; install the 'safetensors' package to read it") from None
+    try:
+        return dict(load_file(str(path), device="cpu"))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ReprscopeError(f"'{path}' is not a readable safetensors file ({msg[:200]}); it may be truncated or "
+                             "corrupt") from None
+
+
+READERS.register("safetensors")(FileReader("safetensors", _sniff_safetensors, _read_safetensors,
+                                           "safetensors: a flat dict of tensors (no pickle at all)"))
+
+
+def _read_torch(path: Path) -> Any:
+    return _torch_load(path)
+
+
+READERS.register("torch")(FileReader("torch", lambda head, size: True, _read_torch,
+                                     "torch.save archive or legacy pickle, read with weights_only=True"))
+
+#: sniffed in this order; ``torch`` accepts whatever the others do not
+_READER_ORDER = ("safetensors", "torch")
+
+
+def read_checkpoint(path: os.PathLike | str) -> Tuple[Any, str]:
+    """``(payload, file type)``: the file read by the first reader whose magic matches, never unpickling code."""
     path = Path(path)
     if not path.exists():
         raise ReprscopeError(f"checkpoint '{path}' does not exist")
     if path.is_dir():
         raise ReprscopeError(f"'{path}' is a directory, not a checkpoint file")
-    if path.stat().st_size == 0:
-        raise ReprscopeError(f"'{path}' is empty; expected a PyTorch checkpoint (.pt/.pth)")
+    size = path.stat().st_size
+    if size == 0:
+        raise ReprscopeError(f"'{path}' is empty; expected a PyTorch checkpoint (.pt/.pth) or a .safetensors file")
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    for name in _READER_ORDER:
+        reader: FileReader = READERS.get(name)
+        if reader.sniff(head, size):
+            return reader.read(path), name
+    raise ReprscopeError(f"'{path}' is not a checkpoint file reprscope can read")
+
+
+def read_checkpoint_file(path: os.PathLike | str) -> Any:
+    """The payload of ``path`` (:func:`read_checkpoint` without the file type)."""
+    return read_checkpoint(path)[0]
+
+
+def _torch_load(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)`` with every failure turned into one clear line."""
     try:
         with warnings.catch_warnings(), torch.serialization.safe_globals([argparse.Namespace]):
             # a plain pickle (not a torch.save archive) makes torch warn about its protocol before we refuse it
@@ -72,7 +264,7 @@ def read_checkpoint_file(path: os.PathLike | str) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
-        # torch wraps the reason in boilerplate (which advises weights_only=False); keep only the reason
+        # torch wraps the reason in boilerplate (which advises the unsafe load); keep only the reason
         lines = [l.strip() for l in text.splitlines() if l.strip()]
         reasons = [l.split("WeightsUnpickler error:", 1)[1].strip() for l in lines if "WeightsUnpickler error:" in l]
         reasons = [r for r in reasons if r] or [l for l in lines if "unsupported" in l.lower()] or lines[:1]
@@ -81,32 +273,91 @@ def read_checkpoint_file(path: os.PathLike | str) -> Any:
             raise ReprscopeError(
                 f"'{path}' needs arbitrary unpickling, which reprscope refuses (it could run code): {msg.strip()[:200]}"
             ) from None
-        raise ReprscopeError(f"'{path}' is not a readable PyTorch checkpoint ({msg[:200]})") from None
+        raise ReprscopeError(f"'{path}' is not a readable PyTorch checkpoint ({_short(msg)}); {_EXPECTED}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, IndexError, TypeError, AttributeError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ReprscopeError(f"'{path}' is not a readable PyTorch checkpoint ({msg[:200]}); expected a file written by torch.save") from None
+        raise ReprscopeError(f"'{path}' is not a readable PyTorch checkpoint ({_short(msg)}); {_EXPECTED}") from None
 
 
-def load_checkpoint(path: os.PathLike | str, fmt: Optional[str] = None) -> LoadedModel:
-    """Detect the format of ``path`` (or use ``fmt``) and rebuild its model bundle."""
-    payload = read_checkpoint_file(path)
+_EXPECTED = "expected a file written by torch.save (it may be truncated or corrupt)"
+
+
+def _short(msg: str) -> str:
+    """The reason torch gives, without its boilerplate (miniz's advice, 'Please use …')."""
+    for cut in (". This is an internal miniz error", ". Please use", ". If you"):
+        msg = msg.split(cut)[0]
+    return msg.strip()[:200]
+
+
+def load_checkpoint(path: os.PathLike | str, fmt: Optional[str] = None,
+                    options: Optional[LoadOptions] = None) -> LoadedModel:
+    """Detect the format of ``path`` (or use ``fmt``) and rebuild its model bundle.
+
+    Args:
+        fmt: a registered format name (``--format``); None: detected.
+        options: ``--branch`` / ``--arch`` overrides handed to the format's build.
+    """
+    options = replace(options or LoadOptions(), source=str(path))
+    payload, file_type = read_checkpoint(path)
     if not isinstance(payload, dict):
-        raise ReprscopeError(f"'{path}' holds a {type(payload).__name__}, not a checkpoint dict")
+        raise ReprscopeError(f"'{path}' holds a {type(payload).__name__}, not a checkpoint dict; expected the dict "
+                             "torch.save writes for a model (`reprscope inspect` lists what a file holds)")
     forced = fmt is not None
     if fmt is None:
         hits = [n for n in FORMATS.names() if FORMATS.get(n).detect(payload)]
         if not hits:
-            keys = ", ".join(list(payload)[:8])
+            keys = ", ".join(map(str, list(payload)[:8])) + (" …" if len(payload) > 8 else "")
             raise ReprscopeError(
-                f"'{path}' is a PyTorch file but not a checkpoint format reprscope knows (top-level keys: {keys}); "
-                f"known formats: {', '.join(FORMATS.names())}"
+                f"'{path}' is a {'safetensors' if file_type == 'safetensors' else 'PyTorch'} file but not a checkpoint "
+                f"format reprscope knows (top-level keys: {keys}); known formats: {', '.join(FORMATS.names())}; "
+                f"`reprscope inspect {path}` lists its tensors"
             )
         fmt = hits[0]
     spec: FormatSpec = FORMATS.get(fmt)
     try:
-        built = spec.build(payload)
+        built = dict(spec.build(payload, options))
     except ReprscopeError as exc:
         if not forced:
             raise
         raise ReprscopeError(f"'{path}' does not fit the format '{fmt}' given with --format: {exc}") from None
-    return LoadedModel(source=str(path), sha256=sha256_file(path), format=fmt, **built)
+    if built.get("branch") is None and options.branch is not None:
+        raise ReprscopeError(f"format '{fmt}' did not resolve --branch {options.branch}")
+    return LoadedModel(source=str(path), sha256=sha256_file(path), format=fmt, file_type=file_type,
+                       options=options, **built)
+
+
+def payload_summary(payload: Any, limit: int = 40) -> List[str]:
+    """Lines describing an arbitrary checkpoint payload: top-level keys and, for the tensor dict, its key
+    prefixes with tensor counts and a few shapes (``reprscope inspect`` on a file no format recognises)."""
+    if not isinstance(payload, dict):
+        return [f"payload: a {type(payload).__name__} (expected a dict)"]
+    lines = ["top-level keys:"]
+    for k, v in list(payload.items())[:limit]:
+        if isinstance(v, torch.Tensor):
+            what = f"tensor {list(v.shape)} {str(v.dtype).replace('torch.', '')}"
+        elif isinstance(v, dict):
+            n = sum(isinstance(x, torch.Tensor) for x in v.values())
+            what = f"dict of {len(v)} entries ({n} tensors)"
+        else:
+            what = type(v).__name__
+        lines.append(f"  {k}: {what}")
+    tensors = {k: v for k, v in payload.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        subs = [(k, v) for k, v in payload.items() if isinstance(v, dict)]
+        subs = [(k, {kk: vv for kk, vv in v.items() if isinstance(vv, torch.Tensor)}) for k, v in subs]
+        subs = [s for s in subs if s[1]]
+        if subs:
+            name, tensors = max(subs, key=lambda s: len(s[1]))
+            lines.append(f"tensors under '{name}':")
+    else:
+        lines.append("tensors:")
+    groups: Dict[str, List[str]] = {}
+    for k in tensors:
+        parts = str(k).split(".")
+        groups.setdefault(".".join(parts[:2]) if len(parts) > 2 else parts[0], []).append(k)
+    for prefix, keys in list(groups.items())[:limit]:
+        first = tensors[keys[0]]
+        lines.append(f"  {prefix}.* ({len(keys)} tensors; e.g. {keys[0]} {list(first.shape)})")
+    if len(groups) > limit:
+        lines.append(f"  … and {len(groups) - limit} more prefixes")
+    return lines

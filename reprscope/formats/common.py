@@ -6,6 +6,7 @@ shapes, head-spec inference from ``prefix.N.*`` keys and the strict loader that 
 """
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from torch import nn
 
 from ..errors import ReprscopeError
 from ..models.bundle import ModelBundle
-from .base import read_checkpoint_file
+from .base import LoadOptions, read_checkpoint_file
 
 #: containers tried in this order before falling back to "the sub-dict holding the most tensors"
 #: (teacher before student: the EMA teacher is the default branch of DINO-family checkpoints)
@@ -122,15 +123,18 @@ class ResNetArch:
         kwargs: extra ``timm.create_model`` kwargs (``in_chans``).
         cifar_stem: conv1 is 3×3 stride 1 and there is no max-pool (solo-learn / CIFAR ResNets).
         depth: 18, 34, 50, 101 or 152.
+        forced: the name was given with ``--arch`` instead of read from the shapes.
     """
 
     name: str
     kwargs: Dict[str, Any] = field(default_factory=dict)
     cifar_stem: bool = False
     depth: int = 50
+    forced: bool = False
 
     def config(self) -> Dict[str, Any]:
-        return {"arch": self.name, "timm_kwargs": dict(self.kwargs), "cifar_stem": self.cifar_stem, "depth": self.depth}
+        return {"arch": self.name, "timm_kwargs": dict(self.kwargs), "cifar_stem": self.cifar_stem, "depth": self.depth,
+                "arch_source": "--arch" if self.forced else "read from the weights' shapes"}
 
 
 def _shape(state: Mapping[str, Any], key: str) -> Optional[Tuple[int, ...]]:
@@ -190,6 +194,43 @@ def infer_resnet(state: Mapping[str, Any]) -> ResNetArch:
     return ResNetArch(name=name, kwargs=kwargs, cifar_stem=cifar, depth=depth)
 
 
+def check_timm_name(name: str, family: Optional[str] = None) -> None:
+    """``name`` must be a timm model name (and, with ``family``, build a timm ``ResNet`` / ``VisionTransformer``).
+
+    Raises:
+        ReprscopeError: naming close timm names, or what the name builds instead.
+    """
+    import timm
+
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+        raise ReprscopeError(f"--arch '{name}' is not a timm model name"
+                             + (f"; close names: {', '.join(close)}" if close else "; see timm.list_models()"))
+    if family is None:
+        return
+    with torch.device("meta"):
+        model = timm.create_model(name, pretrained=False)
+    kind = type(model).__name__
+    if kind != family:
+        raise ReprscopeError(f"--arch '{name}' builds a timm {kind}, but this checkpoint holds a {family} backbone")
+
+
+def resnet_arch(state: Mapping[str, Any], options: Optional[LoadOptions] = None) -> ResNetArch:
+    """The ResNet of ``state``: read from the shapes (:func:`infer_resnet`), or the timm name given with
+    ``--arch`` (its stem still read from ``conv1``: a 3×3 conv1 is a CIFAR stem)."""
+    if options is None or options.arch is None:
+        return infer_resnet(state)
+    name, kwargs = options.arch_name, dict(options.arch_kwargs)
+    check_timm_name(name, "ResNet")
+    conv1 = _shape(state, "conv1.weight")
+    cifar = conv1 is not None and len(conv1) == 4 and tuple(conv1[2:]) == (3, 3)
+    if conv1 is not None and len(conv1) == 4 and conv1[1] != 3:
+        kwargs.setdefault("in_chans", int(conv1[1]))
+    m = re.search(r"(\d+)", name)
+    return ResNetArch(name=name, kwargs=kwargs, cifar_stem=cifar, depth=int(m.group(1)) if m else 0,
+                      forced=True)
+
+
 class ResNetEncoder(nn.Module):
     """A timm ResNet without classifier (optionally with a CIFAR stem), following the backbone contract.
 
@@ -212,6 +253,10 @@ class ResNetEncoder(nn.Module):
             self.model.maxpool = nn.Identity()
         self.num_features = int(self.model.num_features)
         self.feature_names: List[str] = [f"model.layer{i}" for i in range(1, 5)]
+
+    #: an image model whose global pooling takes any input size
+    image_input = True
+    fixed_input_size = None
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -302,7 +347,8 @@ def check_head_widths(spec: List[Dict[str, Any]], prefix: str) -> None:
 # -- strict loading -----------------------------------------------------------------------------------------
 
 
-def load_strict(bundle: ModelBundle, mapped: Dict[str, torch.Tensor], origin: Mapping[str, str]) -> None:
+def load_strict(bundle: ModelBundle, mapped: Dict[str, torch.Tensor], origin: Mapping[str, str],
+                what: str = "the model read from their shapes") -> None:
     """Load ``mapped`` (bundle key → tensor) into ``bundle``: every bundle weight must be given with its shape.
 
     Args:
@@ -325,7 +371,7 @@ def load_strict(bundle: ModelBundle, mapped: Dict[str, torch.Tensor], origin: Ma
     if unexpected:
         problems.append("unexpected keys: " + ", ".join(unexpected[:8]) + (" …" if len(unexpected) > 8 else ""))
     if problems:
-        raise ReprscopeError("checkpoint weights do not fit the model read from their shapes: " + " | ".join(problems))
+        raise ReprscopeError(f"checkpoint weights do not fit {what}: " + " | ".join(problems))
     bundle.load_state_dict(mapped, strict=True)
     bundle.eval()
 
@@ -337,14 +383,16 @@ def build_resnet_bundle(
     backbone_prefix: str,
     head_prefixes: Mapping[str, str],
     cifar_padding: int = 1,
+    options: Optional[LoadOptions] = None,
 ) -> Tuple[ModelBundle, ResNetArch]:
     """A bundle from torchvision-named backbone weights and ``part → (spec, renamed weights)`` heads.
 
     Args:
         origin: stripped key → key in the file; ``backbone_prefix`` / ``head_prefixes`` say where each part
             sat among the stripped keys (for messages).
+        options: ``--arch`` replaces the architecture read from the shapes.
     """
-    arch = infer_resnet(backbone)
+    arch = resnet_arch(backbone, options)
     bundle = ModelBundle(ResNetEncoder(arch, cifar_padding=cifar_padding), {p: s for p, (s, _) in heads.items()})
     mapped: Dict[str, torch.Tensor] = {}
     where: Dict[str, str] = {}
@@ -359,8 +407,36 @@ def build_resnet_bundle(
                 src = f"{head_prefixes[part]}.{k[2:]}"
             mapped[f"{part}.{k}"] = v
             where[f"{part}.{k}"] = origin.get(src, src)
-    load_strict(bundle, mapped, where)
+    load_strict(bundle, mapped, where, arch_what(arch.name, arch.forced))
     return bundle, arch
+
+
+def build_resnet_with_heads(
+    backbone: Mapping[str, torch.Tensor],
+    heads: Mapping[str, Tuple[List[Dict[str, Any]], Dict[str, torch.Tensor], Mapping[str, str]]],
+    origin: Mapping[str, str],
+    backbone_prefix: str,
+    cifar_padding: int = 1,
+    options: Optional[LoadOptions] = None,
+) -> Tuple[ModelBundle, ResNetArch]:
+    """:func:`build_resnet_bundle` for heads given as ``part → (spec, weights, weight key → stripped key)``
+    (the form of DINO heads and of ``vit.indexed_head``), so that errors name every weight as in the file."""
+    ext = dict(origin)
+    plain: Dict[str, Tuple[List[Dict[str, Any]], Dict[str, torch.Tensor]]] = {}
+    prefixes: Dict[str, str] = {}
+    for part, (spec, weights, where) in heads.items():
+        tag = f"<{part}>"
+        plain[part], prefixes[part] = (spec, dict(weights)), tag
+        for k in weights:
+            src = where.get(k, k)
+            ext[f"{tag}.{k}"] = origin.get(src, src)
+    return build_resnet_bundle(backbone, plain, ext, backbone_prefix, prefixes, cifar_padding=cifar_padding,
+                               options=options)
+
+
+def arch_what(name: str, forced: bool) -> str:
+    """How a strict-load error names the architecture it tried."""
+    return f"the architecture '{name}' given with --arch" if forced else f"the model read from their shapes ({name})"
 
 
 def epoch_of(payload: Mapping[str, Any]) -> Optional[int]:

@@ -10,7 +10,8 @@ import torch
 from ..errors import ReprscopeError
 from ..io_utils import atomic_path
 from ..models.bundle import build_bundle
-from .base import register_format
+from . import preprocess as pp
+from .base import LoadOptions, pick_branch, register_format
 
 FORMAT = "reprscope/1"
 REQUIRED = ("format", "method", "config", "state_dict", "step")
@@ -29,12 +30,17 @@ def _is_native(payload: Dict[str, Any]) -> bool:
 
 
 @register_format("reprscope", detect=_is_native, summary="reprscope's own checkpoints (SPEC §3, 'reprscope/1')")
-def build_native(payload: Dict[str, Any]) -> Dict[str, Any]:
+def build_native(payload: Dict[str, Any], options: LoadOptions) -> Dict[str, Any]:
     missing = [k for k in REQUIRED if k not in payload]
     if missing:
         raise ReprscopeError(f"reprscope checkpoint is missing keys {missing}; it was not written by `reprscope train`")
     cfg = payload["config"]
     model_cfg = cfg.get("model", {})
+    if options.arch is not None:
+        raise ReprscopeError(f"--arch does not apply to a reprscope checkpoint: its config names the backbone "
+                             f"('{model_cfg.get('backbone')}') and rebuilds it exactly")
+    branches = {"online": "state_dict.* (the trained model)"}
+    role = pick_branch("reprscope", branches, "online", options.branch)
     bundle = build_bundle(model_cfg, model_cfg["in_shape"])
     try:
         bundle.load_state_dict(payload["state_dict"])  # strict: every key loaded, none left over
@@ -43,4 +49,5 @@ def build_native(payload: Dict[str, Any]) -> Dict[str, Any]:
         raise ReprscopeError(f"checkpoint weights do not match the model its config describes: {detail}") from None
     bundle.eval()
     return {"bundle": bundle, "method": str(payload["method"]), "config": cfg, "step": int(payload["step"]),
-            "epoch": payload.get("epoch"), "dataset": cfg.get("data")}
+            "epoch": payload.get("epoch"), "dataset": cfg.get("data"), "branch": role, "branches": branches,
+            "preprocess": pp.from_native(cfg.get("data"), model_cfg.get("in_shape"))}

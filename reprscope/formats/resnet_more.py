@@ -37,9 +37,10 @@ from typing import Any, Dict, List, Mapping, Optional, Set
 import torch
 
 from ..errors import ReprscopeError
-from .base import register_format
+from .base import LoadOptions, pick_branch, register_format
 from .common import RESNET_ROOTS, build_resnet_bundle, head_spec_from_state, sub_state, unused
-from .resnet_ssl import _backbone, _check_accounted, _must_resolve, _resolve, _result, _under
+from .resnet_ssl import (_backbone, _check_accounted, _must_resolve, _resolve, _result, _under, file_prefix,
+                         single_branch)
 
 
 def _roots(state: Mapping[str, Any]) -> Set[str]:
@@ -79,8 +80,9 @@ def _is_vicreg(payload: Mapping[str, Any]) -> bool:
 @register_format("barlowtwins", detect=_is_barlowtwins,
                  summary="Barlow Twins (facebookresearch/barlowtwins): module.backbone + module.projector + module.bn "
                          "(affine-free BN appended to the projector)")
-def build_barlowtwins(payload: Dict[str, Any]) -> Dict[str, Any]:
+def build_barlowtwins(payload: Dict[str, Any], options: LoadOptions) -> Dict[str, Any]:
     state, origin, container = _must_resolve(payload)
+    role, branches = single_branch(state, origin, "backbone", options, "Barlow Twins")
     spec, renamed = head_spec_from_state(state, "projector")
     bn = sub_state(state, "bn")
     odd = sorted(set(bn) - {"running_mean", "running_var", "num_batches_tracked"})
@@ -96,21 +98,22 @@ def build_barlowtwins(payload: Dict[str, Any]) -> Dict[str, Any]:
     _check_accounted(state, origin, set(_under(state, "backbone")) | set(_under(state, "projector"))
                      | set(_under(state, "bn")), "Barlow Twins")
     bundle, arch = build_resnet_bundle(sub_state(state, "backbone"), heads, origin, "backbone",
-                                       {"projector": "projector"})
+                                       {"projector": "projector"}, options=options)
     return _result(bundle, arch, "barlowtwins", "barlowtwins", container, payload, {"projector": spec}, [],
-                   branch="backbone", projector_last_bn="bn")
+                   role=role, branches=branches, branch="backbone", projector_last_bn="bn")
 
 
 @register_format("vicreg", detect=_is_vicreg,
                  summary="VICReg (facebookresearch/vicreg): module.backbone + module.projector (no module.bn)")
-def build_vicreg(payload: Dict[str, Any]) -> Dict[str, Any]:
+def build_vicreg(payload: Dict[str, Any], options: LoadOptions) -> Dict[str, Any]:
     state, origin, container = _must_resolve(payload)
+    role, branches = single_branch(state, origin, "backbone", options, "VICReg")
     heads = {"projector": head_spec_from_state(state, "projector")}
     _check_accounted(state, origin, set(_under(state, "backbone")) | set(_under(state, "projector")), "VICReg")
     bundle, arch = build_resnet_bundle(sub_state(state, "backbone"), heads, origin, "backbone",
-                                       {"projector": "projector"})
+                                       {"projector": "projector"}, options=options)
     return _result(bundle, arch, "vicreg", "vicreg", container, payload,
-                   {p: s for p, (s, _) in heads.items()}, [], branch="backbone")
+                   {p: s for p, (s, _) in heads.items()}, [], role=role, branches=branches, branch="backbone")
 
 
 # -- SwAV ---------------------------------------------------------------------------------------------------
@@ -132,20 +135,21 @@ def _is_swav(payload: Mapping[str, Any]) -> bool:
 @register_format("swav", detect=_is_swav,
                  summary="SwAV (facebookresearch/swav): torchvision names + projection_head (+ l2norm); "
                          "prototypes unused")
-def build_swav(payload: Dict[str, Any]) -> Dict[str, Any]:
+def build_swav(payload: Dict[str, Any], options: LoadOptions) -> Dict[str, Any]:
     state, origin, container = _must_resolve(payload)
+    role, branches = single_branch(state, origin, "", options, "SwAV")
     spec, renamed = head_spec_from_state(state, "projection_head")
     spec = spec + [{"type": "l2norm"}]
     heads = {"projector": (spec, renamed)}
     protos = _under(state, "prototypes")
     backbone = {k: v for k, v in state.items() if k.split(".", 1)[0] in RESNET_ROOTS}
     _check_accounted(state, origin, set(backbone) | set(_under(state, "projection_head")) | set(protos), "SwAV")
-    bundle, arch = build_resnet_bundle(backbone, heads, origin, "", {"projector": "projection_head"})
+    bundle, arch = build_resnet_bundle(backbone, heads, origin, "", {"projector": "projection_head"}, options=options)
     n_protos = [int(state[k].shape[0]) for k in protos if k.endswith("weight") and state[k].dim() == 2]
     unused_keys = unused(protos, origin, "SwAV prototypes (cluster centres scoring the l2-normalised projector "
                                          "output); a clustering of z, not a representation")
     return _result(bundle, arch, "swav", "swav", container, payload, {"projector": spec}, unused_keys,
-                   branch=None, n_prototypes=n_protos)
+                   role=role, branches=branches, branch=None, n_prototypes=n_protos)
 
 
 # -- SimCLR (sthalles) --------------------------------------------------------------------------------------
@@ -162,14 +166,15 @@ def _is_simclr_sthalles(payload: Mapping[str, Any]) -> bool:
 
 @register_format("simclr_sthalles", detect=_is_simclr_sthalles,
                  summary="SimCLR (sthalles/SimCLR): backbone.* with the projector in backbone.fc.{0,2}")
-def build_simclr_sthalles(payload: Dict[str, Any]) -> Dict[str, Any]:
+def build_simclr_sthalles(payload: Dict[str, Any], options: LoadOptions) -> Dict[str, Any]:
     state, origin, container = _must_resolve(payload)
+    role, branches = single_branch(state, origin, "backbone", options, "SimCLR (sthalles)")
     heads = {"projector": head_spec_from_state(state, "backbone.fc")}
     _check_accounted(state, origin, set(_under(state, "backbone")), "SimCLR (sthalles)")
     bundle, arch = build_resnet_bundle(_backbone(state, "backbone"), heads, origin, "backbone",
-                                       {"projector": "backbone.fc"})
+                                       {"projector": "backbone.fc"}, options=options)
     return _result(bundle, arch, "simclr", "simclr_sthalles", container, payload,
-                   {p: s for p, (s, _) in heads.items()}, [], branch="backbone")
+                   {p: s for p, (s, _) in heads.items()}, [], role=role, branches=branches, branch="backbone")
 
 
 # -- BYOL (lucidrains/byol-pytorch learner) -----------------------------------------------------------------
@@ -195,31 +200,40 @@ def _mlp_prefix(state: Mapping[str, Any], prefix: str) -> Optional[str]:
 @register_format("byol", detect=_is_byol,
                  summary="BYOL learner (lucidrains/byol-pytorch): online_encoder.{net,projector} + online_predictor; "
                          "target encoder and the untrained fc unused")
-def build_byol(payload: Dict[str, Any]) -> Dict[str, Any]:
+def build_byol(payload: Dict[str, Any], options: LoadOptions) -> Dict[str, Any]:
     state, origin, container = _must_resolve(payload)
-    net = "online_encoder.net"
+    branches = {"online": f"{file_prefix(state, origin, 'online_encoder')} + online_predictor (online network)"}
+    if _is_resnet_under(state, "target_encoder.net"):
+        branches["momentum"] = f"{file_prefix(state, origin, 'target_encoder')} (target network, an EMA of the online one)"
+    role = pick_branch("BYOL", branches, "online", options.branch)
+    enc = "online_encoder" if role == "online" else "target_encoder"
+    net = f"{enc}.net"
     fc = _under(state, f"{net}.fc")
     odd = [origin[k] for k in fc if k not in (f"{net}.fc.weight", f"{net}.fc.bias")]
     if odd:
-        raise ReprscopeError(f"BYOL online net has an indexed fc ({', '.join(odd[:4])}); expected the torchvision "
+        raise ReprscopeError(f"BYOL {role} net has an indexed fc ({', '.join(odd[:4])}); expected the torchvision "
                              "classifier that BYOL never trains")
     heads: Dict[str, Any] = {}
     head_prefixes: Dict[str, str] = {}
-    for part, prefix in (("projector", "online_encoder.projector"), ("predictor", "online_predictor")):
+    parts = [("projector", f"{enc}.projector")] + ([("predictor", "online_predictor")] if role == "online" else [])
+    for part, prefix in parts:
         p = _mlp_prefix(state, prefix)
         if p is not None:
             heads[part] = head_spec_from_state(state, p)
             head_prefixes[part] = p
     if "predictor" in heads and "projector" not in heads:
         raise ReprscopeError("BYOL learner has an online_predictor but no online_encoder.projector")
-    target = _under(state, "target_encoder")
+    other = "target_encoder" if role == "online" else "online_encoder"
+    other_keys = _under(state, other) + ([] if role == "online" else _under(state, "online_predictor"))
     aug = _under(state, "augment1") + _under(state, "augment2")
-    online = set(_under(state, net)) | {k for p in head_prefixes.values() for k in _under(state, p)}
-    _check_accounted(state, origin, online | set(target) | set(aug), "BYOL")
-    bundle, arch = build_resnet_bundle(_backbone(state, net), heads, origin, net, head_prefixes)
+    used = set(_under(state, net)) | {k for p in head_prefixes.values() for k in _under(state, p)}
+    _check_accounted(state, origin, used | set(other_keys) | set(aug), "BYOL")
+    bundle, arch = build_resnet_bundle(_backbone(state, net), heads, origin, net, head_prefixes, options=options)
+    what = ("BYOL target (momentum) encoder; the online branch is analysed" if role == "online"
+            else "BYOL online network; the target (momentum) branch is analysed")
     unused_keys = (unused(fc, origin, "torchvision classifier of the wrapped net; BYOL reads the avgpool output, "
                                       "so it was never trained")
-                   + unused(target, origin, "BYOL target (momentum) encoder; the online branch is analysed")
+                   + unused(other_keys, origin, what)
                    + unused(aug, origin, "augmentation module state; not part of the model"))
     return _result(bundle, arch, "byol", "byol", container, payload,
-                   {p: s for p, (s, _) in heads.items()}, unused_keys, branch="online_encoder")
+                   {p: s for p, (s, _) in heads.items()}, unused_keys, role=role, branches=branches, branch=enc)

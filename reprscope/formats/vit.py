@@ -12,24 +12,30 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
 
 from ..errors import ReprscopeError
 from ..models.bundle import ModelBundle
-from .base import register_format
-from .common import (build_resnet_bundle, epoch_of, head_spec_from_state, load_strict,
+from . import preprocess as pp
+from .base import LoadOptions, pick_branch, register_format
+from .common import (arch_what, build_resnet_bundle, check_timm_name, epoch_of, head_spec_from_state, load_strict,
                      strip_state, sub_state, unused)
-from .resnet_ssl import _resolve  # the shared payload → (state, origin, container) resolver
+from .resnet_ssl import _resolve, file_prefix, resolve_with_ema  # the shared payload resolvers
 
 #: top-level module names of a timm VisionTransformer that carry weights
 VIT_ROOTS = ("cls_token", "reg_token", "pos_embed", "patch_embed", "blocks", "norm", "fc_norm", "head")
 
-#: timm convention for the number of attention heads (not visible in the weights); else head_dim 64
-_HEADS_BY_DIM = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16, 1408: 16}
-_SIZE_BY_DIM = {192: "tiny", 384: "small", 768: "base", 1024: "large", 1280: "huge", 1408: "giant"}
+#: timm convention for the number of attention heads by width (all head_dim 64 except SigLIP so400m (72) and
+#: EVA/CLIP giants (88, 104)): used where neither the weights nor the source say more
+_HEADS_BY_DIM = {192: 3, 384: 6, 768: 12, 1024: 16, 1152: 16, 1280: 16, 1408: 16, 1536: 24, 1664: 16}
+_SIZE_BY_DIM = {192: "tiny", 384: "small", 768: "base", 1024: "large", 1152: "so400m", 1280: "huge",
+                1408: "giant", 1536: "giant2", 1664: "gigantic"}
+
+#: ``dim → (num_heads, why)`` or None: what a format knows about its own ViTs
+HeadsHint = Callable[[int], Optional[Tuple[int, str]]]
 
 
 # -- architecture from shapes -------------------------------------------------------------------------------
@@ -37,18 +43,29 @@ _SIZE_BY_DIM = {192: "tiny", 384: "small", 768: "base", 1024: "large", 1280: "hu
 
 @dataclass(frozen=True)
 class ViTArch:
-    """A timm-layout VisionTransformer read from its weights.
+    """A timm-layout VisionTransformer read from its weights (or named with ``--arch``).
 
     Attributes:
-        name: the matching timm model name (informative; e.g. ``vit_small_patch16_224``).
-        kwargs: ``timm.models.vision_transformer.VisionTransformer`` kwargs that rebuild it.
+        name: the matching timm model name (informative unless ``forced``; e.g. ``vit_small_patch16_224``).
+        kwargs: ``VisionTransformer`` kwargs that rebuild it (with ``forced``: extra ``timm.create_model`` kwargs).
+        heads_source: where the number of attention heads came from (it is not in the weights' shapes).
+        forced: built with ``timm.create_model(name)`` from ``--arch`` instead of the inferred kwargs.
     """
 
     name: str
     kwargs: Dict[str, Any] = field(default_factory=dict)
+    heads_source: str = ""
+    forced: bool = False
 
     def config(self) -> Dict[str, Any]:
-        return {"arch": self.name, "timm_kwargs": dict(self.kwargs)}
+        kw = {k: _kw_name(v) if callable(v) else v for k, v in self.kwargs.items()}
+        return {"arch": self.name, "timm_kwargs": kw, "num_heads_source": self.heads_source,
+                "arch_source": "--arch" if self.forced else "read from the weights' shapes"}
+
+
+def _kw_name(v: Any) -> str:
+    """A class or ``functools.partial`` kwarg as a name (``SiLU``, ``GluMlp``) for the JSON-able config."""
+    return getattr(v, "__name__", None) or getattr(getattr(v, "func", None), "__name__", None) or type(v).__name__
 
 
 def _shape(state: Mapping[str, Any], key: str) -> Optional[Tuple[int, ...]]:
@@ -56,19 +73,38 @@ def _shape(state: Mapping[str, Any], key: str) -> Optional[Tuple[int, ...]]:
     return tuple(v.shape) if isinstance(v, torch.Tensor) else None
 
 
-def infer_vit(state: Mapping[str, Any], num_heads: Optional[int] = None) -> ViTArch:
-    """Patch size, resolution, width, depth, MLP ratio and pooling of a timm/DINO/MAE-named ViT state dict.
+def _mlp_ratio(hidden: int, dim: int) -> float:
+    """A ratio with ``int(dim * ratio) == hidden`` (timm's Block computes the hidden width that way)."""
+    ratio = hidden / dim
+    if int(dim * ratio) != hidden:
+        ratio = (hidden + 0.5) / dim
+    return ratio
+
+
+def infer_vit(state: Mapping[str, Any], num_heads: Optional[int] = None, heads_hint: Optional[HeadsHint] = None,
+              dynamic_img_size: bool = False) -> ViTArch:
+    """Patch size, resolution, width, depth, MLP kind and ratio, pooling of a timm/DINO/MAE-named ViT state dict.
+
+    The number of attention heads is not visible in ``qkv`` (3D × D); it is taken, in this order, from
+    ``num_heads``; the per-head ``attn.q_norm`` width (qk-norm ViTs); the source's own convention
+    (``heads_hint``: DINO/MAE args, MoCo v3's 12 heads …); timm's convention for the width; else head_dim 64,
+    said so in ``heads_source`` (``--arch NAME:num_heads=N`` overrides).
 
     Args:
         state: backbone weights with timm names (``patch_embed.proj.weight``, ``blocks.0.attn.qkv.weight`` …);
             a 2-D ``head.weight`` (classifier) may be present and is ignored here.
-        num_heads: override of the head count (not visible in the weights; timm convention otherwise).
+        num_heads: the head count, given (``--arch …:num_heads=N``).
+        heads_hint: the format's convention for its ViTs.
+        dynamic_img_size: the source interpolates its position embedding to any input size (DINO, DINOv2).
 
     Raises:
         ReprscopeError: not a ViT, non-contiguous blocks, a position embedding that fits no square grid.
     """
     pw = _shape(state, "patch_embed.proj.weight")
     if pw is None:
+        if any(k.startswith("patch_embed.proj.0.") for k in state):
+            raise ReprscopeError("the ViT has a convolutional stem ('patch_embed.proj.0…', MoCo v3 vit_conv_*), "
+                                 "which timm's VisionTransformer does not build")
         raise ReprscopeError("not a timm-layout ViT: there is no 'patch_embed.proj.weight'")
     if len(pw) != 4 or pw[2] != pw[3]:
         raise ReprscopeError(f"'patch_embed.proj.weight' has shape {list(pw)}; expected [D, C, p, p]")
@@ -83,24 +119,42 @@ def infer_vit(state: Mapping[str, Any], num_heads: Optional[int] = None) -> ViTA
     T = int(pe[1])
     no_embed_class = False
     grid = math.isqrt(max(T - n_prefix, 0))
-    if grid * grid != T - n_prefix or grid == 0:
-        g2 = math.isqrt(T)
+    g2 = math.isqrt(T)
+    if n_reg and g2 * g2 == T:  # register ViTs (timm reg*, DINOv2 converted) keep the prefix out of pos_embed
+        grid, no_embed_class = g2, True
+    elif grid * grid != T - n_prefix or grid == 0:
         if n_prefix and g2 * g2 == T:  # position embedding without the prefix tokens (timm no_embed_class)
             grid, no_embed_class = g2, True
         else:
             raise ReprscopeError(f"'pos_embed' has {T} tokens: not {n_prefix} prefix token(s) + a square patch grid")
     idx = {int(m.group(1)) for k in state for m in [re.match(r"blocks\.(\d+)\.", k)] if m}
     if not idx or idx != set(range(max(idx) + 1)):
-        raise ReprscopeError(f"ViT blocks {sorted(idx)[:8]}: expected 'blocks.0' … 'blocks.<n-1>'"
-                             + (" (chunked 'blocks.<chunk>.<i>' dumps are not supported yet)" if idx else ""))
+        raise ReprscopeError(f"ViT blocks {sorted(idx)[:8]}: expected 'blocks.0' … 'blocks.<n-1>'")
     depth = max(idx) + 1
-    fc1 = _shape(state, "blocks.0.mlp.fc1.weight")
+    fc1, fc2 = _shape(state, "blocks.0.mlp.fc1.weight"), _shape(state, "blocks.0.mlp.fc2.weight")
     if fc1 is None:
-        raise ReprscopeError("'blocks.0.mlp.fc1.weight' is missing (SwiGLU 'mlp.w12' ViTs are not supported yet)")
-    mlp_ratio = fc1[0] / dim
-    heads = int(num_heads) if num_heads else _HEADS_BY_DIM.get(dim, max(dim // 64, 1))
+        have = sorted({k.split(".")[3] for k in state if k.startswith("blocks.0.mlp.") and k.count(".") >= 4})
+        raise ReprscopeError(f"'blocks.0.mlp' has {have}; expected fc1/fc2 (or DINOv2's w12/w3 SwiGLU, read by the "
+                             "dinov2 format)")
+    # a packed SwiGLU: fc1 gives gate and value, fc2 takes half of it (a missing fc2 is reported by the strict load)
+    swiglu = fc2 is not None and fc2[1] * 2 == fc1[0]
+    if fc2 is not None and not swiglu and fc2[1] != fc1[0]:
+        raise ReprscopeError(f"'blocks.0.mlp.fc2.weight' {list(fc2)} does not take the {fc1[0]} outputs of fc1")
+    q_norm = _shape(state, "blocks.0.attn.q_norm.weight")
+    if num_heads:
+        heads, source = int(num_heads), "given with --arch"
+    elif q_norm is not None:
+        heads, source = dim // int(q_norm[0]), f"read from attn.q_norm.weight (head_dim {int(q_norm[0])})"
+    elif heads_hint is not None and heads_hint(dim) is not None:
+        heads, source = heads_hint(dim)  # type: ignore[misc]
+    elif dim in _HEADS_BY_DIM:
+        heads, source = _HEADS_BY_DIM[dim], f"timm convention for embed_dim {dim}"
+    else:
+        heads = max(dim // 64, 1)
+        source = (f"assumed head_dim 64 (no convention for embed_dim {dim}; the weights do not show it); "
+                  "override with --arch NAME:num_heads=N")
     if dim % heads:
-        raise ReprscopeError(f"embed_dim {dim} is not divisible by {heads} heads")
+        raise ReprscopeError(f"embed_dim {dim} is not divisible by {heads} heads ({source})")
     fc_norm = "fc_norm.weight" in state
     if fc_norm:  # timm/MAE fine-tuned with global pooling: fc_norm after average pooling, no final norm
         global_pool = "avg"
@@ -108,15 +162,40 @@ def infer_vit(state: Mapping[str, Any], num_heads: Optional[int] = None) -> ViTA
         global_pool = "token" if class_token else "avg"
     kwargs: Dict[str, Any] = {
         "img_size": grid * p, "patch_size": p, "in_chans": in_ch, "embed_dim": dim, "depth": depth,
-        "num_heads": heads, "mlp_ratio": mlp_ratio, "qkv_bias": "blocks.0.attn.qkv.bias" in state,
+        "num_heads": heads, "mlp_ratio": _mlp_ratio(int(fc1[0]), dim), "qkv_bias": "blocks.0.attn.qkv.bias" in state,
         "class_token": class_token, "reg_tokens": n_reg, "no_embed_class": no_embed_class,
         "global_pool": global_pool, "fc_norm": fc_norm, "final_norm": "norm.weight" in state or fc_norm,
         "num_classes": 0,
     }
+    if q_norm is not None:
+        kwargs["qk_norm"] = True
+    if swiglu:
+        from timm.layers import SwiGLUPacked
+
+        kwargs.update(mlp_layer=SwiGLUPacked, act_layer=nn.SiLU)
     if "blocks.0.ls1.gamma" in state:
         kwargs["init_values"] = 1.0
+    if dynamic_img_size:
+        kwargs["dynamic_img_size"] = True
     size = _SIZE_BY_DIM.get(dim, f"d{dim}")
-    return ViTArch(name=f"vit_{size}_patch{p}_{grid * p}", kwargs=kwargs)
+    return ViTArch(name=f"vit_{size}_patch{p}_{grid * p}", kwargs=kwargs, heads_source=source)
+
+
+def vit_arch(state: Mapping[str, Any], options: Optional[LoadOptions] = None, heads_hint: Optional[HeadsHint] = None,
+             dynamic_img_size: bool = False) -> ViTArch:
+    """The ViT of ``state``: :func:`infer_vit`, or with ``--arch NAME[:kwargs]`` the timm model ``NAME``
+    (``--arch vit:num_heads=N`` keeps the shape inference and sets only the head count)."""
+    if options is None or options.arch is None:
+        return infer_vit(state, heads_hint=heads_hint, dynamic_img_size=dynamic_img_size)
+    name, kwargs = options.arch_name, dict(options.arch_kwargs)
+    if name == "vit":  # shape inference with given kwargs (the head count, which the weights do not show)
+        arch = infer_vit(state, num_heads=kwargs.pop("num_heads", None), heads_hint=heads_hint,
+                         dynamic_img_size=dynamic_img_size)
+        return ViTArch(arch.name, {**arch.kwargs, **kwargs}, arch.heads_source, forced=False)
+    check_timm_name(name, "VisionTransformer")
+    if dynamic_img_size:
+        kwargs.setdefault("dynamic_img_size", True)
+    return ViTArch(name=name, kwargs=kwargs, heads_source=f"timm model '{name}' given with --arch", forced=True)
 
 
 class ViTEncoder(nn.Module):
@@ -125,18 +204,29 @@ class ViTEncoder(nn.Module):
     ``forward_features(x)`` → (B, D): the CLS token after the final norm (``global_pool="token"``, DINO/MAE
     convention), or the ``fc_norm`` of the average-pooled patch tokens for globally pooled ViTs. Intermediate
     layers are a few evenly spaced blocks (token sequences, mean-pooled at extraction). State-dict keys are
-    ``model.<timm name>``.
+    ``model.<timm name>``. ``fixed_input_size`` is the (h, w) the position embedding requires, or None when it
+    is interpolated to any input (``dynamic_img_size``).
     """
+
+    image_input = True
 
     def __init__(self, arch: ViTArch):
         super().__init__()
-        from timm.models.vision_transformer import VisionTransformer
+        if arch.forced:
+            import timm
 
-        self.model = VisionTransformer(**arch.kwargs)
+            self.model = timm.create_model(arch.name, pretrained=False, **{**arch.kwargs, "num_classes": 0})
+        else:
+            from timm.models.vision_transformer import VisionTransformer
+
+            self.model = VisionTransformer(**arch.kwargs)
         self.num_features = int(self.model.num_features)
-        depth = int(arch.kwargs["depth"])
+        depth = len(self.model.blocks)
         picks = sorted({max(round((i + 1) * depth / 4) - 1, 0) for i in range(4)})
         self.feature_names: List[str] = [f"model.blocks.{i}" for i in picks]
+        size = tuple(int(v) for v in self.model.patch_embed.img_size)
+        self.img_size = size[0]
+        self.fixed_input_size = None if getattr(self.model, "dynamic_img_size", False) else size
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
@@ -148,8 +238,10 @@ class ViTEncoder(nn.Module):
 # -- DINO head ----------------------------------------------------------------------------------------------
 
 
-def dino_head_spec(state: Mapping[str, Any], prefix: str = "head") -> Tuple[List[Dict[str, Any]], Dict[str, Any], Dict[str, str]]:
-    """DINO's projector: ``mlp`` (Linear–[BN]–GELU–…–Linear) → ℓ2 norm → weight-normed ``last_layer``.
+def dino_head_spec(state: Mapping[str, Any], prefix: str = "head", mlp: str = "mlp"
+                   ) -> Tuple[List[Dict[str, Any]], Dict[str, Any], Dict[str, str]]:
+    """DINO's projector: ``mlp`` (Linear–[BN]–GELU–…–Linear) → ℓ2 norm → weight-normed ``last_layer``
+    (lightly's DINOProjectionHead names its MLP ``layers``: ``mlp="layers"``).
 
     Returns:
         ``(spec, renamed weights, renamed key → stripped key in the file)`` for ``models.heads.build_head``.
@@ -157,13 +249,13 @@ def dino_head_spec(state: Mapping[str, Any], prefix: str = "head") -> Tuple[List
         ``parametrizations.weight.original0/1`` map onto the parametrized Linear's ``original0`` (g) and
         ``original1`` (v); a plain ``last_layer.weight`` becomes a bias-free Linear.
     """
-    spec, mlp_w = head_spec_from_state(state, f"{prefix}.mlp")
+    spec, mlp_w = head_spec_from_state(state, f"{prefix}.{mlp}")
     # head_spec_from_state reads a skipped index as ReLU; DINO's hidden activation is GELU
     spec = [{"type": "gelu"} if s["type"] == "relu" else s for s in spec]
-    where = {k: (f"{prefix}.mlp.{k}" if f"{prefix}.mlp.{k}" in state else f"{prefix}.mlp.{k[2:]}") for k in mlp_w}
+    where = {k: (f"{prefix}.{mlp}.{k}" if f"{prefix}.{mlp}.{k}" in state else f"{prefix}.{mlp}.{k[2:]}") for k in mlp_w}
     renamed = dict(mlp_w)
     if spec[-1]["type"] != "linear":
-        raise ReprscopeError(f"'{prefix}.mlp' must end with a Linear (DINO bottleneck); got {spec[-1]['type']}")
+        raise ReprscopeError(f"'{prefix}.{mlp}' must end with a Linear (DINO bottleneck); got {spec[-1]['type']}")
     spec.append({"type": "l2norm"})
     n = len(spec)
     last = sub_state(state, f"{prefix}.last_layer")
@@ -201,24 +293,39 @@ def dino_head_spec(state: Mapping[str, Any], prefix: str = "head") -> Tuple[List
 
 def build_vit_bundle(backbone: Mapping[str, torch.Tensor], origin: Mapping[str, str], backbone_prefix: str,
                      head: Optional[Tuple[List[Dict[str, Any]], Dict[str, Any], Dict[str, str]]] = None,
-                     num_heads: Optional[int] = None) -> Tuple[ModelBundle, ViTArch]:
-    """A bundle from timm-named ViT weights (no classifier) and an optional projector ``(spec, weights, where)``."""
-    arch = infer_vit(backbone, num_heads=num_heads)
-    heads = {"projector": head[0]} if head else {}
-    bundle = ModelBundle(ViTEncoder(arch), heads)
+                     options: Optional[LoadOptions] = None, heads_hint: Optional[HeadsHint] = None,
+                     dynamic_img_size: bool = False, extra_heads: Optional[Dict[str, Tuple[List[Dict[str, Any]], Dict[str, Any], Dict[str, str]]]] = None,
+                     ) -> Tuple[ModelBundle, ViTArch]:
+    """A bundle from timm-named ViT weights (no classifier) and optional heads ``(spec, weights, where)``.
+
+    Args:
+        head: the projector; ``extra_heads``: more parts (``predictor``) in the same form.
+        options: ``--arch`` replaces the architecture read from the shapes.
+        heads_hint, dynamic_img_size: see :func:`infer_vit`.
+    """
+    arch = vit_arch(backbone, options, heads_hint, dynamic_img_size)
+    parts = {**({"projector": head} if head else {}), **(extra_heads or {})}
+    bundle = ModelBundle(ViTEncoder(arch), {p: h[0] for p, h in parts.items()})
     mapped: Dict[str, torch.Tensor] = {}
     where: Dict[str, str] = {}
     bp = f"{backbone_prefix}." if backbone_prefix else ""
     for k, v in backbone.items():
         mapped[f"encoder.model.{k}"] = v
         where[f"encoder.model.{k}"] = origin.get(bp + k, bp + k)
-    if head:
-        for k, v in head[1].items():
-            mapped[f"projector.{k}"] = v
-            src = head[2].get(k, k)
-            where[f"projector.{k}"] = origin.get(src, src)
-    load_strict(bundle, mapped, where)
+    for part, (_, weights, src_of) in parts.items():
+        for k, v in weights.items():
+            mapped[f"{part}.{k}"] = v
+            src = src_of.get(k, k)
+            where[f"{part}.{k}"] = origin.get(src, src)
+    load_strict(bundle, mapped, where, arch_what(arch.name, arch.forced))
     return bundle, arch
+
+
+def indexed_head(state: Mapping[str, Any], prefix: str) -> Tuple[List[Dict[str, Any]], Dict[str, Any], Dict[str, str]]:
+    """:func:`head_spec_from_state` in the ``(spec, weights, where)`` form of :func:`build_vit_bundle`."""
+    spec, renamed = head_spec_from_state(state, prefix)
+    where = {k: (f"{prefix}.{k}" if f"{prefix}.{k}" in state else f"{prefix}.{k[2:]}") for k in renamed}
+    return spec, renamed, where
 
 
 def _is_classifier(state: Mapping[str, Any], k: str) -> bool:
@@ -233,27 +340,61 @@ def _split_vit(state: Mapping[str, Any], origin: Mapping[str, str], prefix: str 
     if odd:
         p = f"{prefix}." if prefix else ""
         raise ReprscopeError(f"ViT has an indexed head ({', '.join(origin.get(p + k, p + k) for k in odd[:4])}): that "
-                             "is a projector (e.g. MoCo v3), not a classifier; its format is not supported yet")
+                             "is a projector, not a classifier (MoCo v3 ViTs: --format moco_v3_vit)")
     return {k: v for k, v in sub.items() if k not in head}, head
 
 
-def _result(bundle, arch, method: str, fmt: str, container: Optional[str], payload: Mapping[str, Any],
-            heads: Dict[str, List[Dict[str, Any]]], unused_keys: List[str], **extra: Any) -> Dict[str, Any]:
-    config = {"format": fmt, "container": container, **arch.config(), "heads": heads, **extra}
+def saved_args(payload: Mapping[str, Any]) -> Dict[str, Any]:
+    """The scalar entries of a pickled ``argparse.Namespace`` ``args`` (DINO, MAE, timm)."""
     args = payload.get("args")
     if args is not None and hasattr(args, "__dict__"):
-        saved = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool)) or v is None}
-        if saved:
-            config["args_saved"] = saved
+        return {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool)) or v is None}
+    return {}
+
+
+def _result(bundle, arch, method: str, fmt: str, container: Optional[str], payload: Mapping[str, Any],
+            heads: Dict[str, List[Dict[str, Any]]], unused_keys: List[str], *, role: str, branches: Dict[str, str],
+            preprocess: Any = None, **extra: Any) -> Dict[str, Any]:
+    config = {"format": fmt, "container": container, **arch.config(), "heads": heads, **extra}
+    saved = saved_args(payload)
+    if saved:
+        config["args_saved"] = saved
+    if preprocess is None:
+        preprocess = pp.for_vit(bundle.encoder.img_size, arch.name)
     return {"bundle": bundle, "method": method, "config": config, "epoch": epoch_of(payload),
-            "unused_keys": unused_keys}
+            "unused_keys": unused_keys, "branch": role, "branches": branches, "preprocess": preprocess}
 
 
 def _is_tensor_dict(d: Any) -> bool:
     return isinstance(d, Mapping) and any(isinstance(v, torch.Tensor) for v in d.values())
 
 
+def _arch_hint(table: Mapping[str, Tuple[int, int]], name: Any, source: str) -> Optional[HeadsHint]:
+    """A hint from a saved architecture name (``args.arch = "vit_small"``) whose width matches the weights."""
+    if not isinstance(name, str):
+        return None
+    for key, (dim, heads) in table.items():
+        if key in name:
+            return lambda d, dim=dim, heads=heads, key=key: (heads, f"{source} '{name}' ({key}: {heads} heads)") if d == dim else None
+    return None
+
+
 # -- DINO training checkpoint -------------------------------------------------------------------------------
+
+#: facebookresearch/dino vision_transformer.py: vit_tiny/small/base (all head_dim 64)
+_DINO_VITS = {"vit_tiny": (192, 3), "vit_small": (384, 6), "vit_base": (768, 12)}
+
+
+def _dino_hint(arch: Any) -> HeadsHint:
+    """``args.arch`` where it matches the width; else DINO's convention (every DINO ViT has head_dim 64)."""
+    named = _arch_hint(_DINO_VITS, arch, "DINO args.arch")
+
+    def hint(dim: int) -> Optional[Tuple[int, str]]:
+        if named is not None and named(dim) is not None:
+            return named(dim)
+        return max(dim // 64, 1), f"DINO convention: head_dim 64 (vit_tiny/small/base: 3/6/12 heads; embed_dim {dim})"
+
+    return hint
 
 
 def _is_dino(payload: Mapping[str, Any]) -> bool:
@@ -271,10 +412,13 @@ def _is_dino(payload: Mapping[str, Any]) -> bool:
     return False
 
 
-def _build_dino(payload: Mapping[str, Any], branch: str) -> Dict[str, Any]:
+def _build_dino(payload: Mapping[str, Any], options: LoadOptions, default: str = "teacher") -> Dict[str, Any]:
+    branches = {b: f"{b}.backbone.* + {b}.head.* ({'EMA teacher' if b == 'teacher' else 'student'})"
+                for b in ("teacher", "student") if _is_tensor_dict(payload.get(b))}
+    if default not in branches:
+        raise ReprscopeError(f"DINO checkpoint has no '{default}' state dict (top-level keys: {', '.join(map(str, payload))})")
+    branch = pick_branch("DINO", branches, default, options.branch)
     other = "student" if branch == "teacher" else "teacher"
-    if not _is_tensor_dict(payload.get(branch)):
-        raise ReprscopeError(f"DINO checkpoint has no '{branch}' state dict (top-level keys: {', '.join(map(str, payload))})")
     state, origin = strip_state(payload[branch])
     origin = {k: f"{branch}.{v}" for k, v in origin.items()}
     left = [origin[k] for k in state if not (k.startswith("backbone.") or k.startswith("head."))]
@@ -288,20 +432,21 @@ def _build_dino(payload: Mapping[str, Any], branch: str) -> Dict[str, Any]:
     if stray:
         raise ReprscopeError("DINO head has tensors that are neither 'head.mlp.*' nor 'head.last_layer.*': " + ", ".join(stray[:8]))
     backbone_all = sub_state(state, "backbone")
+    preprocess = None
     if "conv1.weight" in backbone_all:  # DINO ResNet-50: torchvision names, fc = Identity
-        bundle, arch = build_resnet_bundle(backbone_all, {}, origin, "backbone", {})
-        # attach the head through the same strict path as the ViT case
-        bundle = ModelBundle(bundle.encoder, {"projector": head[0]})
-        mapped = {f"encoder.model.{k}": v for k, v in backbone_all.items()}
-        where = {f"encoder.model.{k}": origin.get(f"backbone.{k}", f"backbone.{k}") for k in backbone_all}
-        for k, v in head[1].items():
-            mapped[f"projector.{k}"] = v
-            where[f"projector.{k}"] = origin.get(head[2][k], head[2][k])
-        load_strict(bundle, mapped, where)
+        # the head's renamed keys ("7.parametrizations.weight.original0") point at their names in the file
+        head_origin = {f"head.{k}": origin.get(head[2][k], head[2][k]) for k in head[1]}
+        bundle, arch = build_resnet_bundle(backbone_all, {"projector": (head[0], head[1])}, {**origin, **head_origin},
+                                           "backbone", {"projector": "head"}, options=options)
         classifier: List[str] = []
+        preprocess = pp.for_resnet(arch.cifar_stem, arch.name)
     else:
         backbone, classifier = _split_vit(state, origin, "backbone")
-        bundle, arch = build_vit_bundle(backbone, origin, "backbone", head)
+        hint = _dino_hint(saved_args(payload).get("arch"))
+        # DINO's ViT interpolates its position embedding to any input size (vision_transformer.py)
+        bundle, arch = build_vit_bundle(backbone, origin, "backbone", head, options=options, heads_hint=hint,
+                                        dynamic_img_size=True)
+        preprocess = pp.imagenet(224, "DINO evaluation: resize 256, centre crop 224, ImageNet statistics")
     unused_keys = unused([f"backbone.{k}" for k in classifier], origin, "classifier on the backbone; not analysed")
     if isinstance(payload.get(other), Mapping):
         o_state = payload[other]
@@ -317,25 +462,99 @@ def _build_dino(payload: Mapping[str, Any], branch: str) -> Dict[str, Any]:
             unused_keys.append(f"{k}: mixed-precision scaler state; not part of the model")
         elif isinstance(v, torch.Tensor) or _is_tensor_dict(v):
             unused_keys.append(f"{k}: not part of a DINO model")
-    return _result(bundle, arch, "dino", "dino", branch, payload, {"projector": head[0]}, unused_keys, branch=branch)
+    return _result(bundle, arch, "dino", "dino", branch, payload, {"projector": head[0]}, unused_keys,
+                   role=branch, branches=branches, preprocess=preprocess, branch=branch)
 
 
 @register_format("dino", detect=_is_dino,
-                 summary="DINO training checkpoint (student/teacher, [module.]backbone + head.mlp/head.last_layer); teacher analysed")
-def build_dino(payload: Dict[str, Any]) -> Dict[str, Any]:
-    return _build_dino(payload, "teacher")
+                 summary="DINO training checkpoint (student/teacher, [module.]backbone + head.mlp/head.last_layer); "
+                         "teacher analysed (--branch student for the student)")
+def build_dino(payload: Dict[str, Any], options: LoadOptions) -> Dict[str, Any]:
+    return _build_dino(payload, options, "teacher")
 
 
 @register_format("dino_student", detect=lambda payload: False,
-                 summary="a DINO training checkpoint read on its student branch (never auto-detected; pick it by name)")
-def build_dino_student(payload: Dict[str, Any]) -> Dict[str, Any]:
-    return _build_dino(payload, "student")
+                 summary="a DINO training checkpoint read on its student branch (never auto-detected; the same as "
+                         "--format dino --branch student)")
+def build_dino_student(payload: Dict[str, Any], options: LoadOptions) -> Dict[str, Any]:
+    if options.branch not in (None, "student", "online"):
+        raise ReprscopeError(f"format dino_student reads the student; --branch {options.branch} contradicts it "
+                             "(use --format dino --branch teacher)")
+    return _build_dino(payload, options, "student")
+
+
+# -- MoCo v3 ViT --------------------------------------------------------------------------------------------
+
+#: facebookresearch/moco-v3 vits.py: vit_small and vit_base both use 12 heads (ViT-S: head_dim 32, not 64)
+_MOCO_VITS = {"vit_small": (384, 12), "vit_base": (768, 12), "vit_conv_small": (384, 12), "vit_conv_base": (768, 12)}
+
+
+def _mocov3_hint(payload: Mapping[str, Any]) -> HeadsHint:
+    named = _arch_hint(_MOCO_VITS, payload.get("arch"), "MoCo v3 arch")
+
+    def hint(dim: int) -> Optional[Tuple[int, str]]:
+        if named is not None and named(dim) is not None:
+            return named(dim)
+        if dim in (384, 768):
+            return 12, f"MoCo v3 convention: its vit_small/vit_base use 12 heads (embed_dim {dim})"
+        return None
+
+    return hint
+
+
+def _is_moco_v3_vit(payload: Mapping[str, Any]) -> bool:
+    r = _resolve(payload)
+    if r is None:
+        return False
+    state = r[0]
+    return ("base_encoder.pos_embed" in state and any(k.startswith("momentum_encoder.") for k in state)
+            and any(re.match(r"base_encoder\.head\.\d+\.", k) for k in state))
+
+
+@register_format("moco_v3_vit", detect=_is_moco_v3_vit,
+                 summary="MoCo v3 ViT (module.base_encoder ViT + head.{0..7} projector, predictor, momentum_encoder); "
+                         "online analysed")
+def build_moco_v3_vit(payload: Dict[str, Any], options: LoadOptions) -> Dict[str, Any]:
+    r = _resolve(payload)
+    if r is None:
+        raise ReprscopeError("MoCo v3 checkpoint holds no state dict")
+    state, origin, container = r
+    branches = {"online": f"{file_prefix(state, origin, 'base_encoder')} + predictor (base encoder)",
+                "momentum": f"{file_prefix(state, origin, 'momentum_encoder')} (momentum encoder)"}
+    role = pick_branch("MoCo v3", branches, "online", options.branch)
+    net, other = ("base_encoder", "momentum_encoder") if role == "online" else ("momentum_encoder", "base_encoder")
+    left = [origin[k] for k in state if k.split(".", 1)[0] not in ("base_encoder", "momentum_encoder", "predictor")]
+    if left:
+        raise ReprscopeError("MoCo v3 checkpoint has tensors no rule of the format accounts for: " + ", ".join(left[:8]))
+    sub = sub_state(state, net)
+    backbone = {k: v for k, v in sub.items() if not (k == "head" or k.startswith("head."))}
+    head = indexed_head(state, f"{net}.head")
+    extra = {}
+    predictor = [k for k in state if k.startswith("predictor.")]
+    if predictor and role == "online":
+        extra["predictor"] = indexed_head(state, "predictor")
+    bundle, arch = build_vit_bundle(backbone, origin, net, head, options=options, heads_hint=_mocov3_hint(payload),
+                                    extra_heads=extra)
+    what = ("MoCo v3 momentum encoder; the online base_encoder is analysed" if role == "online"
+            else "MoCo v3 base (online) encoder; the momentum encoder is analysed")
+    unused_keys = unused([k for k in state if k.startswith(other + ".")], origin, what)
+    if role != "online":
+        unused_keys += unused(predictor, origin, "MoCo v3 predictor of the online branch; the momentum branch has none")
+    for k in payload:
+        if k in ("optimizer", "scaler"):
+            unused_keys.append(f"{k}: training state; not part of the model")
+    heads = {"projector": head[0], **{p: h[0] for p, h in extra.items()}}
+    return _result(bundle, arch, "moco_v3", "moco_v3_vit", container, payload, heads, unused_keys, role=role,
+                   branches=branches, branch=net,
+                   arch_saved=payload.get("arch") if isinstance(payload.get("arch"), str) else None)
 
 
 # -- MAE ----------------------------------------------------------------------------------------------------
 
 
 _MAE_DECODER = re.compile(r"^(decoder_|mask_token$)")
+#: facebookresearch/mae models_mae.py: mae_vit_base/large/huge (huge: 1280 wide, 16 heads, head_dim 80)
+_MAE_VITS = {"vit_base": (768, 12), "vit_large": (1024, 16), "vit_huge": (1280, 16)}
 
 
 def _is_mae(payload: Mapping[str, Any]) -> bool:
@@ -348,24 +567,28 @@ def _is_mae(payload: Mapping[str, Any]) -> bool:
 
 @register_format("mae", detect=_is_mae,
                  summary="MAE pre-training checkpoint ('model': ViT encoder + decoder_*, mask_token); encoder analysed")
-def build_mae(payload: Dict[str, Any]) -> Dict[str, Any]:
+def build_mae(payload: Dict[str, Any], options: LoadOptions) -> Dict[str, Any]:
     r = _resolve(payload)
     if r is None:
         raise ReprscopeError("MAE checkpoint holds no state dict")
     state, origin, container = r
+    branches = {"online": f"{file_prefix(state, origin, '')} (the encoder; MAE has one network)"}
+    role = pick_branch("MAE", branches, "online", options.branch)
     decoder = [k for k in state if _MAE_DECODER.match(k)]
     enc = {k: v for k, v in state.items() if k not in set(decoder)}
     left = [origin[k] for k in enc if k.split(".", 1)[0] not in VIT_ROOTS]
     if left:
         raise ReprscopeError("MAE checkpoint has tensors no rule of the format accounts for: " + ", ".join(left[:8]))
     backbone, classifier = _split_vit(enc, origin)
-    bundle, arch = build_vit_bundle(backbone, origin, "")
+    hint = _arch_hint(_MAE_VITS, saved_args(payload).get("model"), "MAE args.model")
+    bundle, arch = build_vit_bundle(backbone, origin, "", options=options, heads_hint=hint)
     unused_keys = (unused(decoder, origin, "MAE decoder (pixel reconstruction); not part of the representation")
                    + unused(classifier, origin, "classifier (2-D head); not analysed"))
     for k in payload:
         if k in ("optimizer", "scaler"):
             unused_keys.append(f"{k}: training state; not part of the model")
-    return _result(bundle, arch, "mae", "mae", container, payload, {}, unused_keys, branch=None)
+    return _result(bundle, arch, "mae", "mae", container, payload, {}, unused_keys, role=role, branches=branches,
+                   branch=None)
 
 
 # -- raw timm / DINO-released / MAE-encoder ViT -------------------------------------------------------------
@@ -380,22 +603,30 @@ def _is_vit(payload: Mapping[str, Any]) -> bool:
         return False
     if any(k.split(".", 1)[0] not in VIT_ROOTS for k in state):
         return False
+    if claimed_by_timm(payload):
+        return False
     return all(_is_classifier(state, k) for k in state if k == "head" or k.startswith("head."))
 
 
 @register_format("vit", detect=_is_vit,
                  summary="a raw timm-layout ViT state dict (DINO released backbone, MAE encoder, timm); 2-D head = classifier, unused")
-def build_vit(payload: Dict[str, Any]) -> Dict[str, Any]:
-    r = _resolve(payload)
-    if r is None:
+def build_vit(payload: Dict[str, Any], options: LoadOptions) -> Dict[str, Any]:
+    if _resolve(payload) is None:
         raise ReprscopeError("ViT checkpoint holds no state dict")
-    state, origin, container = r
+    state, origin, container, role, branches, ema_unused = resolve_with_ema(payload, options, "ViT")
     left = [origin[k] for k in state if k.split(".", 1)[0] not in VIT_ROOTS]
     if left:
         raise ReprscopeError("ViT checkpoint has tensors that are not timm ViT weights: " + ", ".join(left[:8]))
     backbone, classifier = _split_vit(state, origin)
-    bundle, arch = build_vit_bundle(backbone, origin, "")
+    bundle, arch = build_vit_bundle(backbone, origin, "", options=options)
     unused_keys = unused(classifier, origin, "classifier (2-D head) on top of the representation; not analysed")
-    if container == "state_dict" and _is_tensor_dict(payload.get("state_dict_ema")):
-        unused_keys.append("state_dict_ema: EMA copy of the weights; 'state_dict' is analysed")
-    return _result(bundle, arch, "unknown", "vit", container, payload, {}, unused_keys, branch=None)
+    return _result(bundle, arch, "unknown", "vit", container, payload, {}, unused_keys + ema_unused, role=role,
+                   branches=branches, branch=None)
+
+
+def claimed_by_timm(payload: Mapping[str, Any]) -> bool:
+    """A timm training checkpoint (its ``arch`` names a timm model whose keys the weights match) is read by
+    the ``timm`` format, not by the raw ``vit``/``torchvision`` ones."""
+    from .timm_plain import is_timm_checkpoint
+
+    return is_timm_checkpoint(payload)

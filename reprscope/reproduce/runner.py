@@ -14,7 +14,7 @@ import pandas as pd
 from ..errors import ReprscopeError
 from ..io_utils import atomic_path
 from ..pipeline import analyze
-from ..table import make_table, normalize, write_table
+from ..table import make_table, normalize, read_table, write_table
 from ..train import apply_sets, default_config, resolve_config, train
 from .base import RECIPES, SCALES, Context, Finding, Recipe, RunSpec
 
@@ -110,7 +110,7 @@ def reproduce(name: str, scale: str = "cpu", out: Optional[str | Path] = None, d
         frames.append(make_table(extra))
     table = normalize(pd.concat(frames, ignore_index=True)) if frames else make_table([])
     table_path = write_table(table, out / "table.csv")
-    table = pd.read_csv(table_path, keep_default_na=False, na_values=[""], low_memory=False)
+    table = read_table(table_path)  # what findings see is exactly what table.csv holds
     findings = recipe.findings(table, scale)
     fig_dir = out / "figures"
     fig_dir.mkdir(exist_ok=True)

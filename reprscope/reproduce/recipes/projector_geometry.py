@@ -1,0 +1,189 @@
+"""Paper 002 (Cosentino et al.): the geometry of the projector in contrastive learning.
+
+SimCLR with a *linear* projector under the small / moderate / large augmentation presets of Table 2, analyzed
+over training: Rank_τ of the projector weights (Fig. 1 — lower for stronger augmentation), the fraction of
+variance of δh = h⁽²⁾ − h* unexplained by the projector's column space (Fig. 7 — drops after initialisation),
+the label agreement of the hardest negative on fine and coarse labels (Fig. 6 — rises during training), the
+encoder log-spectrum (Fig. 4 — full rank); a 2-layer MLP projector for comparison; and Fig. 10: the rank of the
+covariance of 500 rotated copies of a random one-hot 32×32 image against the largest rotation angle.
+
+cpu scale: the procedural ``shapes`` images (fine label = class × hue bin, coarse = class) at 16×16 with a small
+CNN; gpu scale: CIFAR-100 (fine/coarse labels) with a CIFAR-stem ResNet-18 for 500 epochs.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..base import Context, Finding, Recipe, RunSpec, last_step, pick, register_recipe, rows, spread
+from .common import image_setting
+
+PRESETS = ("small", "moderate", "large")
+
+
+def rotated_one_hot_rank(max_angle: float, n: int = 500, size: int = 32, seed: int = 0, rtol: float = 1e-6) -> int:
+    """Paper 002 Fig. 10: numerical rank of the (size², size²) covariance of ``n`` copies of one random one-hot
+    image rotated by angles uniform in [0, max_angle] degrees (bilinear)."""
+    from torchvision.transforms.v2 import functional as F
+
+    g = np.random.default_rng(seed)
+    img = torch.zeros(1, size, size)
+    img[0, g.integers(size // 4, 3 * size // 4), g.integers(size // 4, 3 * size // 4)] = 1.0
+    angles = g.uniform(0.0, max_angle, size=n)
+    x = torch.stack([F.rotate(img, float(a), interpolation=F.InterpolationMode.BILINEAR) for a in angles])
+    x = x.reshape(n, -1).double()
+    x = x - x.mean(0)
+    sv = torch.linalg.svdvals(x)
+    return int((sv > rtol * sv[0]).sum()) if sv.numel() and sv[0] > 0 else 0
+
+
+@register_recipe
+class ProjectorGeometry(Recipe):
+    name = "projector-geometry"
+    title = "Projector geometry in contrastive learning (paper 002)"
+    paper = "002 Cosentino et al., Fig. 1, 4–7, 10"
+    summary = "Linear-projector SimCLR: stronger augmentation → lower Rank_τ of the projector; FVU of δh drops; hardest-negative label agreement rises"
+
+    def runs(self, scale: str) -> List[RunSpec]:
+        data, backbone, sets = image_setting(scale, self.data_root, "cifar100")
+        d = pick(scale, 4, 16, 128)  # a quarter of the encoder's width, so the column space is a proper subspace
+        an = ("weights", "tangent", "spectrum", "knn")
+        params = {"knn": {"ks": "20"}, "tangent": {"batch_size": pick(scale, 64, 256, 512)}, "weights": {"tau": 0.01}}
+        out = []
+        for preset in PRESETS:
+            s = {**sets, "projector.kind": "linear", "projector.out_dim": d, "data.augment": preset,
+                 "method.temperature": 0.5}
+            out.append(RunSpec(f"linear-{preset}", "simclr", {**data}, s, backbone=backbone, checkpoints="all",
+                               analyzers=an, params=params, layers=("encoder", "projector"), tags={"preset": preset}))
+        s = {**sets, "projector.kind": "mlp", "projector.layers": 2, "projector.hidden_dim": d, "projector.out_dim": d,
+             "data.augment": "moderate"}
+        out.append(RunSpec("mlp-moderate", "simclr", {**data}, s, backbone=backbone, checkpoints="all", analyzers=an,
+                           params=params, layers=("encoder", "projector"), tags={"preset": "moderate"}))
+        return out
+
+    def extra(self, scale: str, ctx: Context) -> List[Dict[str, Any]]:
+        out = []
+        for angle in pick(scale, (0, 90), (0, 10, 45, 90, 180, 360), (0, 10, 45, 90, 180, 360)):
+            for seed in range(pick(scale, 1, 5, 5)):
+                r = rotated_one_hot_rank(angle, n=pick(scale, 60, 500, 500), seed=seed)
+                out.append({"source": "rotated_one_hot", "layer": "", "analyzer": "fig10", "metric": "covariance_rank",
+                            "index": str(angle), "value": float(r), "seed": seed, "run": "fig10"})
+        return out
+
+    @staticmethod
+    def _series(table: pd.DataFrame, run: str, analyzer: str, metric: str, layer: str, **eq) -> pd.Series:
+        if analyzer == "weights":  # one row per weight matrix (index projector.K), whatever layer the store row names
+            r = rows(table, analyzer, metric, run=run, index=eq.get("index", "projector.0"))
+            r = r[r["layer"] == r["layer"].iloc[0]] if not r.empty else r
+        else:
+            r = rows(table, analyzer, metric, run=run, layer=layer, **eq)
+        if r.empty:
+            return pd.Series(dtype=float)
+        return r.assign(step=pd.to_numeric(r["step"])).groupby("step")["value"].mean().sort_index()
+
+    def findings(self, table: pd.DataFrame, scale: str) -> List[Finding]:
+        f: List[Finding] = []
+        ranks = {p: self._series(table, f"linear-{p}", "weights", "rank_tau", "projector") for p in PRESETS}
+        end = {p: float(s.iloc[-1]) if len(s) else float("nan") for p, s in ranks.items()}
+        f.append(Finding("Stronger augmentation → lower Rank_τ of the linear projector's weights after training",
+                         "paper 002 Fig. 1", {f"Rank_τ (τ = 0.01), {p}": v for p, v in end.items()},
+                         bool(end["large"] < end["small"])))
+        nums, ok = {}, []
+        for p in PRESETS:
+            s = self._series(table, f"linear-{p}", "tangent", "fvu", "encoder")
+            if len(s) >= 2:
+                nums[f"FVU {p}: init → end"] = f"{s.iloc[0]:.3f} → {s.iloc[-1]:.3f}"
+                ok.append(s.iloc[-1] < s.iloc[0])
+        f.append(Finding("The fraction of δh's variance unexplained by the projector's column space drops after initialisation",
+                         "paper 002 Fig. 7", nums, bool(ok) and all(ok)))
+        nums, ok = {}, []
+        for p in PRESETS:
+            for idx, lab in (("fine", "fine"), ("coarse", "coarse")):
+                s = self._series(table, f"linear-{p}", "tangent", "hardest_negative_label_agreement", "encoder", index=idx)
+                if len(s) >= 2:
+                    nums[f"{p}, {lab} labels: init → end"] = f"{s.iloc[0]:.3f} → {s.iloc[-1]:.3f}"
+                    ok.append(s.iloc[-1] > s.iloc[0])
+        f.append(Finding("The hardest negative shares the anchor's label more often as training goes on (fine and coarse)",
+                         "paper 002 Fig. 6", nums, bool(ok) and all(ok)))
+        nums, ok = {}, []
+        for p in PRESETS:
+            r = rows(table, "spectrum", "rank_abs", run=f"linear-{p}", layer="encoder")
+            e = rows(table, "spectrum", "sv", run=f"linear-{p}", layer="encoder")
+            if r.empty or e.empty:
+                continue
+            d = e.groupby(["step", "view"]).size().max()
+            s = r.assign(step=pd.to_numeric(r["step"])).groupby("step")["value"].mean().sort_index()
+            nums[f"{p}: encoder rank (init, end) of d = {d}"] = f"{s.iloc[0]:.0f}, {s.iloc[-1]:.0f}"
+            ok.append(s.iloc[-1] >= 0.9 * d)
+        f.append(Finding("The encoder's embeddings span (almost) all of its dimensions during training",
+                         "paper 002 Fig. 4", nums, bool(ok) and all(ok)))
+        lin = last_step(rows(table, "knn", "top1", run="linear-moderate", layer="encoder"))
+        mlp = last_step(rows(table, "knn", "top1", run="mlp-moderate", layer="encoder"))
+        rl = self._series(table, "linear-moderate", "weights", "rank_tau", "projector")
+        rm = rows(table, "weights", "rank_tau", run="mlp-moderate")
+        rm = rm[rm["layer"] == rm["layer"].iloc[0]] if not rm.empty else rm
+        f.append(Finding("Linear vs 2-layer MLP projector (moderate augmentation): encoder k-NN and projector rank",
+                         "paper 002 §5", {"k-NN, linear projector": float(lin["value"].mean()) if not lin.empty else float("nan"),
+                                          "k-NN, MLP projector": float(mlp["value"].mean()) if not mlp.empty else float("nan"),
+                                          "Rank_τ linear projector": float(rl.iloc[-1]) if len(rl) else float("nan"),
+                                          "Rank_τ per MLP layer (last step)": ", ".join(
+                                              f"{i}: {v:.0f}" for i, v in last_step(rm).groupby("index")["value"].mean().items())},
+                         None, "Reported without a verdict: the paper compares, it does not set a threshold."))
+        r10 = rows(table, "fig10", "covariance_rank")
+        if not r10.empty:
+            g = r10.assign(angle=pd.to_numeric(r10["index"])).groupby("angle")["value"]
+            m = g.mean()
+            f.append(Finding("Larger rotations → higher rank of the covariance of rotated one-hot images",
+                             "paper 002 Fig. 10", {f"max angle {a:g}°": spread(list(v)) for a, v in g},
+                             bool(m.is_monotonic_increasing and m.iloc[-1] > m.iloc[0])))
+        return f
+
+    def figures(self, table: pd.DataFrame, out: Path) -> List[Path]:
+        from ...report import _plt, _save
+
+        plt = _plt()
+        paths: List[Path] = []
+        panels = [("weights", "rank_tau", "projector", None, "Rank_τ of W (Fig. 1)"),
+                  ("tangent", "fvu", "encoder", None, "FVU of δh (Fig. 7)"),
+                  ("tangent", "hardest_negative_label_agreement", "encoder", "fine", "label agreement, fine (Fig. 6)"),
+                  ("tangent", "hardest_negative_label_agreement", "encoder", "coarse", "label agreement, coarse (Fig. 6)")]
+        fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
+        for ax, (an, metric, layer, idx, title) in zip(axes, panels):
+            for p in PRESETS:
+                s = self._series(table, f"linear-{p}", an, metric, layer, **({"index": idx} if idx else {}))
+                if len(s):
+                    ax.plot(s.index, s.values, "-o", ms=3, label=p)
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel("step")
+        axes[0].legend(fontsize=7)
+        fig.suptitle("Paper 002: linear projector under small / moderate / large augmentation")
+        paths += _save(fig, out, "fig1_6_7_projector", ("png", "pdf"))
+        fig, ax = plt.subplots(figsize=(4.5, 3.2))
+        for p in PRESETS:
+            e = rows(table, "spectrum", "log_sv", run=f"linear-{p}", layer="encoder")
+            if e.empty:
+                continue
+            steps = sorted(pd.to_numeric(e["step"]).unique())
+            for st, ls in zip((steps[0], steps[len(steps) // 2], steps[-1]), (":", "--", "-")):
+                g = e[(pd.to_numeric(e["step"]) == st) & (e["view"] == e["view"].iloc[0])]
+                v = np.sort(pd.to_numeric(g.groupby("index")["value"].mean()).to_numpy())[::-1]
+                ax.plot(np.arange(1, len(v) + 1), v, ls=ls, label=f"{p} step {st}" if ls == "-" else None)
+        ax.set_xlabel("k")
+        ax.set_ylabel("log σ_k (encoder)")
+        ax.legend(fontsize=6)
+        ax.set_title("Paper 002 Fig. 4: encoder log-spectrum (init dotted, mid dashed, end solid)", fontsize=8)
+        paths += _save(fig, out, "fig4_encoder_log_spectrum", ("png", "pdf"))
+        r10 = rows(table, "fig10", "covariance_rank")
+        if not r10.empty:
+            g = r10.assign(angle=pd.to_numeric(r10["index"])).groupby("angle")["value"]
+            fig, ax = plt.subplots(figsize=(4, 3))
+            ax.errorbar(g.mean().index, g.mean().values, yerr=g.std().fillna(0).values, fmt="-o", ms=3)
+            ax.set_xlabel("largest rotation angle (degrees)")
+            ax.set_ylabel("rank of the covariance")
+            ax.set_title("Paper 002 Fig. 10: rotated one-hot images", fontsize=9)
+            paths += _save(fig, out, "fig10_rotated_one_hot_rank", ("png", "pdf"))
+        return paths
