@@ -9,8 +9,8 @@
   (E[x_ω] = x) vs shifted (E[x_ω] = x + k): all collapse; the center-vector norm over training.
 * On images (gpu scale; CIFAR-10 from ``--data-root``): DINO with / without centering (B.2), Barlow Twins without
   the off-diagonal term (§3.3), the BYOL momentum sweep (§3.5), the SimSiam predictor learning-rate sweep (B.4).
-  At the cpu scale these run on the procedural ``shapes`` images with a small ResNet for a few hundred steps:
-  they show whether each run collapses, not the papers' accuracies.
+  At the cpu scale these run on the procedural ``shapes`` images (16×16) with a small CNN for a few hundred
+  steps: they show whether each run collapses, not the papers' accuracies.
 
 Toy hyper-parameters (the paper does not give them): MLP encoder 2 × 64, projector 2 × 64 → 32 (SimSiam's
 affine-free output BN), predictor 16-wide, AdamW 1e-3, batch 128.
@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from ..base import Finding, Recipe, RunSpec, last_step, pick, register_recipe, rows, spread
+from .common import image_setting
 
 TOY_VARIANTS = {
     "simsiam": {},
@@ -82,33 +83,30 @@ class CenterVector(Recipe):
     def _image_runs(self, scale: str) -> List[RunSpec]:
         if scale == "tiny":
             return []
+        data, backbone, common = image_setting(scale, self.data_root, "cifar10")
         if scale == "gpu":
-            root = self.data_root or "data"
-            data = {"name": "cifar10", "path": f"{root}/cifar10", "split": "train"}
-            common = {"backbone.cifar_stem": True, "train.epochs": 200, "train.batch_size": 512, "train.save_every": 20,
-                      "optim.name": "lars", "optim.lr": 1.0, "optim.warmup_epochs": 10}
-            backbone, seeds = "resnet18", (0,)
+            common.update({"train.epochs": 200, "train.save_every": 20, "optim.warmup_epochs": 10})
         else:
-            data = {"name": "shapes", "resolution": 32}
-            common = {"backbone.cifar_stem": True, "train.steps": 300, "train.batch_size": 64,
-                      "train.save_every_steps": 100, "optim.name": "adamw", "optim.lr": 1e-3,
-                      "projector.hidden_dim": 512, "projector.out_dim": 128}
-            backbone, seeds = "resnet10t", (0,)
+            common.update({"projector.hidden_dim": 256, "projector.out_dim": 64})
+        seeds = (0,)
+        dino = {"projector.out_dim": 1024, "projector.bottleneck_dim": 64, "projector.bn": True} if scale == "cpu" else {}
+        if scale == "cpu":
+            dino["projector.hidden_dim"] = 256
+        pred = {"predictor.hidden_dim": 64, "predictor.out_dim": 64} if scale == "cpu" else {}
         an, layers = ("center", "knn", "spectrum"), ("encoder", "projector")
         params = {"knn": {"ks": "20"}}
         spec = lambda name, method, sets, tags: RunSpec(name, method, data, {**common, **sets}, backbone=backbone,  # noqa: E731
                                                         seeds=seeds, checkpoints="all", analyzers=an, params=params,
                                                         layers=layers, tags={"image": True, **tags})
-        out = [spec("dino-centering", "dino", {"projector.out_dim": 1024} if scale == "cpu" else {}, {"variant": "centering"}),
-               spec("dino-no-centering", "dino", {"method.centering": False, **({"projector.out_dim": 1024} if scale == "cpu" else {})},
-                    {"variant": "no-centering"}),
+        out = [spec("dino-centering", "dino", dino, {"variant": "centering"}),
+               spec("dino-no-centering", "dino", {"method.centering": False, **dino}, {"variant": "no-centering"}),
                spec("barlow", "barlowtwins", {}, {"variant": "off-diagonal"}),
                spec("barlow-no-offdiag", "barlowtwins", {"method.off_diagonal": False}, {"variant": "no-off-diagonal"})]
         for m in pick(scale, (), (0.0, 0.99, 1.0), (0.0, 0.9, 0.99, 0.996, 1.0)):
-            out.append(spec(f"byol-m{m:g}", "byol", {"method.momentum": m, "method.momentum_schedule": "constant"},
+            out.append(spec(f"byol-m{m:g}", "byol", {**pred, "method.momentum": m, "method.momentum_schedule": "constant"},
                             {"byol_momentum": m}))
         for mult in pick(scale, (), (0.1, 1.0, 10.0), (0.1, 1.0, 10.0)):
-            out.append(spec(f"simsiam-predlr{mult:g}", "simsiam", {"method.predictor_lr_mult": mult},
+            out.append(spec(f"simsiam-predlr{mult:g}", "simsiam", {**pred, "method.predictor_lr_mult": mult},
                             {"predictor_lr_mult": mult}))
         return out
 
