@@ -352,3 +352,27 @@ def test_refusal_prints_no_warning(tmp_path):
             load_checkpoint(p)
     assert [str(w.message) for w in caught] == []
     assert not (tmp_path / "MARKER").exists()
+
+
+@pytest.mark.parametrize("method, branch", [("byol", "momentum"), ("dino", "teacher")])
+def test_native_ema_branch_loads(tmp_path, method, branch, tiny_ckpt):
+    """A native BYOL / DINO checkpoint holds its EMA copy in method_state; --branch picks it, strictly; a run
+    without one says which branches it has."""
+    import sys
+
+    from reprscope.formats import LoadOptions
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_methods import smoke_config
+
+    res = train(smoke_config(method, **{"train.steps": 3, "train.save_every_steps": 3}), tmp_path / "r", progress=False)
+    online = load_checkpoint(res.last)
+    assert online.branch == "online" and branch in online.branches
+    ema = load_checkpoint(res.last, options=LoadOptions(branch=branch))
+    assert ema.branch == branch and not ema.bundle.has("predictor")
+    ck = torch.load(res.last, weights_only=True)
+    prefix = "teacher." if branch == "teacher" else "target."
+    state = ema.bundle.state_dict()
+    assert state and all(torch.equal(v, ck["method_state"][prefix + k]) for k, v in state.items())
+    with pytest.raises(ReprscopeError, match="no 'teacher' branch"):
+        load_checkpoint(tiny_ckpt, options=LoadOptions(branch="teacher"))
