@@ -93,7 +93,7 @@ def read_table(path: os.PathLike | str) -> pd.DataFrame:
         else:
             # empty cells stay "" in the text columns but are missing values in step, value and parameter columns
             header = pd.read_csv(path, nrows=0).columns
-            df = pd.read_csv(path, dtype={c: str for c in _STR_COLS}, keep_default_na=False,
+            df = pd.read_csv(path, dtype={c: str for c in _STR_COLS}, keep_default_na=False, low_memory=False,
                              na_values={c: [""] for c in header if c not in _STR_COLS})
     except Exception as exc:  # pandas raises many types for unreadable files
         raise ReprscopeError(f"cannot read table '{path}': {exc}") from None
