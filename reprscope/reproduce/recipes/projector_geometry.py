@@ -52,7 +52,8 @@ class ProjectorGeometry(Recipe):
         data, backbone, sets = image_setting(scale, self.data_root, "cifar100")
         d = pick(scale, 4, 16, 128)  # a quarter of the encoder's width, so the column space is a proper subspace
         an = ("weights", "tangent", "spectrum", "knn")
-        params = {"knn": {"ks": "20"}, "tangent": {"batch_size": pick(scale, 64, 256, 512)}, "weights": {"tau": 0.01}}
+        params = {"knn": {"ks": "20"}, "tangent": {"batch_size": pick(scale, 64, 256, 512)},
+                  "weights": {"tau": 0.01, "tau_abs": 0.01}}
         seeds = pick(scale, (0,), (0, 1, 2), (0, 1, 2, 3, 4))  # Fig. 7 reports mean ± std over 5 runs
         out = []
         for preset in PRESETS:
@@ -88,11 +89,14 @@ class ProjectorGeometry(Recipe):
 
     def findings(self, table: pd.DataFrame, scale: str) -> List[Finding]:
         f: List[Finding] = []
-        ranks = {p: self._series(table, f"linear-{p}", "weights", "rank_tau", "projector") for p in PRESETS}
+        ranks = {p: self._series(table, f"linear-{p}", "weights", "rank_abs", "projector") for p in PRESETS}
         end = {p: float(s.iloc[-1]) if len(s) else float("nan") for p, s in ranks.items()}
+        eff = {p: self._series(table, f"linear-{p}", "weights", "effective_rank", "projector") for p in PRESETS}
+        nums = {f"Rank_τ (Eq. 2, τ = 0.01), {p}": v for p, v in end.items()}
+        nums.update({f"effective rank of W, {p} (not the verdict)": float(s.iloc[-1]) if len(s) else float("nan")
+                     for p, s in eff.items()})
         f.append(Finding("Stronger augmentation → lower Rank_τ of the linear projector's weights after training",
-                         "paper 002 Fig. 1", {f"Rank_τ (τ = 0.01), {p}": v for p, v in end.items()},
-                         bool(end["large"] < end["small"])))
+                         "paper 002 Fig. 1, Eq. 2", nums, bool(end["large"] < end["small"])))
         nums, ok = {}, []
         for p in PRESETS:
             s = self._series(table, f"linear-{p}", "tangent", "fvu", "encoder")
@@ -116,7 +120,7 @@ class ProjectorGeometry(Recipe):
             e = rows(table, "spectrum", "sv", run=f"linear-{p}", layer="encoder")
             if r.empty or e.empty:
                 continue
-            d = e.groupby(["step", "view"]).size().max()
+            d = e.groupby(["seed", "step", "view"]).size().max()  # the encoder's width
             s = r.assign(step=pd.to_numeric(r["step"])).groupby("step")["value"].mean().sort_index()
             nums[f"{p}: encoder rank (init, end) of d = {d}"] = f"{s.iloc[0]:.0f}, {s.iloc[-1]:.0f}"
             ok.append(s.iloc[-1] >= 0.9 * d)
@@ -124,8 +128,8 @@ class ProjectorGeometry(Recipe):
                          "paper 002 Fig. 4", nums, bool(ok) and all(ok)))
         lin = last_step(rows(table, "knn", "top1", run="linear-moderate", layer="encoder"))
         mlp = last_step(rows(table, "knn", "top1", run="mlp-moderate", layer="encoder"))
-        rl = self._series(table, "linear-moderate", "weights", "rank_tau", "projector")
-        rm = rows(table, "weights", "rank_tau", run="mlp-moderate")
+        rl = self._series(table, "linear-moderate", "weights", "rank_abs", "projector")
+        rm = rows(table, "weights", "rank_abs", run="mlp-moderate")
         rm = rm[rm["layer"] == rm["layer"].iloc[0]] if not rm.empty else rm
         f.append(Finding("Linear vs 2-layer MLP projector (moderate augmentation): encoder k-NN and projector rank",
                          "paper 002 §5", {"k-NN, linear projector": float(lin["value"].mean()) if not lin.empty else float("nan"),
@@ -148,7 +152,7 @@ class ProjectorGeometry(Recipe):
 
         plt = _plt()
         paths: List[Path] = []
-        panels = [("weights", "rank_tau", "projector", None, "Rank_τ of W (Fig. 1)"),
+        panels = [("weights", "rank_abs", "projector", None, "Rank_τ of W (Fig. 1, Eq. 2)"),
                   ("tangent", "fvu", "encoder", None, "FVU of δh (Fig. 7)"),
                   ("tangent", "hardest_negative_label_agreement", "encoder", "fine", "label agreement, fine (Fig. 6)"),
                   ("tangent", "hardest_negative_label_agreement", "encoder", "coarse", "label agreement, coarse (Fig. 6)")]
