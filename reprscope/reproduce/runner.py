@@ -40,18 +40,19 @@ def run_config(spec: RunSpec, seed: int, device: str) -> Dict[str, Any]:
     return resolve_config(apply_sets(cfg, [(k.split("."), v) for k, v in ordered]))
 
 
-def _train_once(cfg: Dict[str, Any], run_dir: Path, progress: bool) -> Path:
-    """Train into ``run_dir`` unless a finished run with the same config is there; resume an interrupted one."""
+def _train_once(cfg: Dict[str, Any], run_dir: Path, progress: bool) -> "tuple[Path, bool]":
+    """Train into ``run_dir`` unless a finished run with the same config is there (resume an interrupted one);
+    returns the last checkpoint and whether this call trained."""
     last = run_dir / "last.pt"
     if last.is_file():
         import torch
 
         ck = torch.load(last, map_location="cpu", weights_only=True)
         if ck.get("config") == cfg:
-            return last
+            return last, False
         raise ReprscopeError(f"'{run_dir}' holds a run with other settings; use another --out or remove it")
     resume = any(run_dir.glob("ckpt-*.pt"))
-    return train(cfg, run_dir, resume=resume, progress=progress).last
+    return train(cfg, run_dir, resume=resume, progress=progress).last, True
 
 
 def _train_log_rows(run_dir: Path, method: str) -> List[Dict[str, Any]]:
@@ -87,14 +88,15 @@ def reproduce(name: str, scale: str = "cpu", out: Optional[str | Path] = None, d
     frames: List[pd.DataFrame] = []
     run_dirs: Dict[str, Dict[int, Path]] = {}
     total = sum(len(s.seeds) for s in specs)
-    k = 0
+    k = trained = 0
     for spec in specs:
         for seed in spec.seeds:
             k += 1
             cfg = run_config(spec, seed, device)
             run_dir = out / "runs" / f"{spec.name}-seed{seed}"
             echo(f"[{k}/{total}] {spec.name} (seed {seed}): {spec.method} on {spec.data['name']}")
-            last = _train_once(cfg, run_dir, progress)
+            last, fresh = _train_once(cfg, run_dir, progress)
+            trained += int(fresh)
             run_dirs.setdefault(spec.name, {})[seed] = run_dir
             sources = [run_dir] if spec.checkpoints == "all" else [last]
             res = analyze(sources, analyzers=list(spec.analyzers), params=spec.params, layers=spec.layers,
@@ -115,7 +117,7 @@ def reproduce(name: str, scale: str = "cpu", out: Optional[str | Path] = None, d
     fig_dir = out / "figures"
     fig_dir.mkdir(exist_ok=True)
     figs = recipe.figures(table, fig_dir)
-    summary = write_summary(recipe, scale, findings, figs, out, time.perf_counter() - t0)
+    summary = write_summary(recipe, scale, findings, figs, out, time.perf_counter() - t0, trained, total)
     return ReproduceResult(out, table_path, summary, figs, findings)
 
 
@@ -126,11 +128,12 @@ def _fmt(v: Any) -> str:
 
 
 def write_summary(recipe: Recipe, scale: str, findings: List[Finding], figs: List[Path], out: Path,
-                  seconds: float) -> Path:
+                  seconds: float, trained: int, total: int) -> Path:
     """``summary.md``: each finding with its numbers and verdict, computed from table.csv."""
     lines = [f"# {recipe.title or recipe.name} — scale `{scale}`", "", f"Paper: {recipe.paper}. {recipe.summary}", "",
              f"Every number below is computed from `table.csv` by the recipe `{recipe.name}` "
-             f"(reprscope/reproduce/recipes); wall time {seconds:.0f} s.", ""]
+             f"(reprscope/reproduce/recipes). This invocation: {seconds:.0f} s wall time, {trained} of {total} "
+             f"runs trained now (the others were finished runs in `runs/`, reused).", ""]
     held = [f.held for f in findings if f.held is not None]
     lines.append(f"**{sum(held)} of {len(held)} findings held.**" if held else "**No finding could be evaluated.**")
     lines.append("")
