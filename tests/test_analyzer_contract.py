@@ -203,10 +203,22 @@ def test_degenerate_input(name, case):
         res = run_analyzer(name, data)
     check_rows(name, res, data)
     assert res.rows or res.notes, f"{name} on {case}: neither rows nor a note"
-    if case == "nan_and_inf_rows":
+    reads = ANALYZERS.get(name).reads_embeddings  # weights describes the stored heads, not the samples
+    if case == "nan_and_inf_rows" and reads:
         assert any("NaN/Inf" in n and "3 of 64" in n for n in res.notes), res.notes
-    if case in ("all_nan", "no_samples"):
+    if case == "no_samples" or (case == "all_nan" and reads):
         assert not res.rows and any("skipped" in n for n in res.notes), res.notes
+
+
+def test_analyzer_without_embeddings_ignores_nan_samples():
+    """``reads_embeddings=False`` (weights): NaN samples neither change the rows nor produce a note."""
+    emb = synthetic()
+    emb[1, 3, :] = np.nan
+    assert not ANALYZERS.get("weights").reads_embeddings
+    res = run_analyzer("weights", make_data(emb))
+    assert res.rows == run_analyzer("weights", make_data(synthetic())).rows
+    assert not any("NaN" in n for n in res.notes), res.notes
+    assert all(ANALYZERS.get(n).reads_embeddings for n in NAMES if n != "weights")
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -57,7 +57,7 @@ def test_chunked_h5_equals_in_memory(name, stored):
         streamed = run_analyzer(name, disk)
     a, b = _rows(whole), _rows(streamed)
     assert a.keys() == b.keys()
-    assert any("NaN" in n for n in streamed.notes)
+    assert any("NaN" in n for n in streamed.notes) or not ANALYZERS.get(name).reads_embeddings
     for k in a:
         assert b[k] == pytest.approx(a[k], rel=1e-9, abs=1e-9), (name, k)
 

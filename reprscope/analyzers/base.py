@@ -96,13 +96,27 @@ class LayerData:
     def chunks(self, views: Optional[Sequence[int]] = None, dtype: Any = np.float64,
                size: Optional[int] = None) -> Iterator[np.ndarray]:
         """Yield (len(views), b, d) arrays of the kept samples in order, ``size`` (default ``chunk_size``)
-        stored samples at a time."""
-        ids = list(range(len(self.views))) if views is None else list(views)
+        stored samples at a time.
+
+        Each chunk is read in one indexing operation (a slice when the views are consecutive, else one sorted
+        index list). For in-memory embeddings of the requested dtype without a sample mask the chunk is a
+        *view* of ``embeddings``, not a copy: callers must never modify a chunk in place.
+        """
+        ids = list(range(len(self.views))) if views is None else [int(v) for v in views]
         step = int(size or self.chunk_size)
         total = int(self.embeddings.shape[1])
+        if not ids:
+            return
+        consecutive = ids == list(range(ids[0], ids[0] + len(ids)))
+        order = sorted(set(ids))
         for s in range(0, total, step):
             e = min(total, s + step)
-            block = np.stack([np.asarray(self.embeddings[v, s:e]) for v in ids]).astype(dtype, copy=False)
+            if consecutive:
+                block = np.asarray(self.embeddings[ids[0]:ids[-1] + 1, s:e])
+            else:  # h5py takes one increasing index list per read
+                got = np.asarray(self.embeddings[order, s:e])
+                block = got[[order.index(v) for v in ids]] if order != ids else got
+            block = block.astype(dtype, copy=False)
             if self.mask is not None:
                 block = block[:, self.mask[s:e]]
             if block.shape[1]:
@@ -187,17 +201,25 @@ class AnalyzerSpec:
     summary: str
     paper: str = ""
     min_samples: int = 2
+    reads_embeddings: bool = True
 
 
 def register_analyzer(name: str, *, params: Sequence[Param] = (), needs: Sequence[str] = (), summary: str = "",
-                      paper: str = "", min_samples: int = 2) -> Callable:
-    """Decorator registering ``fn(data, **params) -> Result`` as analyzer ``name``."""
+                      paper: str = "", min_samples: int = 2, reads_embeddings: bool = True) -> Callable:
+    """Decorator registering ``fn(data, **params) -> Result`` as analyzer ``name``.
+
+    ``reads_embeddings=False`` declares an analyzer that never looks at the embeddings (``weights``: it
+    describes the stored heads); :func:`run_analyzer` then skips the scan for NaN/Inf samples, which cannot
+    affect its result.
+    """
     for need in needs:
         if need not in NEEDS:  # pragma: no cover - programming error caught by the contract tests
             raise ValueError(f"unknown need {need!r}")
 
     def deco(fn: Callable[..., Result]) -> Callable[..., Result]:
-        ANALYZERS.register(name)(AnalyzerSpec(name, fn, tuple(params), tuple(needs), summary or (fn.__doc__ or "").strip().splitlines()[0], paper, min_samples))
+        summary_line = summary or (fn.__doc__ or "").strip().splitlines()[0]
+        ANALYZERS.register(name)(AnalyzerSpec(name, fn, tuple(params), tuple(needs), summary_line, paper, min_samples,
+                                              reads_embeddings))
         return fn
 
     return deco
@@ -218,16 +240,34 @@ def missing_need(spec: AnalyzerSpec, data: LayerData) -> Optional[str]:
     return None
 
 
+def _finite_rows(c: np.ndarray) -> np.ndarray:
+    """(b,) bool: sample j of the (V, b, d) chunk ``c`` is finite in every view.
+
+    A row sum is finite only when every entry is (NaN and ±Inf propagate), so one reduction settles almost
+    every sample without a (V, b, d) boolean temporary; the few rows whose sum is not finite (a non-finite
+    entry, or finite entries whose sum overflows) are checked entry by entry.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        ok = np.isfinite(np.add.reduce(c, axis=2)).all(axis=0)
+    bad = np.flatnonzero(~ok)
+    if bad.size:
+        ok[bad] = np.isfinite(c[:, bad]).all(axis=(0, 2))
+    return ok
+
+
 def finite_mask(data: LayerData) -> np.ndarray:
     """(n,) bool over the current samples: finite in every view. Computed once per layer (cached)."""
     if "finite" not in data.cache:
-        parts = [np.isfinite(c).all(axis=(0, 2)) for c in data.chunks(dtype=data.dtype)]
+        parts = [_finite_rows(c) for c in data.chunks(dtype=data.dtype)]
         data.cache["finite"] = np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
     return data.cache["finite"]
 
 
 def run_analyzer(name: str, data: LayerData, params: Optional[Mapping[str, Any]] = None) -> Result:
     """Run one registered analyzer on one layer: needs, parameters, non-finite samples, parameter stamping.
+
+    Samples with a NaN/Inf embedding in any view are left out (with a note) for every analyzer that reads the
+    embeddings; one declared with ``reads_embeddings=False`` runs on the layer as it is.
 
     Returns:
         A Result whose rows carry ``analyzer`` and one column per parameter; when the analyzer cannot run,
@@ -240,8 +280,8 @@ def run_analyzer(name: str, data: LayerData, params: Optional[Mapping[str, Any]]
     if why:
         res.notes.append(f"{name} skipped on {data.layer}: {why}")
         return res
-    keep = finite_mask(data)
-    if not keep.all():
+    keep = finite_mask(data) if spec.reads_embeddings else None
+    if keep is not None and not keep.all():
         res.notes.append(f"{name} on {data.layer}: {int((~keep).sum())} of {data.n} samples have NaN/Inf embeddings and were left out")
         if "finite_data" not in data.cache:  # one restricted copy per layer, so its statistics are shared too
             data.cache["finite_data"] = data.take(keep)

@@ -17,12 +17,20 @@ from .stats import product_dtype
 _CHUNK_ELEMS = 1 << 24
 
 
-def _normalise(z: np.ndarray) -> "tuple[np.ndarray, int]":
-    """Row-normalise (m, d) ``z`` (float64, or float32 for large float32 stores); a zero row stays zero.
-    Returns (ẑ, number of zero rows)."""
-    norms = np.linalg.norm(z, axis=1)
-    zero = norms == 0
-    return z / np.where(zero, 1.0, norms)[:, None], int(zero.sum())
+#: Elements (n·d) up to which the per-sample view means are kept in memory between the two steps (256 MiB).
+_KEEP_ELEMS = 1 << 25
+
+
+def _row_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(m,) float64 row-wise dot products a_i·b_i of two (m, d) arrays, without an (m, d) temporary."""
+    return np.einsum("ij,ij->i", a, b, dtype=np.float64)
+
+
+def _centred(accs, shift: np.ndarray):
+    """Yield each (m, d) array of ``accs`` minus ``shift`` (in place: the arrays are this module's own)."""
+    for acc in accs:
+        acc -= shift
+        yield acc
 
 
 @register_analyzer(
@@ -52,33 +60,43 @@ def center(data: LayerData) -> Result:
     step = max(1, _CHUNK_ELEMS // max(1, v * d))
 
     def means():
-        """Yield (µ for a chunk of samples, zero rows in it, Σ_pairs ẑ^a·ẑ^b in it)."""
+        """Yield (Σ_a ẑ^a = v·µ for a chunk of samples, zero rows in it, Σ_pairs ẑ^a·ẑ^b in it)."""
         for chunk in data.chunks(views=ids, dtype=product_dtype(data), size=step):
-            acc = np.zeros(chunk.shape[1:], dtype=np.float64)
-            zeros, pairs = 0, 0.0
-            hats = []
+            inv = []
+            zeros = 0
             for j in range(v):
-                zh, nz = _normalise(chunk[j])
-                zeros += nz
-                acc += zh
-                hats.append(zh)
-            # Σ_{a<b} ẑ^a·ẑ^b = (‖Σ_a ẑ^a‖² − Σ_a ‖ẑ^a‖²)/2 would be cheaper but cancels badly near perfect
-            # alignment; keep the explicit pairs (V is small).
+                norms = np.sqrt(_row_dots(chunk[j], chunk[j]))
+                zero = norms == 0
+                zeros += int(zero.sum())
+                inv.append(1.0 / np.where(zero, 1.0, norms) * ~zero)  # 1/‖z‖, 0 for a zero row (ẑ = 0)
+            acc = np.multiply(chunk[0], inv[0][:, None], dtype=np.float64)
+            for j in range(1, v):
+                acc += chunk[j] * inv[j][:, None]
+            # ẑ^a·ẑ^b = (z^a·z^b)/(‖z^a‖‖z^b‖) per sample: no normalised copy of the views is formed. (Σ_{a<b} =
+            # (‖Σ_a ẑ^a‖² − Σ_a ‖ẑ^a‖²)/2 would be cheaper still but cancels badly near perfect alignment.)
+            pairs = 0.0
             for a in range(v):
                 for c in range(a + 1, v):
-                    pairs += float(np.einsum("ij,ij->", hats[a], hats[c]))
-            yield acc / v, zeros, pairs
+                    pairs += float(_row_dots(chunk[a], chunk[c]) @ (inv[a] * inv[c]))
+            yield acc, zeros, pairs
 
-    # Two streaming passes, memory O(n) scalars: s first, then the residual norms ‖µ_i − s‖ directly (no
-    # expansion of the square, which would cancel exactly where collapse makes the residuals small).
+    # s first, then the residual norms ‖µ_i − s‖ directly (no expansion of the square, which would cancel
+    # exactly where collapse makes the residuals small). The chunks' Σ_a ẑ^a are kept for the second step
+    # while they fit in _KEEP_ELEMS; beyond that a second streaming pass recomputes them (memory O(n) scalars).
     total = np.zeros(d, dtype=np.float64)
     zeros, pair_sum = 0, 0.0
-    for mu, nz, pairs in means():
-        total += mu.sum(axis=0)
+    kept: List[np.ndarray] = []
+    keep = n * d <= _KEEP_ELEMS
+    for acc, nz, pairs in means():
+        total += acc.sum(axis=0)
         zeros += nz
         pair_sum += pairs
-    s = total / n
-    resid = np.concatenate([np.linalg.norm(mu - s, axis=1) for mu, _, _ in means()])
+        if keep:
+            kept.append(acc)
+    s_v = total / n  # v·s
+    again = kept if keep else (acc for acc, _, _ in means())
+    resid = np.concatenate([np.sqrt(_row_dots(acc, acc)) / v for acc in _centred(again, s_v)])
+    s = s_v / v
     res.add("center_norm", float(np.linalg.norm(s)), view=view)
     res.add("residual_norm_mean", float(resid.mean()), view=view)
     res.add("residual_norm_std", float(resid.std()), view=view)

@@ -27,7 +27,9 @@ unit diagonal; a zero embedding row (Gram form) or a zero-norm column (covarianc
 ``center=True``, an all-zero feature) stays zero after normalisation and leaves a zero on the diagonal, and
 normalising by the trace keeps the entropies defined (a note says so).
 
-The linear algebra runs in float64 torch on ``data.device``.
+The linear algebra runs in float64 torch on ``data.device``; on the CPU on one thread
+(:func:`~reprscope.analyzers.stats.single_torch_thread`): a symmetric eigendecomposition is a long chain of
+small steps that, split across threads, waits for a busy core at every step on a shared machine.
 """
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ import torch
 
 from ..params import Param
 from .base import LayerData, Result, register_analyzer
+from .stats import eigh, eigvalsh, single_torch_thread
 
 #: MCR² quantisation error ε² of Yu et al. (2020), used by ``tcr_mcr2`` = ½ log det(I + d/(m ε²) ẐᵀẐ).
 MCR2_EPS_SQ = 0.5
@@ -127,7 +130,7 @@ class PSD:
     def eigh(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """Eigenvalues (thresholded, ascending) and eigenvectors of :meth:`small`."""
         if self._eigh is None:
-            vals, vecs = torch.linalg.eigh(self.small())
+            vals, vecs = eigh(self.small())
             self._eigh = (_threshold(vals, self.big), vecs)
             self._eigs = self._eigh[0]
         return self._eigh
@@ -135,7 +138,7 @@ class PSD:
     def eigs(self) -> torch.Tensor:
         """The min(p, q) eigenvalues of K that can be nonzero (the rest are exactly 0), thresholded."""
         if self._eigs is None:
-            self._eigs = _threshold(torch.linalg.eigvalsh(self.small()), self.big)
+            self._eigs = _threshold(eigvalsh(self.small()), self.big)
         return self._eigs
 
     def probs(self) -> np.ndarray:
@@ -175,8 +178,15 @@ def hadamard(k1: PSD, k2: PSD) -> PSD:
 
 
 def mixture(k1: PSD, k2: PSD) -> PSD:
-    """(ρ₁ + ρ₂)/2 with ρ = K/tr K, as the factor [F₁/√(2t₁), F₂/√(2t₂)] (p, q₁ + q₂)."""
-    return PSD.of_factor(torch.cat([k1.factor / math.sqrt(2 * k1.trace), k2.factor / math.sqrt(2 * k2.trace)], dim=1))
+    """(ρ₁ + ρ₂)/2 with ρ = K/tr K, as the factor [F₁/√(2t₁), F₂/√(2t₂)] (p, q₁ + q₂).
+
+    When both K are already formed as p×p matrices (p ≤ q₁, q₂) the p×p matrix (K₁/t₁ + K₂/t₂)/2 is given
+    too, so its spectrum needs no product of the wider factor.
+    """
+    mix = PSD.of_factor(torch.cat([k1.factor / math.sqrt(2 * k1.trace), k2.factor / math.sqrt(2 * k2.trace)], dim=1))
+    if k1.outer_side and k2.outer_side and k1.matrix is not None and k2.matrix is not None:
+        mix.matrix = k1.matrix / (2 * k1.trace) + k2.matrix / (2 * k2.trace)
+    return mix
 
 
 def logdet_shift(k: PSD, mu: float) -> float:
@@ -393,28 +403,29 @@ def matrix_information(data: LayerData, batch_size=512, alpha: float = 1.0, mu: 
     zero_rows = [0, 0]
     zero_cols = [0, 0]
     used = 0
-    for b, batch in enumerate(data.batches(ids, m)):
-        if b not in want:
-            continue
-        if batch.shape[1] < 2:
-            notes["a batch of 1 sample was skipped: its matrices are 1×1"] += 1
-            continue
-        used += 1
-        z = torch.from_numpy(np.ascontiguousarray(batch)).to(dev, torch.float64)
-        hats, bars = [], []
-        for v in range(2):
-            zh, nz = row_normalise(z[v])
-            zb, nc = column_normalise(z[v], center)
-            zero_rows[v] += nz
-            zero_cols[v] += nc
-            hats.append(zh)
-            bars.append(zb)
-        for form, f1, f2 in (("gram", hats[0], hats[1]), ("cov", bars[0].T, bars[1].T)):
-            vals, ns = form_values(form, f1, f2, alpha, mu, kl_eps)
-            for k, v in vals.items():
-                per.setdefault((form, k), []).append(v)
-            for s in ns:
-                notes[f"{form} form: {s}"] += 1
+    with single_torch_thread(dev):  # one thread on the CPU (see the module docstring)
+        for b, batch in enumerate(data.batches(ids, m)):
+            if b not in want:
+                continue
+            if batch.shape[1] < 2:
+                notes["a batch of 1 sample was skipped: its matrices are 1×1"] += 1
+                continue
+            used += 1
+            z = torch.from_numpy(np.ascontiguousarray(batch)).to(dev, torch.float64)
+            hats, bars = [], []
+            for v in range(2):
+                zh, nz = row_normalise(z[v])
+                zb, nc = column_normalise(z[v], center)
+                zero_rows[v] += nz
+                zero_cols[v] += nc
+                hats.append(zh)
+                bars.append(zb)
+            for form, f1, f2 in (("gram", hats[0], hats[1]), ("cov", bars[0].T, bars[1].T)):
+                vals, ns = form_values(form, f1, f2, alpha, mu, kl_eps)
+                for k, v in vals.items():
+                    per.setdefault((form, k), []).append(v)
+                for s in ns:
+                    notes[f"{form} form: {s}"] += 1
 
     for v in range(2):
         if zero_rows[v]:

@@ -12,13 +12,14 @@ import torch
 
 from ..params import Param
 from .base import LayerData, Result, register_analyzer
-from .stats import moments
+from .stats import eigvalsh, moments, svdvals
 
 
 def singular_values(z: np.ndarray) -> np.ndarray:
-    """Descending singular values of (n, d) float64 ``z``: min(n, d) of them, from the smaller side."""
+    """Descending singular values of (n, d) float64 ``z``: min(n, d) of them, from the smaller side (LAPACK's
+    divide-and-conquer SVD on one thread, :func:`~reprscope.analyzers.stats.svdvals`)."""
     a = z if z.shape[0] >= z.shape[1] else z.T
-    return np.linalg.svd(a, compute_uv=False)
+    return svdvals(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64))).numpy()
 
 
 def entropy_rank(p: np.ndarray) -> float:
@@ -42,8 +43,9 @@ def spectra(z: np.ndarray) -> "tuple[np.ndarray, np.ndarray]":
 
 
 def _sv_from_psd(m: np.ndarray, device: str) -> np.ndarray:
-    """Square roots of the eigenvalues of a PSD matrix, descending (negative rounding clipped to 0)."""
-    ev = torch.linalg.eigvalsh(torch.from_numpy(np.ascontiguousarray(m)).to(device)).cpu().numpy()[::-1]
+    """Square roots of the eigenvalues of a PSD matrix, descending (negative rounding clipped to 0); one
+    thread on the CPU (:func:`~reprscope.analyzers.stats.eigvalsh`)."""
+    ev = eigvalsh(torch.from_numpy(np.ascontiguousarray(m)).to(device)).cpu().numpy()[::-1]
     return np.sqrt(np.clip(ev, 0.0, None))
 
 

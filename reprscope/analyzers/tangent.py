@@ -30,7 +30,8 @@ note — the projector does not apply to them, and a note per layer would only r
 from __future__ import annotations
 
 import math
-from typing import Dict, List
+from contextlib import nullcontext
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -40,10 +41,15 @@ from ..errors import ReprscopeError
 from ..models.heads import build_head
 from ..params import Param
 from .base import HeadModule, LayerData, Result, register_analyzer
+from .stats import single_torch_thread
 from .weights import is_linear_head
 
 #: Elements of the largest (d_proj, m, width) float64 block of one Jacobian pass (128 MiB).
 _JAC_BLOCK_ELEMS = 1 << 24
+
+#: A batch's FVU numerator comes from ‖δh‖² − ‖P δh‖² (one product) when it is at least this fraction of
+#: ‖δh‖² (a relative rounding error ≤ 1e3·eps), else from the explicit residual δh − P δh.
+_PYTHAGORAS_MIN = 1e-3
 
 
 def load_head(module: HeadModule, device: torch.device) -> nn.Sequential:
@@ -89,7 +95,8 @@ def row_space_basis(m: torch.Tensor) -> torch.Tensor:
 
     Rank-aware: right singular vectors with σ > max(d_proj, d_enc)·eps₆₄·σ_1; a zero map gives r = 0.
     """
-    _, s, vh = torch.linalg.svd(m, full_matrices=False)
+    with single_torch_thread(m.device):  # a chain of small steps: one thread is robust on a shared CPU
+        _, s, vh = torch.linalg.svd(m, full_matrices=False)
     if s.numel() == 0:
         return m.new_zeros(m.shape[1], 0)
     r = int((s > max(m.shape) * torch.finfo(torch.float64).eps * s[0]).sum()) if s[0] > 0 else 0
@@ -102,12 +109,15 @@ def normalise(x: torch.Tensor) -> torch.Tensor:
     return x / torch.where(n > 0, n, torch.ones_like(n))
 
 
-def contrastive_batch(z1: torch.Tensor, z2: torch.Tensor, beta: float) -> Dict[str, torch.Tensor]:
+def contrastive_batch(z1: torch.Tensor, z2: torch.Tensor, beta: float, use_numpy: Optional[bool] = None
+                      ) -> Dict[str, torch.Tensor]:
     """InfoNCE (paper 002 Eq. 1, symmetrised), its Prop. 3.1 terms and the hardest negatives of one batch.
 
     Args:
         z1, z2: (B, p) ℓ2-normalised projector outputs of the two views, B ≥ 2.
         beta: inverse temperature β.
+        use_numpy: take the exponentials of the similarities with numpy (its float64 exp is several times
+            faster than torch's); default: on the CPU.
 
     Returns:
         ``infonce`` mean over the 2B anchors a of log Σ_{l ∈ B₋ₐ} exp(β s_al) − β s_a,pos (2B − 2 negatives,
@@ -116,18 +126,26 @@ def contrastive_batch(z1: torch.Tensor, z2: torch.Tensor, beta: float) -> Dict[s
         (2B,) int64 column of each anchor's hardest negative in [z1; z2] (ties: the first column).
     """
     b = z1.shape[0]
+    if use_numpy is None:
+        use_numpy = z1.device.type == "cpu"
     z = torch.cat([z1, z2])
-    s = z @ z.T  # (2B, 2B) cosine similarities
-    rows = torch.arange(2 * b, device=z.device)
+    s = z @ z.T  # (2B, 2B) cosine similarities, a fresh tensor: modified in place below
+    rows = torch.arange(2 * b, device=s.device)
     pos = (rows + b) % (2 * b)
-    mask = torch.zeros_like(s, dtype=torch.bool)
-    mask[rows, rows] = True
-    mask[rows, pos] = True
-    neg = s.masked_fill(mask, float("-inf"))
-    hardest = neg.argmax(dim=1)
-    s_pos = s[rows, pos]
-    s_hard = neg[rows, hardest]
-    infonce = (torch.logsumexp(beta * neg, dim=1) - beta * s_pos).mean()
+    s_pos = s[rows, pos]  # advanced indexing copies
+    s[rows, rows] = float("-inf")  # what is left are the 2B − 2 negatives of each anchor
+    s[rows, pos] = float("-inf")
+    s_hard, hardest = s.max(dim=1)  # ties: the first maximal column
+    # log Σ_l exp(β s_al) around the row maximum (never overflows), in place on the similarities
+    if use_numpy:
+        a = s.numpy()
+        a -= s_hard.numpy()[:, None]
+        a *= beta
+        np.exp(a, out=a)
+        sums = torch.from_numpy(a.sum(axis=1))
+    else:
+        sums = s.sub_(s_hard[:, None]).mul_(beta).exp_().sum(dim=1)
+    infonce = (torch.log(sums) + beta * (s_hard - s_pos)).mean()
     invariance = -s_pos.mean()
     repulsion = s_hard.mean()
     return {"infonce": infonce, "invariance": invariance, "repulsion": repulsion,
@@ -242,27 +260,38 @@ def tangent(data: LayerData, batch_size: int = 512, temperature: float = 0.5, ma
     off = 0
     widths = [d] + [int(x[k]) for x in data.modules["projector"].spec for k in ("in", "out") if k in x]
     jac_rows = max(1, _JAC_BLOCK_ELEMS // max(1, d_proj * max(widths)))
-    with torch.no_grad():
+    # A linear projector leaves a chain of products of a few hundred rows, exponentials and reductions per
+    # batch: on the CPU they run on one thread (stats.single_torch_thread: split across threads, each waits for
+    # a busy core on a shared machine), the exponentials through numpy. A non-linear projector's Jacobians keep
+    # torch's threads.
+    use_numpy = linear and device.type == "cpu"
+    with torch.no_grad(), (single_torch_thread(device) if use_numpy else nullcontext()):
         for batch in data.batches([i1, i2], batch_size):
             b = batch.shape[1]
             if b < 2:
                 break
             hb = torch.from_numpy(np.ascontiguousarray(batch)).to(device)
+            hcat = hb.reshape(2 * b, d)  # [h⁽¹⁾; h⁽²⁾], a view
             h1, h2 = hb[0], hb[1]
-            z = normalise(head(torch.cat([h1, h2])))
-            out = contrastive_batch(z[:b], z[b:], beta)
+            z = normalise(head(hcat))
+            out = contrastive_batch(z[:b], z[b:], beta, use_numpy)
             for k in sums:
                 sums[k] += float(out[k])
             n_batches += 1
             cols = out["hardest"][:b]  # view-1 anchors (the paper's h̃*_i)
-            h_star = torch.cat([h1, h2])[cols]
+            h_star = hcat[cols]
             dh = h2 - h_star
             dist_num += float(torch.linalg.vector_norm(h1 - h_star, dim=1).sum())
             dist_den += float(torch.linalg.vector_norm(h1, dim=1).sum())
             if linear:
-                r = dh - (dh @ basis) @ basis.T
-                fvu_num += float((r * r).sum())
-                fvu_den += float((dh * dh).sum())
+                den = float((dh * dh).sum())
+                proj = dh @ basis  # coordinates of δh in the orthonormal basis of col(W)
+                num = den - float((proj * proj).sum())  # Pythagoras: ‖δh‖² − ‖P δh‖²
+                if num < _PYTHAGORAS_MIN * den:  # most of δh lies in col(W): subtract explicitly, no cancellation
+                    r = dh - proj @ basis.T
+                    num = float((r * r).sum())
+                fvu_num += num
+                fvu_den += den
             else:
                 sel = torch.from_numpy(np.flatnonzero(jac_mask[off:off + b])).to(device)
                 for s0 in range(0, sel.numel(), jac_rows):

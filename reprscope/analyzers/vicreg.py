@@ -82,15 +82,17 @@ def _stream_pair(data: LayerData, a: int, b: int) -> Tuple[float, List[np.ndarra
     mean = [np.zeros(data.dim), np.zeros(data.dim)]
     m2 = [np.zeros(data.dim), np.zeros(data.dim)]
     for chunk in data.chunks([a, b], dtype=np.float64):
-        diff = chunk[0] - chunk[1]
-        sq += float(np.einsum("ij,ij->", diff, diff))
+        buf = chunk[0] - chunk[1]
+        sq += float(np.einsum("ij,ij->", buf, buf))
         nb = chunk.shape[1]
         for k in range(2):
             z = chunk[k]
-            norms = np.linalg.norm(z, axis=1)
-            zh = z / np.where(norms == 0, 1.0, norms)[:, None]
-            mb = zh.mean(axis=0)
-            m2b = ((zh - mb) ** 2).sum(axis=0)
+            norms = np.sqrt(np.einsum("ij,ij->i", z, z))
+            inv = np.where(norms == 0, 0.0, 1.0 / np.where(norms == 0, 1.0, norms))  # ẑ_i = inv_i·z_i, 0 for a zero row
+            mb = (inv @ z) / nb  # chunk mean of ẑ (one matrix-vector product)
+            np.multiply(z, inv[:, None], out=buf)  # ẑ − mean(ẑ) in the chunk's own scratch buffer
+            buf -= mb
+            m2b = np.einsum("ij,ij->j", buf, buf)
             delta = mb - mean[k]
             tot = n + nb
             mean[k] = mean[k] + delta * (nb / tot)

@@ -127,6 +127,7 @@ def _report(res: Result, key: str, w: np.ndarray, tau: float, tau_abs: float) ->
         Param("tau_abs", 0.01, "float", "absolute threshold of rank_abs: count σ_k ≥ tau_abs (paper 002 Eq. 2)", low=0),
     ],
     needs=("projector",),
+    reads_embeddings=False,
     summary="singular values and ranks of every stored head weight (and a linear head's product map); once per source, on the encoder layer",
     paper="002 Eq. 2, Fig. 1; Roy & Vetterli 2007",
 )
@@ -136,7 +137,8 @@ def weights(data: LayerData, tau: float = 0.01, tau_abs: float = 0.01) -> Result
     Args:
         data: a layer of a source with stored heads (``data.modules``: part → HeadModule); only the heads are
             read. Rows come only when ``data.space == "encoder"`` (once per source); other layers give an
-            empty Result without a note.
+            empty Result without a note. The embeddings are never read (``reads_embeddings=False``), so the
+            layer is not scanned for NaN/Inf samples, which cannot change these rows.
         tau: relative threshold (> 0); ``rank_tau`` = #{σ_k ≥ tau·σ_1}.
         tau_abs: absolute threshold (≥ 0); ``rank_abs`` = #{σ_k > 0 and σ_k ≥ tau_abs} (Eq. 2), so
             tau_abs = 0 gives the numerical rank.

@@ -126,8 +126,11 @@ def test_chunked_equals_whole(monkeypatch):
     whole = _scalars(run_analyzer("center", _data(["clean", "aug1", "aug2"], emb)))
     monkeypatch.setattr(center_mod, "_CHUNK_ELEMS", 7)  # a handful of samples per chunk
     chunked = _scalars(run_analyzer("center", _data(["clean", "aug1", "aug2"], emb)))
+    monkeypatch.setattr(center_mod, "_KEEP_ELEMS", 0)  # the view means are recomputed by a second pass
+    streamed = _scalars(run_analyzer("center", _data(["clean", "aug1", "aug2"], emb)))
     for k in whole:
         assert chunked[k] == pytest.approx(whole[k], rel=1e-12, abs=1e-14)
+        assert streamed[k] == pytest.approx(whole[k], rel=1e-12, abs=1e-14)
 
 
 def test_nan_sample_left_out_with_note():

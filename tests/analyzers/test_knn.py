@@ -103,9 +103,27 @@ def test_ties_broken_by_lowest_index():
     sims = torch.from_numpy(rng.integers(0, 3, size=(50, 40)).astype(np.float32))
     for k in (1, 5, 17, 40):
         idx = knn_mod.topk_lowest_index(sims, k)
+        idx_np = knn_mod.topk_lowest_index_np(sims.numpy(), k)
         for r in range(sims.shape[0]):
             want = np.argsort(-sims[r].numpy(), kind="stable")[:k]
             assert sorted(idx[r].tolist()) == sorted(want.tolist())
+            assert sorted(idx_np[r].tolist()) == sorted(want.tolist())
+
+
+@pytest.mark.parametrize("block_elems", [None, 300])
+def test_numpy_and_torch_paths_agree(block_elems):
+    """The CPU path (numpy argpartition, bincount votes) predicts exactly what the torch path (topk,
+    scatter_add, used on accelerators) predicts, ties included."""
+    rng = np.random.default_rng(8)
+    for feats in (rng.normal(size=(300, 6)), rng.integers(0, 2, size=(300, 6)).astype(float)):  # the second: ties
+        x = torch.from_numpy(feats.astype(np.float32))
+        x = x / torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(1e-12)
+        labels = torch.from_numpy(rng.integers(0, 4, size=240))
+        args = (x[:240], labels, x[240:], [1, 5, 20, 200], 0.07, 4, block_elems)
+        a = knn_mod.knn_predict(*args, use_numpy=True)
+        b = knn_mod.knn_predict(*args, use_numpy=False)
+        for k in (1, 5, 20, 200):
+            assert torch.equal(a[k], b[k]), k
 
 
 def test_duplicate_points_deterministic_and_naive():

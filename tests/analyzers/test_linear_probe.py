@@ -78,6 +78,25 @@ def test_matches_scipy(seed, l2):
     w, b, loss, _ = lp_mod.fit_logistic(xtr, torch.from_numpy(want["ytr"]), len(classes), l2, 200)
     pred = classes[(torch.from_numpy(want["xte"]) @ w + b).argmax(1).numpy()]
     np.testing.assert_array_equal(pred, want["pred_te"])
+    assert loss == pytest.approx(want["loss"], rel=1e-6)  # the torch path (accelerators) solves the same problem
+    w, b, loss, _, converged = lp_mod.fit_logistic_np(want["xtr"], want["ytr"], len(classes), l2, 200)
+    assert converged and loss == pytest.approx(want["loss"], rel=1e-9)
+    np.testing.assert_array_equal(classes[(want["xte"] @ w + b).argmax(1)], want["pred_te"])
+
+
+def test_objective_gradient_matches_finite_differences():
+    x, y = _overlapping(n=50, d=4)
+    x = (x - x.mean(0)) / x.std(0)
+    fun = lp_mod.LogisticObjective(x, y, 3, 1e-2)
+    fun.block = 7  # several blocks, a short last one
+    theta = np.random.default_rng(1).normal(size=4 * 3 + 3)
+    f, g = fun(theta)
+    whole = lp_mod.objective(torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(theta[:12].reshape(4, 3)),
+                             torch.from_numpy(theta[12:]), 1e-2)
+    assert f == pytest.approx(float(whole), rel=1e-13)
+    h = 1e-6
+    fd = [(fun(theta + h * e)[0] - fun(theta - h * e)[0]) / (2 * h) for e in np.eye(theta.size)]
+    np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-9)
 
 
 def test_separable_is_perfect():

@@ -133,3 +133,18 @@ def test_subsample_above_max_samples():
     assert chunked[("uniform", "aug1")] == pytest.approx(got[("uniform", "aug1")], rel=1e-12)
     exact = _rows(run_analyzer("uniformity", _data(emb, seed=3), {"max_samples": 40}))
     assert exact[("uniform", "aug1")] == pytest.approx(naive_uniform(emb[1]), rel=1e-10)
+
+
+@pytest.mark.parametrize("product_dtype", ["float64", "float32"])
+def test_factored_numpy_and_torch_paths_agree(product_dtype):
+    """The factored kernel sum runs through numpy on the CPU and through torch elsewhere: same value."""
+    import torch
+
+    x = uni_mod.normalise_rows(torch.from_numpy(np.random.default_rng(8).normal(size=(61, 5))))
+    sq = (x * x).sum(dim=1)
+    dt = getattr(torch, product_dtype)
+    a = uni_mod._log_sum_exp_factored(x, sq, 2.0, 16, dt, use_numpy=True)
+    b = uni_mod._log_sum_exp_factored(x, sq, 2.0, 16, dt, use_numpy=False)
+    c = uni_mod._log_sum_exp_shifted(x, sq, 2.0, 16, dt)
+    assert a == pytest.approx(b, rel=1e-12)
+    assert a == pytest.approx(c, rel=1e-12 if product_dtype == "float64" else 1e-6)
