@@ -9,8 +9,8 @@ accelerator it is torch's L-BFGS with autograd (:func:`fit_logistic`). Both mini
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Iterator, Tuple
+from contextlib import nullcontext
+from typing import Tuple
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ from ..errors import ReprscopeError
 from ..params import Param
 from .base import LayerData, Result, register_analyzer
 from .knn import reference_features, split_indices
+from .stats import single_torch_thread
 
 #: n_train·d above which the probe runs in float32 instead of float64 (memory and speed; the objective is
 #: smooth and well conditioned after standardising, so float32 L-BFGS converges to the same accuracy).
@@ -29,20 +30,6 @@ FLOAT32_ABOVE = 2e7
 #: n_train·d·C below which the CPU fit runs on one thread: L-BFGS on a small problem is a long chain of tiny
 #: tensor ops whose thread hand-offs cost more than they save (tens of times slower on a loaded machine).
 ONE_THREAD_BELOW = 1 << 20
-
-
-@contextmanager
-def _one_thread(active: bool) -> Iterator[None]:
-    """Run the block on one intra-op thread when ``active``, restoring torch's thread count afterwards."""
-    if not active:
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def standardise(train: np.ndarray, test: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -92,7 +79,7 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, ma
         return loss
 
     small = x.device.type == "cpu" and x.shape[0] * d * n_classes < ONE_THREAD_BELOW
-    with _one_thread(small):
+    with single_torch_thread("cpu") if small else nullcontext():
         opt.step(closure)
     n_iter = int(opt.state[opt.param_groups[0]["params"][0]].get("n_iter", 0))
     with torch.no_grad():
