@@ -127,3 +127,27 @@ def test_lr_scaling_can_be_switched_off_again():
     cfg = _cfg(**{"optim.lr_scaling": "linear"})
     assert cfg["optim"]["lr_scaling"] == "linear"
     assert _cfg(**{"optim.lr_scaling": "none"})["optim"]["lr_scaling"] is None
+
+
+def test_2000_steps_straight_equal_1000_then_resume_1000(tmp_path):
+    """Issue 4's resume check, literally: 2000 steps straight vs 1000 + --resume + 1000 → the same weights."""
+    cfg = _cfg(data="dgp", **{"train.steps": 2000, "train.save_every_steps": 1000, "train.log_every": 100,
+                              "train.batch_size": 32, "projector.out_dim": 4})
+    straight = train(cfg, tmp_path / "a", progress=False)
+
+    class Stop(Exception):
+        pass
+
+    def stop(done, _m):
+        if done == 1100:  # after ckpt-0001000.pt, before ckpt-0002000.pt
+            raise Stop()
+
+    with pytest.raises(Stop):
+        train(cfg, tmp_path / "b", progress=False, on_log=stop)
+    resumed = train(cfg, tmp_path / "b", resume=True, progress=False)
+    a = torch.load(straight.last, weights_only=True)
+    b = torch.load(resumed.last, weights_only=True)
+    assert a["step"] == b["step"] == 2000
+    for part in ("state_dict", "method_state"):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), k
