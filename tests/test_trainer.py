@@ -27,7 +27,9 @@ def test_lars_matches_a_hand_written_update():
     torch.manual_seed(0)
     w = torch.randn(5, 3, requires_grad=True)
     b = torch.randn(5, requires_grad=True)
-    groups = split_decay([{"params": [w, b]}], {}, exclude=True)
+    assert split_decay([{"params": [w, b]}], exclude=False) == [{"params": [w, b]}]
+    groups = split_decay([{"params": [w, b]}], exclude=True)
+    assert [len(g["params"]) for g in groups] == [1, 1] and groups[1]["weight_decay"] == 0.0
     opt = LARS(groups, lr=0.1, momentum=0.9, weight_decay=1e-2, trust_coefficient=0.02)
     w0, b0 = w.detach().clone(), b.detach().clone()
     mw, mb = torch.zeros_like(w0), torch.zeros_like(b0)

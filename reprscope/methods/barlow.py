@@ -34,13 +34,10 @@ import torch
 from ..distributed import gather
 from ..params import Param
 from .base import METHODS, Logs, Method, encode
+from .losses import at_least_float32
 
 BN_EPS = 1e-5
 
-
-def _f32(t: torch.Tensor) -> torch.Tensor:
-    """``t`` in at least float32: half-precision activations under amp are upcast for the loss, float64 stays."""
-    return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
 def standardize(z: torch.Tensor, eps: float = BN_EPS) -> torch.Tensor:
@@ -92,9 +89,9 @@ class BarlowTwins(Method):
     def training_step(self, bundle, views: List[torch.Tensor], step: int, total_steps: int) -> Tuple[torch.Tensor, Logs]:
         e1, e2 = encode(bundle, views[:2], joint=False)  # BatchNorm statistics per view, as the reference code
         with torch.autocast(device_type=e1["z"].device.type, enabled=False):  # the correlation in float32 under amp
-            z1, z2 = gather(_f32(e1["z"])), gather(_f32(e2["z"]))  # statistics of the global batch
+            z1, z2 = gather(at_least_float32(e1["z"])), gather(at_least_float32(e2["z"]))  # statistics of the global batch
             on, off = barlow_twins_terms(z1, z2)
             loss = self.cfg["scale_loss"] * (on + self.cfg["lambd"] * off if self.cfg["off_diagonal"] else on)
-            reg, logs = self.regularize([_f32(e1["z"]), _f32(e2["z"])])
+            reg, logs = self.regularize([at_least_float32(e1["z"]), at_least_float32(e2["z"])])
         logs.update(invariance=on.detach(), redundancy=off.detach())
         return loss + reg, logs

@@ -34,12 +34,9 @@ from ..errors import ReprscopeError
 from ..models.heads import head_out_dim
 from ..params import Param
 from .base import METHODS, Logs, Method, encode
+from .losses import at_least_float32
 from .ema import Target, cosine_momentum, ema_update
 
-
-def _f32(t: torch.Tensor) -> torch.Tensor:
-    """``t`` in at least float32: half-precision activations under amp are upcast for the loss, float64 stays."""
-    return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
 def normalized_mse(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -113,9 +110,9 @@ class BYOL(Method):
             t1, t2 = self.target(views[0])["z"], self.target(views[1])["z"]
         with torch.autocast(device_type=e1["z"].device.type, enabled=False):  # the loss in float32 under amp
             # the mean over the global batch, so every rank reports the loss a one-process run would
-            p1, p2 = gather(_f32(e1["p"])), gather(_f32(e2["p"]))
-            loss = byol_loss(p1, p2, gather_nograd(_f32(t1)), gather_nograd(_f32(t2)))
-            reg, logs = self.regularize([_f32(e1["z"]), _f32(e2["z"])])
+            p1, p2 = gather(at_least_float32(e1["p"])), gather(at_least_float32(e2["p"]))
+            loss = byol_loss(p1, p2, gather_nograd(at_least_float32(t1)), gather_nograd(at_least_float32(t2)))
+            reg, logs = self.regularize([at_least_float32(e1["z"]), at_least_float32(e2["z"])])
         logs["byol"] = loss.detach()
         logs["momentum"] = self.momentum_at(step, total_steps)
         return loss + reg, logs

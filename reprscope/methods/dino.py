@@ -46,6 +46,7 @@ from ..errors import ReprscopeError
 from ..models.heads import HEADS
 from ..params import Param
 from .base import METHODS, Method, encode
+from .losses import at_least_float32
 from .ema import Target, cosine_momentum, ema_update
 
 
@@ -83,10 +84,6 @@ def dino_head(in_dim: int, out_dim: int = 4096, hidden_dim: int = 2048, bottlene
 # -- functional core ---------------------------------------------------------------------------------------
 
 
-def _at_least_f32(x: torch.Tensor) -> torch.Tensor:
-    """float32 for half / bfloat16 inputs (autocast), unchanged for float32 and float64."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
-
 
 def teacher_temperature(step: int, warmup_temp: float, temp: float, warmup_steps: int) -> float:
     """τ_t at ``step``: ``linspace(warmup_temp, temp, warmup_steps)[step]`` during the warm-up, then ``temp``
@@ -110,11 +107,11 @@ def dino_loss(student: List[torch.Tensor], teacher: List[torch.Tensor], center: 
         center: (1, K) or (K,) center subtracted from the teacher outputs; None: no centering.
         teacher_temp, student_temp: τ_t and τ_s.
     """
-    logp = [F.log_softmax(_at_least_f32(s) / student_temp, dim=-1) for s in student]
+    logp = [F.log_softmax(at_least_float32(s) / student_temp, dim=-1) for s in student]
     total = logp[0].new_zeros(())
     terms = 0
     for i, t in enumerate(teacher):
-        t = _at_least_f32(t.detach())
+        t = at_least_float32(t.detach())
         if center is not None:
             t = t - center
         q = F.softmax(t / teacher_temp, dim=-1)
@@ -228,7 +225,7 @@ class DINO(Method):
             t = self.teacher(torch.cat(pair))["z"]
         t_views = list(torch.split(t, [v.shape[0] for v in pair]))
         s_glob = [gather(e["z"]) for e in student]
-        t_glob = [_at_least_f32(gather_nograd(x)) for x in t_views]
+        t_glob = [at_least_float32(gather_nograd(x)) for x in t_views]
         temp = self.temperature(step)
         center = self.center if self.cfg["centering"] else None
         loss = dino_loss(s_glob, t_glob, center, temp, self.cfg["student_temp"])

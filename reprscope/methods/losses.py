@@ -9,6 +9,12 @@ import torch.nn.functional as F
 Temperature = Union[float, Sequence[float], torch.Tensor]
 
 
+def at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in at least float32: half-precision activations under autocast are upcast for the loss, float64
+    stays float64."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def _temperature_vector(temperature: Temperature, dim: int, like: torch.Tensor) -> torch.Tensor:
     t = torch.as_tensor(temperature, dtype=like.dtype, device=like.device)
     if t.dim() == 0:

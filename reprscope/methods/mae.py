@@ -63,6 +63,7 @@ from .. import distributed as dist
 from ..errors import ReprscopeError
 from ..params import Param
 from .base import METHODS, Logs, Method
+from .losses import at_least_float32
 
 # -- pure functions ------------------------------------------------------------------------------------------
 
@@ -176,10 +177,6 @@ def mae_loss(pred: torch.Tensor, imgs: torch.Tensor, mask: torch.Tensor, patch_s
     """:func:`masked_mse` of ``pred`` (B, L, P) against :func:`mae_targets` of ``imgs``."""
     return masked_mse(pred, mae_targets(imgs, patch_size, norm_pix_loss), mask)
 
-
-def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
-    """Losses in float32 under bf16/fp16 autocast, float64 stays float64."""
-    return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
 def uniformity_square(z: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
@@ -377,8 +374,8 @@ class MaskedImageModel(Method):
         ids_keep, mask, ids_restore = self.masks(imgs.shape[0] // blocks, imgs.device, blocks)
         tokens, pooled = bundle.encoder.forward_masked(imgs, ids_keep)
         pred = self.decoder(tokens, ids_restore, self.num_prefix)
-        target = mae_targets(_at_least_fp32(imgs), self.patch_size, self.cfg["norm_pix_loss"])
-        err, count = masked_squared_error(_at_least_fp32(pred), target, mask)
+        target = mae_targets(at_least_float32(imgs), self.patch_size, self.cfg["norm_pix_loss"])
+        err, count = masked_squared_error(at_least_float32(pred), target, mask)
         loss = dist.gather(err).sum() / dist.gather_nograd(count).sum()  # the global batch's loss under DDP
         return loss, pooled, {"pred": pred, "mask": mask, "ids_keep": ids_keep}
 
@@ -394,10 +391,10 @@ class MaskedImageModel(Method):
         logs: Logs = {"reconstruction": rec.detach()}
         loss = rec
         with torch.autocast(device_type=pooled.device.type, enabled=False):  # log det / Grams in float32
-            reg, reg_logs = self.regularizer(_at_least_fp32(dist.gather(pooled)))
+            reg, reg_logs = self.regularizer(at_least_float32(dist.gather(pooled)))
         logs.update(reg_logs)
         loss = loss + reg
-        vic, vic_logs = self.regularize([_at_least_fp32(pooled)])
+        vic, vic_logs = self.regularize([at_least_float32(pooled)])
         logs.update(vic_logs)
         return loss + vic, logs
 

@@ -29,13 +29,10 @@ import torch.nn.functional as F
 from ..distributed import gather
 from ..params import Param
 from .base import METHODS, Logs, Method, encode
+from .losses import at_least_float32
 
 PENALTIES = ("squared", "norm")
 
-
-def _f32(t: torch.Tensor) -> torch.Tensor:
-    """``t`` in at least float32: half-precision activations under amp are upcast for the loss, float64 stays."""
-    return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
 def simple_terms(z1: torch.Tensor, z2: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -84,10 +81,10 @@ class Simple(Method):
         e1, e2 = encode(bundle, views[:2], joint=False)
         c = self.cfg
         with torch.autocast(device_type=e1["z"].device.type, enabled=False):  # the loss in float32 under amp
-            z1, z2 = gather(_f32(e1["z"])), gather(_f32(e2["z"]))  # the center of the global batch
+            z1, z2 = gather(at_least_float32(e1["z"])), gather(at_least_float32(e2["z"]))  # the center of the global batch
             invariance, center = simple_terms(z1, z2)
             magnitude = center_magnitude(center, c["center_penalty"])
             loss = 0.5 * (invariance - c["lagrange"] * magnitude)
-            reg, logs = self.regularize([_f32(e1["z"]), _f32(e2["z"])])
+            reg, logs = self.regularize([at_least_float32(e1["z"]), at_least_float32(e2["z"])])
         logs.update(invariance=invariance.detach(), center_norm=center.detach().norm())
         return loss + reg, logs

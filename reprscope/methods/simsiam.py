@@ -31,12 +31,9 @@ import torch.nn.functional as F
 from ..distributed import gather
 from ..params import Param
 from .base import METHODS, Logs, Method, encode
+from .losses import at_least_float32
 from .byol import check_predictor
 
-
-def _f32(t: torch.Tensor) -> torch.Tensor:
-    """``t`` in at least float32: half-precision activations under amp are upcast for the loss, float64 stays."""
-    return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
 def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -98,9 +95,9 @@ class SimSiam(Method):
         e1, e2 = encode(bundle, views[:2], joint=False)  # BatchNorm statistics per view, as the reference code
         with torch.autocast(device_type=e1["z"].device.type, enabled=False):  # the loss in float32 under amp
             # the mean over the global batch, so every rank reports the loss a one-process run would
-            z1, z2 = gather(_f32(e1["z"])), gather(_f32(e2["z"]))
-            p1, p2 = (gather(_f32(e1["p"])), gather(_f32(e2["p"]))) if "p" in e1 else (z1, z2)
+            z1, z2 = gather(at_least_float32(e1["z"])), gather(at_least_float32(e2["z"]))
+            p1, p2 = (gather(at_least_float32(e1["p"])), gather(at_least_float32(e2["p"]))) if "p" in e1 else (z1, z2)
             loss = simsiam_loss(p1, p2, z1, z2, self.cfg["stop_gradient"])
-            reg, logs = self.regularize([_f32(e1["z"]), _f32(e2["z"])])
+            reg, logs = self.regularize([at_least_float32(e1["z"]), at_least_float32(e2["z"])])
         logs["simsiam"] = loss.detach()
         return loss + reg, logs

@@ -31,13 +31,10 @@ import torch.nn.functional as F
 from ..distributed import gather
 from ..params import Param
 from .base import METHODS, Logs, Method, encode
+from .losses import at_least_float32
 
 NORMS = ("clip", "sphere", "none")
 
-
-def _f32(t: torch.Tensor) -> torch.Tensor:
-    """``t`` in at least float32: half-precision activations under amp are upcast for the loss, float64 stays."""
-    return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
 def radius_projection(z: torch.Tensor, mu: float = 1.0, norm: Optional[str] = "clip") -> torch.Tensor:
@@ -98,9 +95,9 @@ class SpectralContrastive(Method):
         e1, e2 = encode(bundle, views[:2], joint=False)  # BatchNorm statistics per view, as the reference code
         c = self.cfg
         with torch.autocast(device_type=e1["z"].device.type, enabled=False):  # the loss in float32 under amp
-            z1, z2 = gather(_f32(e1["z"])), gather(_f32(e2["z"]))  # negatives from the global batch
+            z1, z2 = gather(at_least_float32(e1["z"])), gather(at_least_float32(e2["z"]))  # negatives from the global batch
             a, r = spectral_terms(radius_projection(z1, c["mu"], c["norm"]), radius_projection(z2, c["mu"], c["norm"]))
             loss = (a + c["lambd"] * r) / c["mu"]
-            reg, logs = self.regularize([_f32(e1["z"]), _f32(e2["z"])])
+            reg, logs = self.regularize([at_least_float32(e1["z"]), at_least_float32(e2["z"])])
         logs.update(attraction=(a / c["mu"]).detach(), repulsion=(r / c["mu"]).detach())
         return loss + reg, logs

@@ -44,6 +44,7 @@ from ..distributed import gather, gather_nograd
 from ..models.heads import HEADS, mlp_head
 from ..params import Param
 from .base import METHODS, Method, encode
+from .losses import at_least_float32
 
 
 # -- head kind: the SwAV projection head ends at the normalised embedding ---------------------------------
@@ -67,10 +68,6 @@ def swav_head(in_dim: int, out_dim: int = 128, hidden_dim: int = 2048, layers: i
 # -- functional core ---------------------------------------------------------------------------------------
 
 
-def _at_least_f32(x: torch.Tensor) -> torch.Tensor:
-    """float32 for half / bfloat16 inputs (autocast), unchanged for float32 and float64."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
-
 
 @torch.no_grad()
 def sinkhorn_knopp(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3) -> torch.Tensor:
@@ -89,7 +86,7 @@ def sinkhorn_knopp(scores: torch.Tensor, epsilon: float = 0.05, iterations: int 
     Returns:
         (B, K) codes (float32 at least) whose rows sum to 1 (and whose columns sum to B/K once converged).
     """
-    log_q = _at_least_f32(scores.detach()).t() / epsilon  # (K, B) as in the paper's notation
+    log_q = at_least_float32(scores.detach()).t() / epsilon  # (K, B) as in the paper's notation
     k, b = log_q.shape
     log_q = log_q - torch.logsumexp(log_q.flatten(), dim=0)
     for _ in range(iterations):
@@ -109,7 +106,7 @@ def swapped_prediction_loss(scores: List[torch.Tensor], codes: List[torch.Tensor
         temperature: τ of the softmax over prototypes.
     """
     views = len(scores)
-    logp = [F.log_softmax(_at_least_f32(s) / temperature, dim=1) for s in scores]
+    logp = [F.log_softmax(at_least_float32(s) / temperature, dim=1) for s in scores]
     total = logp[0].new_zeros(())
     for i, q in enumerate(codes):
         sub = sum(-(q * logp[v]).sum(dim=1).mean() for v in range(views) if v != i)
@@ -199,7 +196,7 @@ class SwAV(Method):
         use = bool(length) and int(self.queue_count) >= length
         codes = []
         for i, s in enumerate(scores):
-            out = _at_least_f32(s.detach())
+            out = at_least_float32(s.detach())
             if use:
                 out = torch.cat([(self.queue[i] @ self.prototypes.weight.detach().t()).to(out.dtype), out])
             codes.append(sinkhorn_knopp(out, self.cfg["epsilon"], self.cfg["sinkhorn_iterations"])[-s.shape[0]:])

@@ -44,14 +44,10 @@ from ..distributed import gather
 from ..params import Param
 from .barlow import standardize
 from .base import METHODS, Logs, Method, encode
-from .losses import covariance_term, variance_term
+from .losses import at_least_float32, covariance_term, variance_term
 
 NORMALIZATIONS = ("none", "standardize", "l2")
 
-
-def _f32(t: torch.Tensor) -> torch.Tensor:
-    """``t`` in at least float32: half-precision activations under amp are upcast for the loss, float64 stays."""
-    return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
 def vicreg_terms(z1: torch.Tensor, z2: torch.Tensor, gamma: float = 1.0, eps: float = 1e-4,
@@ -110,9 +106,9 @@ class VICReg(Method):
         e1, e2 = encode(bundle, views[:2], joint=False)  # BatchNorm statistics per view, as the reference code
         c = self.cfg
         with torch.autocast(device_type=e1["z"].device.type, enabled=False):  # the covariance in float32 under amp
-            z1, z2 = gather(_f32(e1["z"])), gather(_f32(e2["z"]))  # statistics of the global batch
+            z1, z2 = gather(at_least_float32(e1["z"])), gather(at_least_float32(e2["z"]))  # statistics of the global batch
             inv, var, cov = vicreg_terms(z1, z2, c["gamma"], c["eps"], c["normalization"])
             loss = c["lambd"] * inv + c["mu"] * var + c["nu"] * cov
-            reg, logs = self.regularize([_f32(e1["z"]), _f32(e2["z"])])
+            reg, logs = self.regularize([at_least_float32(e1["z"]), at_least_float32(e2["z"])])
         logs.update(invariance=inv.detach(), variance=var.detach(), covariance=cov.detach())
         return loss + reg, logs

@@ -51,11 +51,12 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
-def _is_bias_or_norm(name: str, p: torch.Tensor) -> bool:
+def _is_bias_or_norm(p: torch.Tensor) -> bool:
+    """Biases and normalisation weights: the 0-/1-D parameters."""
     return p.dim() <= 1
 
 
-def split_decay(groups: List[Dict[str, Any]], named: Dict[int, str], exclude: bool) -> List[Dict[str, Any]]:
+def split_decay(groups: List[Dict[str, Any]], exclude: bool) -> List[Dict[str, Any]]:
     """Split each group into weights and (biases, norm weights): the latter get no weight decay (and no LARS
     adaptation) when ``exclude``."""
     if not exclude:
@@ -63,8 +64,8 @@ def split_decay(groups: List[Dict[str, Any]], named: Dict[int, str], exclude: bo
     out: List[Dict[str, Any]] = []
     for g in groups:
         params = list(g["params"])
-        keep = [p for p in params if not _is_bias_or_norm(named.get(id(p), ""), p)]
-        excl = [p for p in params if _is_bias_or_norm(named.get(id(p), ""), p)]
+        keep = [p for p in params if not _is_bias_or_norm(p)]
+        excl = [p for p in params if _is_bias_or_norm(p)]
         if keep:
             out.append({**g, "params": keep})
         if excl:
@@ -85,15 +86,15 @@ def build_optimizer(groups: List[Dict[str, Any]], cfg: Dict[str, Any], lr: float
     name = cfg["name"]
     wd = cfg["weight_decay"]
     if name == "sgd":
-        return torch.optim.SGD(_strip(ready, keep_wd=True), lr=lr, momentum=cfg["momentum"], weight_decay=wd)
+        return torch.optim.SGD(_strip(ready), lr=lr, momentum=cfg["momentum"], weight_decay=wd)
     if name == "lars":
         return LARS(ready, lr=lr, momentum=cfg["momentum"], weight_decay=wd, trust_coefficient=cfg["trust_coefficient"])
     if name == "adam":
-        return torch.optim.Adam(_strip(ready, keep_wd=True), lr=lr, weight_decay=wd)
-    return torch.optim.AdamW(_strip(ready, keep_wd=True), lr=lr, weight_decay=wd)
+        return torch.optim.Adam(_strip(ready), lr=lr, weight_decay=wd)
+    return torch.optim.AdamW(_strip(ready), lr=lr, weight_decay=wd)
 
 
-def _strip(groups: List[Dict[str, Any]], keep_wd: bool) -> List[Dict[str, Any]]:
+def _strip(groups: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """torch's optimisers accept extra group keys; ``lars_exclude`` only matters to LARS."""
     return [{k: v for k, v in g.items() if k != "lars_exclude"} for g in groups]
 

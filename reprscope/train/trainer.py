@@ -226,8 +226,7 @@ def _train(config, out_dir, resume, progress, on_log, device, di: dist.DistInfo)
     total = total_steps(config)
     per_epoch = steps_per_epoch(config)
     lr = ocfg["lr"] * (batch / 256 if ocfg["lr_scaling"] == "linear" else 1.0)
-    named = {id(p): n for n, p in list(bundle.named_parameters()) + list(method.named_parameters())}
-    groups = split_decay(method.param_groups(bundle), named, ocfg["exclude_bias_bn"])
+    groups = split_decay(method.param_groups(bundle), ocfg["exclude_bias_bn"])
     optimizer = build_optimizer(groups, ocfg, lr)
     warm = int(round(ocfg["warmup_epochs"] * per_epoch)) if ocfg.get("warmup_epochs") is not None else ocfg["warmup_steps"]
     lambdas = [(lambda s: 1.0) if g.get("fixed_lr") else
