@@ -13,12 +13,15 @@ import numpy as np
 from .base import LayerData, Result, register_analyzer
 from .stats import product_dtype
 
-#: Samples per chunk: bounds the float64 working copy of one chunk of every used view.
+#: Elements (samples × used views × d) per chunk read from the store.
 _CHUNK_ELEMS = 1 << 24
 
+#: Samples per block inside a chunk: the block of every used view stays in the CPU cache while it is read
+#: several times (norms, view-pair products, the sum).
+_BLOCK = 512
 
-#: Elements (n·d) up to which the per-sample view means are kept in memory between the two steps (256 MiB).
-_KEEP_ELEMS = 1 << 25
+#: A residual whose expanded square is below GUARD · v² · d · eps₆₄ is recomputed from µ_i − s directly.
+_GUARD = 1e8
 
 
 def _row_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -26,11 +29,14 @@ def _row_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", a, b, dtype=np.float64)
 
 
-def _centred(accs, shift: np.ndarray):
-    """Yield each (m, d) array of ``accs`` minus ``shift`` (in place: the arrays are this module's own)."""
-    for acc in accs:
-        acc -= shift
-        yield acc
+def _weighted_sum(w: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """(d,) float64 Σ_i w_i z_i: one BLAS product for float64 ``z``, a float64 einsum otherwise (no copy)."""
+    return w @ z if z.dtype == np.float64 else np.einsum("i,ij->j", w, z, dtype=np.float64)
+
+
+def _times(z: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """(m,) float64 z_i·s for (m, d) ``z`` and (d,) float64 ``s``."""
+    return z @ s if z.dtype == np.float64 else np.einsum("ij,j->i", z, s, dtype=np.float64)
 
 
 @register_analyzer(
@@ -59,43 +65,57 @@ def center(data: LayerData) -> Result:
     n, d, v = data.n, data.dim, len(ids)
     step = max(1, _CHUNK_ELEMS // max(1, v * d))
 
-    def means():
-        """Yield (Σ_a ẑ^a = v·µ for a chunk of samples, zero rows in it, Σ_pairs ẑ^a·ẑ^b in it)."""
-        for chunk in data.chunks(views=ids, dtype=product_dtype(data), size=step):
-            inv = []
-            zeros = 0
+    # Step 1 (one read): per sample 1/‖z^a‖ of every view and g_i = ‖Σ_a ẑ^a_i‖² = Σ_{a,b} ẑ^a·ẑ^b from the
+    # view-pair products, and the sum Σ_i Σ_a ẑ^a_i = n·v·s. No normalised copy of a view is formed.
+    inv = np.empty((v, n))
+    g = np.empty(n)
+    total = np.zeros(d, dtype=np.float64)
+    zeros, pair_sum, pos = 0, 0.0, 0
+    for chunk in data.chunks(views=ids, dtype=product_dtype(data), size=step):
+        for s0 in range(0, chunk.shape[1], _BLOCK):
+            blk = chunk[:, s0:s0 + _BLOCK]
+            b = blk.shape[1]
+            sl = slice(pos, pos + b)
+            nonzero = np.zeros(b)
             for j in range(v):
-                norms = np.sqrt(_row_dots(chunk[j], chunk[j]))
+                norms = np.sqrt(_row_dots(blk[j], blk[j]))
                 zero = norms == 0
                 zeros += int(zero.sum())
-                inv.append(1.0 / np.where(zero, 1.0, norms) * ~zero)  # 1/‖z‖, 0 for a zero row (ẑ = 0)
-            acc = np.multiply(chunk[0], inv[0][:, None], dtype=np.float64)
-            for j in range(1, v):
-                acc += chunk[j] * inv[j][:, None]
-            # ẑ^a·ẑ^b = (z^a·z^b)/(‖z^a‖‖z^b‖) per sample: no normalised copy of the views is formed. (Σ_{a<b} =
-            # (‖Σ_a ẑ^a‖² − Σ_a ‖ẑ^a‖²)/2 would be cheaper still but cancels badly near perfect alignment.)
-            pairs = 0.0
+                inv[j, sl] = np.where(zero, 0.0, 1.0 / np.where(zero, 1.0, norms))  # ẑ = 0 for a zero row
+                nonzero += ~zero  # ẑ^a·ẑ^a = 1, or 0 for a zero row
+                total += _weighted_sum(inv[j, sl], blk[j])
+            g[sl] = nonzero
             for a in range(v):
                 for c in range(a + 1, v):
-                    pairs += float(_row_dots(chunk[a], chunk[c]) @ (inv[a] * inv[c]))
-            yield acc, zeros, pairs
-
-    # s first, then the residual norms ‖µ_i − s‖ directly (no expansion of the square, which would cancel
-    # exactly where collapse makes the residuals small). The chunks' Σ_a ẑ^a are kept for the second step
-    # while they fit in _KEEP_ELEMS; beyond that a second streaming pass recomputes them (memory O(n) scalars).
-    total = np.zeros(d, dtype=np.float64)
-    zeros, pair_sum = 0, 0.0
-    kept: List[np.ndarray] = []
-    keep = n * d <= _KEEP_ELEMS
-    for acc, nz, pairs in means():
-        total += acc.sum(axis=0)
-        zeros += nz
-        pair_sum += pairs
-        if keep:
-            kept.append(acc)
+                    w = _row_dots(blk[a], blk[c]) * inv[a, sl] * inv[c, sl]
+                    pair_sum += float(w.sum())
+                    g[sl] += 2.0 * w
+            pos += b
     s_v = total / n  # v·s
-    again = kept if keep else (acc for acc, _, _ in means())
-    resid = np.concatenate([np.sqrt(_row_dots(acc, acc)) / v for acc in _centred(again, s_v)])
+
+    # Step 2 (a second read): ‖v µ_i − v s‖² = g_i − 2 Σ_a ẑ^a_i·(v s) + ‖v s‖². Each term is of order v², so
+    # rounding leaves an absolute error of about v²·d·eps; a residual that small relative to the terms (a
+    # collapsing representation: µ_i ≈ s) would lose its digits to cancellation, and is recomputed from the
+    # explicit difference v µ_i − v s. Relative error of every residual: below about 1/GUARD.
+    guard = _GUARD * v * v * d * np.finfo(np.float64).eps
+    sq = float(s_v @ s_v)
+    resid = np.empty(n)
+    pos = 0
+    for chunk in data.chunks(views=ids, dtype=product_dtype(data), size=step):
+        b = chunk.shape[1]
+        sl = slice(pos, pos + b)
+        cross = np.zeros(b)
+        for j in range(v):
+            cross += inv[j, sl] * _times(chunk[j], s_v)
+        r2 = g[sl] - 2.0 * cross + sq
+        close = np.flatnonzero(r2 < guard)
+        if close.size:
+            diff = -np.broadcast_to(s_v, (close.size, d)).copy()
+            for j in range(v):
+                diff += chunk[j, close] * inv[j, sl][close, None]
+            r2[close] = _row_dots(diff, diff)
+        resid[sl] = np.sqrt(r2) / v
+        pos += b
     s = s_v / v
     res.add("center_norm", float(np.linalg.norm(s)), view=view)
     res.add("residual_norm_mean", float(resid.mean()), view=view)

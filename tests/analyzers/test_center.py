@@ -126,11 +126,30 @@ def test_chunked_equals_whole(monkeypatch):
     whole = _scalars(run_analyzer("center", _data(["clean", "aug1", "aug2"], emb)))
     monkeypatch.setattr(center_mod, "_CHUNK_ELEMS", 7)  # a handful of samples per chunk
     chunked = _scalars(run_analyzer("center", _data(["clean", "aug1", "aug2"], emb)))
-    monkeypatch.setattr(center_mod, "_KEEP_ELEMS", 0)  # the view means are recomputed by a second pass
+    monkeypatch.setattr(center_mod, "_BLOCK", 2)  # and blocks of 2 samples inside each chunk
     streamed = _scalars(run_analyzer("center", _data(["clean", "aug1", "aug2"], emb)))
     for k in whole:
         assert chunked[k] == pytest.approx(whole[k], rel=1e-12, abs=1e-14)
         assert streamed[k] == pytest.approx(whole[k], rel=1e-12, abs=1e-14)
+
+
+@pytest.mark.parametrize("spread", [1e-3, 1e-6, 1e-9])
+def test_near_collapse_residuals_exact(spread):
+    """Residuals far below the cancellation error of the expanded square are recomputed directly: they still
+    match the explicit per-sample loop to 1e-9 (the expansion alone would give rounding noise here)."""
+    rng = np.random.default_rng(7)
+    base = rng.normal(size=16) + 2.0
+    emb = base + spread * rng.normal(size=(2, 40, 16))
+    emb[:, :20] += 0.5  # half the samples far from the center: the expansion is accurate there
+    got = _scalars(run_analyzer("center", _data(["aug1", "aug2"], emb)))
+    want, _ = naive_center(emb, ["aug1", "aug2"])
+    for k, v in want.items():
+        assert got[k] == pytest.approx(v, rel=1e-9, abs=1e-15), k
+    tiny = np.tile(base, (2, 30, 1)) + spread * rng.normal(size=(2, 30, 16))
+    got = _scalars(run_analyzer("center", _data(["aug1", "aug2"], tiny)))
+    want, _ = naive_center(tiny, ["aug1", "aug2"])
+    assert got["residual_norm_mean"] == pytest.approx(want["residual_norm_mean"], rel=1e-9)
+    assert got["residual_norm_std"] == pytest.approx(want["residual_norm_std"], rel=1e-7)
 
 
 def test_nan_sample_left_out_with_note():
