@@ -3,6 +3,7 @@
     python bench/analyzers.py                 # both parts, CPU
     python bench/analyzers.py --part naive    # part A only
     OMP_NUM_THREADS=1 python bench/analyzers.py --part naive --key naive_1thread   # part A, one thread
+    python bench/analyzers.py --part naive --device cuda --key naive_cuda     # fast analyzers on a GPU
     python bench/analyzers.py --part suite --n 100000 --d 2048
 
 Part A (per analyzer, n = 8192, float64): the fast analyzer (``run_analyzer``) and the naive reference of
@@ -68,8 +69,11 @@ def make_store(path: Path, n: int, d: int, k_classes: int = 10, k_latents: int =
 NAIVE_REPEAT_BELOW_S = 3.0
 
 
-def part_naive(n: int, d: int, reps: int = 3) -> list:
+def part_naive(n: int, d: int, reps: int = 3, device: str = "cpu") -> list:
     """Part A: fast vs naive per analyzer on the same in-memory float64 data.
+
+    The fast analyzers run on ``device`` (their ``--device``: the heavy linear algebra moves there, the data
+    stays in host memory as ``analyze`` reads it); the naive references always run on the CPU.
 
     Each fast analyzer runs ``reps`` times on a fresh per-layer cache (it pays for every shared statistic it
     uses) and its best time is kept; its naive reference likewise, interleaved with the fast runs, but only
@@ -99,15 +103,15 @@ def part_naive(n: int, d: int, reps: int = 3) -> list:
         best_fast = best_naive = float("inf")
         spent, runs = 0.0, 0
         for _ in range(reps):  # interleaved, so both sides see the same state of a shared machine
-            fresh = LayerData(**{**data.__dict__, "cache": {}})
-            t = time.perf_counter(); res = run_analyzer(name, fresh, params); best_fast = min(best_fast, time.perf_counter() - t)
+            fresh = LayerData(**{**data.__dict__, "cache": {}, "device": device})
+            t = time.perf_counter(); res = run_analyzer(name, fresh, params); _sync(device); best_fast = min(best_fast, time.perf_counter() - t)
             if runs == 0 or spent < NAIVE_REPEAT_BELOW_S:
                 t = time.perf_counter(); want = fn(data, **params); took = time.perf_counter() - t
                 best_naive, spent, runs = min(best_naive, took), spent + took, runs + 1
         load1 = round(os.getloadavg()[0], 2)
         got = {(r["metric"], r["view"], r["index"], r.get("form", "")): r["value"] for r in res.rows}
         diffs = [abs(got[k] - v) / max(abs(v), 1e-12) for k, v in want.items() if k in got]
-        row = {"analyzer": name, "n": n, "d": d, "fast_s": best_fast, "naive_s": best_naive,
+        row = {"analyzer": name, "n": n, "d": d, "device": device, "fast_s": best_fast, "naive_s": best_naive,
                "speedup": best_naive / best_fast, "max_rel_diff": max(diffs) if diffs else None, "compared": len(diffs),
                "fast_runs": reps, "naive_runs": runs, "load_avg_1min": [load0, load1]}
         out.append(row)
@@ -115,6 +119,14 @@ def part_naive(n: int, d: int, reps: int = 3) -> list:
               f"max rel diff {row['max_rel_diff'] if row['max_rel_diff'] is not None else float('nan'):.2e} over {len(diffs)} values"
               f"  (load {load0:.1f}→{load1:.1f})")
     return out
+
+
+def _sync(device: str) -> None:
+    """Wait for queued GPU work, so that a timing covers it (a no-op on the CPU)."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
 
 
 def part_suite(n: int, d: int, device: str) -> dict:
@@ -165,7 +177,8 @@ def main() -> None:
                     "for a run under OMP_NUM_THREADS=1 next to the default-threads one")
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--d", type=int, default=2048)
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--device", default="cpu", help="device of the fast analyzers in both parts (the naive "
+                    "references of part A always run on the CPU), e.g. cuda")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "analyzers.json")
     args = ap.parse_args()
     import torch
@@ -174,8 +187,8 @@ def main() -> None:
                           "torch": torch.__version__, "python": platform.python_version()},
               "when": time.strftime("%Y-%m-%d %H:%M:%S")}
     if args.part in ("all", "naive"):
-        print(f"Part A: each analyzer vs its naive reference (n={args.n_naive}, d={args.d_naive}, float64)")
-        result[args.key] = part_naive(args.n_naive, args.d_naive, args.reps)
+        print(f"Part A: each analyzer ({args.device}) vs its naive reference (cpu), n={args.n_naive}, d={args.d_naive}, float64")
+        result[args.key] = part_naive(args.n_naive, args.d_naive, args.reps, args.device)
         result[f"when_{args.key}"] = result["when"]
         result[f"threads_{args.key}"] = {**{k: os.environ.get(k, "default") for k in
                                             ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")},
