@@ -14,6 +14,7 @@ import numpy as np
 from ..errors import ReprscopeError
 from ..params import Param
 from .base import LayerData, Result, register_analyzer
+from .stats import product_dtype
 
 #: Test rows per block of the kernel prediction, bounding the (block, n_fit) kernel matrix.
 _KERNEL_BLOCK = 2048
@@ -59,7 +60,9 @@ def _streaming_ridge(data: LayerData, ref: int, tr: np.ndarray, te: np.ndarray, 
     With X the train features, µ, σ their mean and (population) std and D = diag(1/σ) (0 for a constant
     feature): XₛᵀXₛ = D S_xx D and Xₛᵀ(y − ȳ) = D S_xy, S the centred train scatter/cross-products, so the
     primal ridge system (DS_xxD + αI)β = DS_xy needs only d×d and d×k sums (accumulated around the first
-    chunk's mean to avoid cancellation). A second pass predicts the test samples.
+    chunk's mean to avoid cancellation). A second pass predicts the test samples. As for the shared moments,
+    a large float32 store forms each chunk's products in float32 (accumulated in float64), see
+    :func:`~reprscope.analyzers.stats.product_dtype`.
 
     Returns:
         (n_test, k) predictions in the order of ``te``.
@@ -75,18 +78,19 @@ def _streaming_ridge(data: LayerData, ref: int, tr: np.ndarray, te: np.ndarray, 
     sxx = np.zeros((d, d))
     sxy = np.zeros((d, k))
     pos = 0
-    for chunk in data.chunks(views=[ref], dtype=np.float64):
+    for chunk in data.chunks(views=[ref], dtype=product_dtype(data)):
         x = chunk[0]
         sel = is_train[pos : pos + len(x)]
         if shift is None:
-            shift = x.mean(axis=0)
+            shift = x.mean(axis=0, dtype=np.float64).astype(x.dtype)  # exact in x's dtype
         xc = x[sel] - shift
         yc = yfull[pos : pos + len(x)][sel]
-        sx += xc.sum(axis=0)
+        sx += xc.sum(axis=0, dtype=np.float64)
         sy += yc.sum(axis=0)
-        sxx += xc.T @ xc
-        sxy += xc.T @ yc
+        sxx += xc.T @ xc  # one syrk per chunk, in float32 for a large float32 store (stats.product_dtype)
+        sxy += xc.T @ yc.astype(xc.dtype)
         pos += len(x)
+    shift = shift.astype(np.float64)
     m = len(tr)
     mx, ybar = sx / m, sy / m
     s_xx = sxx - np.outer(sx, sx) / m

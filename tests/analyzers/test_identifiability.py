@@ -90,6 +90,23 @@ def test_matches_naive(dtype, n, d, ridge):
     assert {r["view"] for r in res.rows} == {"clean"}
 
 
+def test_float32_products_of_a_large_store(monkeypatch):
+    """A large float32 store forms the ridge's chunk products in float32 (stats.product_dtype); R² still
+    matches the float64 reference to float32 accuracy, and a constant feature stays exactly out."""
+    import reprscope.analyzers.stats as stats
+
+    x, y = _problem(400, 12, 3, seed=4)
+    x[:, 5] = 3.25
+    x = x.astype(np.float32)
+    monkeypatch.setattr(stats, "FLOAT32_PRODUCTS_ABOVE", 100)
+    data = _data(x, y)
+    data.chunk_size = 64  # several chunks, one shift
+    assert stats.product_dtype(data) is np.float32
+    got = _rows(run_analyzer("identifiability", data, {"ridge": 1e-3}))
+    want, _ = naive_r2(x, y, 1e-3)
+    np.testing.assert_allclose([got["r2"][f"z{j}"] for j in range(3)], want, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("seed, test_fraction", [(3, 0.25), (11, 0.5)])
 def test_split_follows_seed_and_fraction(seed, test_fraction):
     x, y = _problem(50, 4, 2, seed=1, noise=1.0)
