@@ -28,14 +28,14 @@ from .stats import product_dtype, single_torch_thread
 #: waits for the slowest thread, and 512-row blocks ran 2.5× slower than these on two loaded cores.
 _BLOCK = 2048
 
+#: Samples per block of the streaming alignment pass (both views' block stays in the CPU cache).
+_ALIGN_BLOCK = 512
+
+#: An alignment distance whose expanded square is below _ALIGN_GUARD · d · eps₆₄ is recomputed from ẑ⁽¹⁾ − ẑ⁽²⁾.
+_ALIGN_GUARD = 1e8
+
 #: Largest t·max‖x_i‖² of the factored kernel sum: every factor and term then lies in [e⁻⁷⁰⁰, e³⁵⁰].
 _FACTORED_MAX_T = 175.0
-
-
-def normalise_rows(z: torch.Tensor) -> torch.Tensor:
-    """ẑ = z/‖z‖ row-wise for (m, d) ``z``; a zero row stays zero."""
-    norms = torch.linalg.vector_norm(z, dim=1, keepdim=True)
-    return z / torch.where(norms == 0, torch.ones_like(norms), norms)
 
 
 def _log_sum_exp_shifted(x: torch.Tensor, sq: torch.Tensor, t: float, block: int, product_dtype: torch.dtype) -> float:
@@ -101,6 +101,44 @@ def _log_sum_exp_factored(x: torch.Tensor, sq: torch.Tensor, t: float, block: in
     return math.log(total) if total > 0 else -math.inf
 
 
+def _row_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(m,) float64 a_i·b_i of two (m, d) arrays of any float dtype, without an (m, d) temporary."""
+    return np.einsum("ij,ij->i", a, b, dtype=np.float64)
+
+
+def align_terms(z1: np.ndarray, z2: np.ndarray, alpha: float) -> "tuple[float, int, np.ndarray, np.ndarray]":
+    """Σ_i ‖ẑ_i⁽¹⁾ − ẑ_i⁽²⁾‖^α over a chunk of two views (m, d), in float64 from the chunk's own dtype.
+
+    ‖ẑ⁽¹⁾ − ẑ⁽²⁾‖² = ‖ẑ⁽¹⁾‖² + ‖ẑ⁽²⁾‖² − 2 ẑ⁽¹⁾·ẑ⁽²⁾ (each ‖ẑ‖² 1, or 0 for a zero row) from three row-wise
+    products, no normalised copy; a distance so small that the expansion would cancel (views nearly
+    identical) is recomputed from the explicit difference, so every term keeps ~1/_ALIGN_GUARD relative accuracy.
+
+    Returns:
+        (the sum, zero rows over both views, (m,) 1/‖z⁽¹⁾‖, (m,) 1/‖z⁽²⁾‖ with 0 for a zero row).
+    """
+    d = z1.shape[1]
+    guard = _ALIGN_GUARD * d * np.finfo(np.float64).eps
+    total, zeros = 0.0, 0
+    inv = [np.empty(len(z1)), np.empty(len(z1))]
+    for s0 in range(0, len(z1), _ALIGN_BLOCK):
+        a, b = z1[s0:s0 + _ALIGN_BLOCK], z2[s0:s0 + _ALIGN_BLOCK]
+        unit = np.zeros(len(a))
+        for k, z in enumerate((a, b)):
+            q = _row_dots(z, z)
+            zero = q == 0
+            zeros += int(zero.sum())
+            inv[k][s0:s0 + len(a)] = np.where(zero, 0.0, 1.0 / np.sqrt(np.where(zero, 1.0, q)))
+            unit += ~zero
+        i1, i2 = inv[0][s0:s0 + len(a)], inv[1][s0:s0 + len(a)]
+        d2 = unit - 2.0 * _row_dots(a, b) * i1 * i2
+        close = np.flatnonzero(d2 < guard)
+        if close.size:
+            diff = a[close] * i1[close, None] - b[close] * i2[close, None]
+            d2[close] = _row_dots(diff, diff)
+        total += float(np.sum(np.maximum(d2, 0.0) ** (alpha / 2)))
+    return total, zeros, inv[0], inv[1]
+
+
 def log_mean_exp_pairs(x: torch.Tensor, t: float, block: int = _BLOCK, product_dtype: torch.dtype = torch.float64) -> float:
     """log mean_{i≠j} exp(−t‖x_i − x_j‖²) of (m, d) float64 ``x`` (m ≥ 2), exactly over all ordered pairs.
 
@@ -162,20 +200,20 @@ def uniformity(data: LayerData, t: float = 2.0, alpha: float = 2.0, max_samples:
         keep[sub] = True
 
     with single_torch_thread(dev):  # the pairwise kernel goes through numpy on the CPU
+        # One streaming pass in the store's own dtype (float64 sums, no float64 copy of the views): the
+        # alignment terms, and the ℓ2-normalised rows of the uniformity subset (float64).
         align_sum = 0.0
         zero_rows = 0
-        kept: List[List[torch.Tensor]] = [[], []]
+        kept: List[List[np.ndarray]] = [[], []]
         pos = 0
-        for chunk in data.chunks(ids, dtype=np.float64):
-            c = torch.from_numpy(chunk).to(dev)
-            zh = [normalise_rows(c[0]), normalise_rows(c[1])]
-            zero_rows += int((torch.linalg.vector_norm(c, dim=2) == 0).sum())
-            diff = torch.linalg.vector_norm(zh[0] - zh[1], dim=1)
-            align_sum += float((diff ** alpha).sum())
-            b = c.shape[1]
-            sel = None if keep is None else torch.from_numpy(np.flatnonzero(keep[pos:pos + b])).to(dev)
-            for k in range(2):
-                kept[k].append(zh[k] if sel is None else zh[k][sel])
+        for chunk in data.chunks(ids, dtype=data.dtype):
+            got, zeros, inv1, inv2 = align_terms(chunk[0], chunk[1], alpha)
+            align_sum += got
+            zero_rows += zeros
+            b = chunk.shape[1]
+            sel = slice(None) if keep is None else np.flatnonzero(keep[pos:pos + b])
+            for k, inv in enumerate((inv1, inv2)):
+                kept[k].append(chunk[k][sel].astype(np.float64) * inv[sel, None])
             pos += b
 
         if zero_rows:
@@ -183,7 +221,7 @@ def uniformity(data: LayerData, t: float = 2.0, alpha: float = 2.0, max_samples:
         res.add("align", align_sum / n, view=pair)
         unif = []
         for k in range(2):
-            x = torch.cat(kept[k])
+            x = torch.from_numpy(np.concatenate(kept[k])).to(dev)
             u = log_mean_exp_pairs(x, t, product_dtype=torch.float32 if product_dtype(data) == np.float32 else torch.float64)
             res.add("uniform", u, view=names[k])
             unif.append(u)

@@ -36,6 +36,14 @@ def naive_align(a, b, alpha=2.0):
     return sum(float(np.linalg.norm(_hat(x) - _hat(y))) ** alpha for x, y in zip(a, b)) / len(a)
 
 
+def _unit_rows(z):
+    """A torch tensor of the ℓ2-normalised rows of ``z`` (for the kernel functions' direct tests)."""
+    import torch
+
+    z = np.asarray(z, dtype=np.float64)
+    return torch.from_numpy(z / np.linalg.norm(z, axis=1, keepdims=True))
+
+
 def _emb(n, d, seed=0, dtype=np.float64):
     rng = np.random.default_rng(seed)
     base = rng.normal(size=(n, d)) + 0.3
@@ -102,10 +110,31 @@ def test_extremes():
     assert got[("uniform", "aug1")] == pytest.approx(-8.0, rel=1e-12)
 
 
+@pytest.mark.parametrize("alpha", [2.0, 1.0])
+@pytest.mark.parametrize("spread", [1e-4, 1e-7, 1e-10])
+def test_nearly_identical_views_align_exact(spread, alpha):
+    """align of views that differ by tiny amounts: the expanded square would cancel to rounding noise; the
+    explicit difference keeps it exact to 1e-8 (float64 and float32 stores)."""
+    rng = np.random.default_rng(9)
+    z = rng.normal(size=(30, 7)) + 1.0
+    emb = np.stack([z, z, z + spread * rng.normal(size=z.shape)])
+    emb[2, :10] = rng.normal(size=(10, 7))  # a third of the pairs far apart: the expansion is used there
+    got = _rows(run_analyzer("uniformity", _data(emb), {"alpha": alpha}))
+    assert got[("align", "aug1|aug2")] == pytest.approx(naive_align(emb[1], emb[2], alpha), rel=1e-8)
+    close = np.stack([z, z, z + spread * rng.normal(size=z.shape)])
+    got = _rows(run_analyzer("uniformity", _data(close), {"alpha": alpha}))
+    assert got[("align", "aug1|aug2")] == pytest.approx(naive_align(close[1], close[2], alpha), rel=1e-8)
+    e32 = close.astype(np.float32)
+    got = _rows(run_analyzer("uniformity", _data(e32), {"alpha": alpha}))
+    e64 = e32.astype(np.float64)
+    assert got[("align", "aug1|aug2")] == pytest.approx(naive_align(e64[1], e64[2], alpha), rel=1e-8, abs=1e-300)
+
+
 def test_blocks_and_chunks_equal_whole(monkeypatch):
     emb = _emb(53, 6)
     whole = _rows(run_analyzer("uniformity", _data(emb)))
     monkeypatch.setattr(uni_mod, "_BLOCK", 5)
+    monkeypatch.setattr(uni_mod, "_ALIGN_BLOCK", 3)
     blocked = _rows(run_analyzer("uniformity", _data(emb, chunk_size=8)))
     assert blocked.keys() == whole.keys()
     for k in whole:
@@ -115,7 +144,7 @@ def test_blocks_and_chunks_equal_whole(monkeypatch):
 def test_log_mean_exp_pairs_direct():
     import torch
 
-    x = uni_mod.normalise_rows(torch.from_numpy(np.random.default_rng(7).normal(size=(37, 4))))
+    x = _unit_rows(np.random.default_rng(7).normal(size=(37, 4)))
     for block in (1, 4, 37, 100):
         assert uni_mod.log_mean_exp_pairs(x, 2.0, block=block) == pytest.approx(naive_uniform(x.numpy()), rel=1e-12)
 
@@ -140,7 +169,7 @@ def test_factored_numpy_and_torch_paths_agree(product_dtype):
     """The factored kernel sum runs through numpy on the CPU and through torch elsewhere: same value."""
     import torch
 
-    x = uni_mod.normalise_rows(torch.from_numpy(np.random.default_rng(8).normal(size=(61, 5))))
+    x = _unit_rows(np.random.default_rng(8).normal(size=(61, 5)))
     sq = (x * x).sum(dim=1)
     dt = getattr(torch, product_dtype)
     a = uni_mod._log_sum_exp_factored(x, sq, 2.0, 16, dt, use_numpy=True)
