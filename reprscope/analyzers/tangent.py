@@ -83,11 +83,10 @@ def load_head(module: HeadModule, device: torch.device) -> nn.Sequential:
 
 def linear_map(head: nn.Sequential, d_in: int) -> torch.Tensor:
     """The (d_proj, d_enc) matrix W_L ⋯ W_1 of a head of linear layers (identity for an empty head)."""
-    ref = next(iter(head.parameters()), None)
-    m = torch.eye(d_in, dtype=torch.float64, device=ref.device if ref is not None else "cpu")
+    m = None
     for layer in head:
-        m = layer.weight @ m
-    return m
+        m = layer.weight if m is None else layer.weight @ m
+    return torch.eye(d_in, dtype=torch.float64) if m is None else m
 
 
 def row_space_basis(m: torch.Tensor) -> torch.Tensor:
@@ -148,6 +147,44 @@ def contrastive_batch(z1: torch.Tensor, z2: torch.Tensor, beta: float, use_numpy
     infonce = (torch.log(sums) + beta * (s_hard - s_pos)).mean()
     invariance = -s_pos.mean()
     repulsion = s_hard.mean()
+    return {"infonce": infonce, "invariance": invariance, "repulsion": repulsion,
+            "upper_bound": beta * invariance + beta * repulsion + math.log(2 * (b - 1)), "hardest": hardest}
+
+
+def _unit_rows_np(x: np.ndarray) -> np.ndarray:
+    """:func:`normalise` for a float64 numpy array, in place."""
+    n = np.sqrt(np.einsum("ij,ij->i", x, x))
+    x /= np.where(n > 0, n, 1.0)[:, None]
+    return x
+
+
+def _norm_sum(x) -> float:
+    """Σ_i ‖x_i‖ over the rows of a numpy array or torch tensor."""
+    if isinstance(x, torch.Tensor):
+        return float(torch.linalg.vector_norm(x, dim=1).sum())
+    return float(np.sqrt(np.einsum("ij,ij->i", x, x)).sum())
+
+
+def contrastive_batch_np(z: np.ndarray, beta: float) -> Dict[str, object]:
+    """:func:`contrastive_batch` in numpy for the (2B, p) float64 rows z = [z⁽¹⁾; z⁽²⁾] of one batch.
+
+    The similarities are one symmetric product (a BLAS ``syrk``, half the flops of the general product torch
+    uses); everything else as in the torch version, with the same ties (first maximal column).
+    """
+    b = z.shape[0] // 2
+    s = z @ z.T
+    rows = np.arange(2 * b)
+    pos = (rows + b) % (2 * b)
+    s_pos = s[rows, pos]
+    s[rows, rows] = -np.inf
+    s[rows, pos] = -np.inf
+    hardest = s.argmax(axis=1)
+    s_hard = s[rows, hardest]
+    s -= s_hard[:, None]
+    s *= beta
+    np.exp(s, out=s)
+    infonce = float(np.mean(np.log(s.sum(axis=1)) + beta * (s_hard - s_pos)))
+    invariance, repulsion = -float(s_pos.mean()), float(s_hard.mean())
     return {"infonce": infonce, "invariance": invariance, "repulsion": repulsion,
             "upper_bound": beta * invariance + beta * repulsion + math.log(2 * (b - 1)), "hardest": hardest}
 
@@ -236,7 +273,8 @@ def tangent(data: LayerData, batch_size: int = 512, temperature: float = 0.5, ma
         return res
     beta = 1.0 / temperature
     linear = is_linear_head(data.modules["projector"].spec)
-    basis = row_space_basis(linear_map(head, d).to(device)) if linear else None
+    lin = linear_map(head, d).to(device) if linear else None
+    basis = row_space_basis(lin) if linear else None
 
     n = data.n
     n_used = n - 1 if n % batch_size == 1 else n
@@ -260,29 +298,39 @@ def tangent(data: LayerData, batch_size: int = 512, temperature: float = 0.5, ma
     off = 0
     widths = [d] + [int(x[k]) for x in data.modules["projector"].spec for k in ("in", "out") if k in x]
     jac_rows = max(1, _JAC_BLOCK_ELEMS // max(1, d_proj * max(widths)))
-    # A linear projector leaves a chain of products of a few hundred rows, exponentials and reductions per
-    # batch: on the CPU they run on one thread (stats.single_torch_thread: split across threads, each waits for
-    # a busy core on a shared machine), the exponentials through numpy. A non-linear projector's Jacobians keep
-    # torch's threads.
+    # A linear projector on the CPU runs in numpy: the head as its affine map g(h) = M h + g(0) (one product
+    # per batch), the similarities as one symmetric product, numpy's fast float64 exp; torch (on one thread)
+    # only built the map. Elsewhere (an accelerator, a non-linear projector's Jacobians) the batch runs in
+    # torch on data.device.
     use_numpy = linear and device.type == "cpu"
-    with torch.no_grad(), (single_torch_thread(device) if use_numpy else nullcontext()):
+    if use_numpy:
+        with single_torch_thread(device):
+            m_np = lin.numpy()  # (d_proj, d)
+            g0 = head(torch.zeros(1, d, dtype=torch.float64)).numpy()[0]
+        basis = basis.numpy()
+    with torch.no_grad():
         for batch in data.batches([i1, i2], batch_size):
             b = batch.shape[1]
             if b < 2:
                 break
-            hb = torch.from_numpy(np.ascontiguousarray(batch)).to(device)
-            hcat = hb.reshape(2 * b, d)  # [h⁽¹⁾; h⁽²⁾], a view
-            h1, h2 = hb[0], hb[1]
-            z = normalise(head(hcat))
-            out = contrastive_batch(z[:b], z[b:], beta, use_numpy)
+            if use_numpy:
+                hcat = np.ascontiguousarray(batch, dtype=np.float64).reshape(2 * b, d)  # [h⁽¹⁾; h⁽²⁾]
+                g = hcat @ m_np.T
+                g += g0
+                out = contrastive_batch_np(_unit_rows_np(g), beta)
+            else:
+                hcat = torch.from_numpy(np.ascontiguousarray(batch)).to(device).reshape(2 * b, d)
+                z = normalise(head(hcat))
+                out = contrastive_batch(z[:b], z[b:], beta)
             for k in sums:
                 sums[k] += float(out[k])
             n_batches += 1
+            h1, h2 = hcat[:b], hcat[b:]
             cols = out["hardest"][:b]  # view-1 anchors (the paper's h̃*_i)
             h_star = hcat[cols]
             dh = h2 - h_star
-            dist_num += float(torch.linalg.vector_norm(h1 - h_star, dim=1).sum())
-            dist_den += float(torch.linalg.vector_norm(h1, dim=1).sum())
+            dist_num += _norm_sum(h1 - h_star)
+            dist_den += _norm_sum(h1)
             if linear:
                 den = float((dh * dh).sum())
                 proj = dh @ basis  # coordinates of δh in the orthonormal basis of col(W)
@@ -300,7 +348,7 @@ def tangent(data: LayerData, batch_size: int = 512, temperature: float = 0.5, ma
                         r2 = jacobian_residual(head, h1[idx], dh[idx])
                     fvu_num += float(r2.sum())
                     fvu_den += float((dh[idx] * dh[idx]).sum())
-            src = (cols % b).cpu().numpy()
+            src = np.asarray(cols.cpu() if isinstance(cols, torch.Tensor) else cols) % b
             for k, lab in labels.items():
                 lb = lab[off:off + b]
                 agree[k] += int((lb[src] == lb).sum())

@@ -7,7 +7,7 @@ import torch
 
 import reprscope.analyzers  # noqa: F401  (registers the analyzers)
 from reprscope.analyzers.base import HeadModule, LayerData, run_analyzer
-from reprscope.analyzers.tangent import contrastive_batch, normalise
+from reprscope.analyzers.tangent import contrastive_batch, contrastive_batch_np, normalise
 from reprscope.errors import ReprscopeError
 from reprscope.models.heads import build_head
 
@@ -181,12 +181,20 @@ def test_temperature_and_float32():
     assert_close(got, naive(h1, h2, module, batch_size=12, temperature=0.1))
 
 
-def test_contrastive_batch_hardest_negative_against_double_loop():
+@pytest.mark.parametrize("impl", ["torch", "numpy"])
+def test_contrastive_batch_hardest_negative_against_double_loop(impl):
     rng = np.random.default_rng(3)
     b = 9
     z1, z2 = (normalise(torch.as_tensor(rng.normal(size=(b, 4)))) for _ in range(2))
-    out = contrastive_batch(z1, z2, beta=2.0)
     z = torch.cat([z1, z2]).numpy()
+    out = contrastive_batch(z1, z2, beta=2.0) if impl == "torch" else contrastive_batch_np(z.copy(), beta=2.0)
+    other = contrastive_batch_np(z.copy(), beta=2.0) if impl == "torch" else contrastive_batch(z1, z2, beta=2.0)
+    for k in ("infonce", "invariance", "repulsion", "upper_bound"):
+        assert float(out[k]) == pytest.approx(float(other[k]), rel=1e-13)
+    beta = 2.0
+    want = np.mean([np.log(sum(np.exp(beta * (z[a] @ z[c])) for c in range(2 * b) if c not in (a, (a + b) % (2 * b))))
+                    - beta * (z[a] @ z[(a + b) % (2 * b)]) for a in range(2 * b)])
+    assert float(out["infonce"]) == pytest.approx(want, rel=1e-12)
     for a in range(2 * b):
         best, best_sim = None, -np.inf
         for c in range(2 * b):
