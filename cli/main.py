@@ -231,14 +231,17 @@ def check(
     """Recompute SOURCE's table and compare it with --baseline: exit 0 within tolerance, 1 regression, 2 bad input."""
     import json
 
-    from reprscope.check import baseline_analyzers, compare, format_result, load_rules, result_json
+    from reprscope.check import baseline_analyzers, compare, format_result, load_rules, result_json, select_rows
     from reprscope.pipeline import analyze as run_analyze
     from reprscope.table import read_table
     from reprscope.train.trainer import resolve_device
 
     rules = load_rules(tolerances, rtol, atol)
     base = read_table(baseline)
-    wanted = baseline_analyzers(base)
+    selected = select_rows(base, metrics, layers)
+    if selected.empty:
+        raise ReprscopeError("no baseline rows match --metrics/--layers; nothing to check")
+    wanted = baseline_analyzers(selected)  # only what the selected rows need is recomputed
     res = run_analyze([str(s) for s in sources], data=data, analyzers=list(wanted), params=wanted, views=views,
                       limit=limit, device=str(resolve_device(device)), progress=False)
     result = compare(res.table, base, rules, metrics=metrics, layers=layers)

@@ -1,14 +1,16 @@
 """``reprscope check``: compare a freshly computed table against a baseline table (a CI regression gate).
 
-A baseline is a table ``reprscope analyze`` wrote. The source is analyzed again with the baseline's analyzers
-and parameters, rows are matched on (step, layer, view, analyzer, metric, index, parameters), and each pair
-is compared with the tolerance of the first matching rule:
+A baseline is a table ``reprscope analyze`` wrote. The source is analyzed again with the analyzers and
+parameters of the selected baseline rows, rows are matched on (step, layer, view, analyzer, metric, index,
+parameters), and each pair is compared with the tolerance of the first matching rule:
 
     |new − base| ≤ atol + rtol·|base|
 
 A rule may give a direction: ``higher`` (higher is better — only a drop beyond the tolerance fails) or
 ``lower`` (only a rise fails); the default ``both`` fails on any change beyond the tolerance. A baseline row
-with no counterpart fails as ``missing``. Rules come from the command line (one default) and a TOML file::
+with no counterpart fails as ``missing``. When the baseline and the new table each hold a single checkpoint
+(one step each), the steps need not agree — the usual CI case, a new checkpoint against an older one's table;
+tables of several steps (run directories) are matched step by step. Rules come from the command line (one default) and a TOML file::
 
     [default]
     rtol = 0.01
@@ -118,6 +120,7 @@ class CheckResult:
     failures: pd.DataFrame
     missing: pd.DataFrame
     extra: int
+    steps: Optional[List[str]] = None  # [baseline step, new step] when single checkpoints were compared
     ok: bool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -150,27 +153,36 @@ def _key_frame(df: pd.DataFrame, params: Sequence[str]) -> pd.DataFrame:
     return out
 
 
-def compare(new: pd.DataFrame, base: pd.DataFrame, rules: Sequence[Rule], metrics: Optional[str] = None,
-            layers: Optional[str] = None) -> CheckResult:
-    """Compare two tables row by row; see the module docstring for the rules."""
-    sel = pd.Series(True, index=base.index)
+def select_rows(table: pd.DataFrame, metrics: Optional[str] = None, layers: Optional[str] = None) -> pd.DataFrame:
+    """The rows of ``table`` whose ``analyzer/metric`` (or metric) matches one of the comma-separated globs
+    ``metrics`` and whose layer matches one of ``layers`` (None: all)."""
+    sel = pd.Series(True, index=table.index)
     if metrics:
         pats = [p.strip() for p in metrics.split(",") if p.strip()]
         sel &= pd.Series([any(fnmatch.fnmatch(f"{a}/{m}", p) or fnmatch.fnmatch(m, p) for p in pats)
-                          for a, m in zip(base["analyzer"], base["metric"])], index=base.index)
+                          for a, m in zip(table["analyzer"], table["metric"])], index=table.index, dtype=bool)
     if layers:
         pats = [p.strip() for p in layers.split(",") if p.strip()]
-        sel &= pd.Series([any(fnmatch.fnmatch(l, p) for p in pats) for l in base["layer"]], index=base.index)
-    base = base[sel]
+        sel &= pd.Series([any(fnmatch.fnmatch(l, p) for p in pats) for l in table["layer"]], index=table.index, dtype=bool)
+    return table[sel]
+
+
+def compare(new: pd.DataFrame, base: pd.DataFrame, rules: Sequence[Rule], metrics: Optional[str] = None,
+            layers: Optional[str] = None) -> CheckResult:
+    """Compare two tables row by row; see the module docstring for the rules."""
+    base = select_rows(base, metrics, layers)
     if base.empty:
         raise ReprscopeError("no baseline rows match --metrics/--layers; nothing to check")
+    new = select_rows(new, metrics, layers)
     params = sorted(c for c in set(base.columns) & set(new.columns) if c not in COLUMNS)
-    key = KEY + params
     b, n = _key_frame(base, params), _key_frame(new, params)
+    steps_b, steps_n = b["step"].unique(), n["step"].unique()
+    single = len(steps_b) == 1 and len(steps_n) <= 1
+    key = [k for k in KEY if not (single and k == "step")] + params
     if b.duplicated(key).any():
         raise ReprscopeError("the baseline has several rows for the same step/layer/view/metric; is it a table of several sources?")
     merged = b.merge(n[key + ["value"]].drop_duplicates(key), on=key, how="left", suffixes=("_base", "_new"))
-    missing = merged[merged["value_new"].isna()][key + ["value_base"]]
+    missing = merged[merged["value_new"].isna()][KEY + params + ["value_base"]]
     both = merged[merged["value_new"].notna()].copy()
     tol, dirs = [], []
     for a, m, l, v in zip(both["analyzer"], both["metric"], both["layer"], both["value_base"]):
@@ -184,15 +196,19 @@ def compare(new: pd.DataFrame, base: pd.DataFrame, rules: Sequence[Rule], metric
     bad = ((both["direction"] == "both") & (diff.abs() > both["tolerance"])) | \
           ((both["direction"] == "higher") & (-diff > both["tolerance"])) | \
           ((both["direction"] == "lower") & (diff > both["tolerance"]))
-    fails = both[bad][key + ["value_base", "value_new", "diff", "tolerance", "direction"]]
+    fails = both[bad][KEY + params + ["value_base", "value_new", "diff", "tolerance", "direction"]]
     extra = len(n) - int(n[key].merge(b[key], on=key, how="inner").shape[0])
-    return CheckResult(compared=len(both), failures=fails.reset_index(drop=True), missing=missing.reset_index(drop=True), extra=extra)
+    steps = [str(steps_b[0]), str(steps_n[0])] if single and len(steps_n) and steps_b[0] != steps_n[0] else None
+    return CheckResult(compared=len(both), failures=fails.reset_index(drop=True), missing=missing.reset_index(drop=True),
+                       extra=extra, steps=steps)
 
 
 def format_result(res: CheckResult, max_rows: int = 50) -> str:
     """A readable report: the verdict, then the failing and missing rows."""
     lines = [f"{'OK' if res.ok else 'REGRESSION'}: {res.compared} values compared, {len(res.failures)} outside tolerance, "
              f"{len(res.missing)} missing" + (f", {res.extra} new rows not in the baseline (ignored)" if res.extra else "")]
+    if res.steps:
+        lines.append(f"(baseline checkpoint at step {res.steps[0]}, new one at step {res.steps[1]}: compared as one checkpoint each)")
     cols = ["step", "layer", "view", "analyzer", "metric", "index"]
     if not res.failures.empty:
         f = res.failures[cols + ["value_base", "value_new", "diff", "tolerance", "direction"]].head(max_rows)
@@ -210,4 +226,4 @@ def result_json(res: CheckResult) -> Dict[str, Any]:
                 for r in df.astype(object).to_dict(orient="records")]
 
     return {"ok": res.ok, "compared": res.compared, "failed": recs(res.failures), "missing": recs(res.missing),
-            "extra": res.extra}
+            "extra": res.extra, "steps": res.steps}

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from reprscope.check import Rule, compare, load_rules
+from reprscope.check import Rule, baseline_analyzers, compare, format_result, load_rules, select_rows
 from reprscope.errors import ReprscopeError
 from reprscope.table import make_table, read_table, write_table
 from reprscope_cli.main import app
@@ -16,8 +16,8 @@ FIX = Path(__file__).resolve().parent.parent / "fixtures"
 runner = CliRunner()
 
 
-def _table(values, metric="effective_rank", analyzer="spectrum", layers=("encoder", "projector")):
-    rows = [{"source": "s", "step": 10, "method": "simclr", "layer": l, "view": "clean", "analyzer": analyzer,
+def _table(values, metric="effective_rank", analyzer="spectrum", layers=("encoder", "projector"), step=10):
+    rows = [{"source": "s", "step": step, "method": "simclr", "layer": l, "view": "clean", "analyzer": analyzer,
              "metric": metric, "index": "", "value": v, "tau": 0.01} for l, v in zip(layers, values)]
     return make_table(rows)
 
@@ -120,3 +120,37 @@ def test_rules_from_yaml(tmp_path):
     f.write_text("- just a list\n")
     with pytest.raises(ReprscopeError, match="mapping"):
         load_rules(f)
+
+
+def test_single_checkpoints_at_different_steps_are_compared():
+    """The CI case: a new checkpoint (step 30) against the table of an older one (step 60)."""
+    base = _table([10.0, 5.0], step=60)
+    res = compare(_table([10.0, 5.0], step=30), base, [Rule()])
+    assert res.ok and res.compared == 2 and res.steps == ["60", "30"]
+    assert "step 60" in format_result(res) and "step 30" in format_result(res)
+    bad = compare(_table([10.0, 6.0], step=30), base, [Rule()])
+    assert not bad.ok and list(bad.failures["layer"]) == ["projector"]
+    assert compare(_table([10.0, 5.0], step=60), base, [Rule()]).steps is None  # same step: nothing to say
+
+
+def test_tables_of_several_steps_match_step_by_step():
+    base = pd.concat([_table([10.0, 5.0], step=10), _table([12.0, 6.0], step=20)], ignore_index=True)
+    same = pd.concat([_table([10.0, 5.0], step=10), _table([12.0, 6.0], step=20)], ignore_index=True)
+    assert compare(same, base, [Rule()]).ok
+    swapped = pd.concat([_table([12.0, 6.0], step=10), _table([10.0, 5.0], step=20)], ignore_index=True)
+    res = compare(swapped, base, [Rule()])
+    assert not res.ok and len(res.failures) == 4
+    only_one = _table([10.0, 5.0], step=10)  # a single checkpoint against a trajectory: matched on its step
+    res = compare(only_one, base, [Rule()])
+    assert not res.ok and set(res.missing["step"].astype(str)) == {"20"}
+
+
+def test_selection_applies_to_the_new_rows_and_to_what_is_recomputed():
+    base = pd.concat([_table([10.0, 5.0]), _table([0.3, 0.2], metric="center_norm", analyzer="center")],
+                     ignore_index=True)
+    new = pd.concat([base, _table([1.0, 1.0], metric="rankme")], ignore_index=True)
+    res = compare(new, base, [Rule()], metrics="center/*")
+    assert res.ok and res.compared == 2 and res.extra == 0  # rows outside the selection are not counted
+    assert compare(new, base, [Rule()]).extra == 2
+    assert set(baseline_analyzers(select_rows(base, "center/*"))) == {"center"}
+    assert set(baseline_analyzers(select_rows(base, None, "proj*"))) == {"spectrum", "center"}
