@@ -6,6 +6,10 @@
 * ``profile_<analyzer>``: every scalar metric of an analyzer across layers (how it changes with depth);
 * ``trajectory_<analyzer>``: every scalar metric over training steps, one line per layer (tables of run dirs).
 
+In both, a metric ``M_std`` reported next to ``M`` (matrix_information's spread over batches) is drawn as a
+band M ± M_std on M's panel rather than as a panel of its own, the two matrix forms of matrix_information
+share a panel (solid ``gram``, dashed ``cov``), and bookkeeping counts (``n_batches``) are left out.
+
 Each figure is written as PNG and/or PDF.
 """
 from __future__ import annotations
@@ -22,6 +26,8 @@ from .table import read_table
 
 FORMATS = ("png", "pdf")
 MAX_INDEX_SERIES = 4  # vector metrics with at most this many entries (k of k-NN, fine/coarse) count as scalars
+BOOKKEEPING = ("n_batches",)  # counts that describe the computation, not the representation
+FORM_STYLE = {"": "-", "gram": "-", "cov": "--"}
 
 
 def _plt():
@@ -33,25 +39,32 @@ def _plt():
     return plt
 
 
-def _series_name(row: pd.Series, extra: Sequence[str]) -> str:
+def _series_name(row: pd.Series) -> str:
     name = str(row["metric"])
     if row["index"] != "":
         name += f"[{row['index']}]"
-    for c in extra:
-        v = row.get(c)
-        if isinstance(v, str) and v:
-            name += f" ({c}={v})"
     return name
 
 
 def scalar_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """Rows that are one number per (source, step, layer, metric): scalars and short vectors, first view."""
+    """One number per (source, step, layer, analyzer, series, form) — scalars and short vectors, first view —
+    with the spread of a metric ``M`` that has an ``M_std`` companion in column ``err`` (NaN elsewhere).
+
+    Columns: those of the table plus ``series`` (metric[index]), ``form`` ("" when the table has none) and
+    ``err``; the ``M_std`` rows themselves and the BOOKKEEPING metrics are not returned.
+    """
     counts = df.groupby(["analyzer", "metric"])["index"].nunique()
     short = {k for k, v in counts.items() if v <= MAX_INDEX_SERIES}
-    keep = df[[(a, m) in short for a, m in zip(df["analyzer"], df["metric"])]].copy()
-    extra = [c for c in ("form",) if c in keep.columns]
-    keep["series"] = [_series_name(r, extra) for _, r in keep.iterrows()] if len(keep) else []
-    return keep.groupby(["source", "step", "layer", "analyzer", "series"], dropna=False, sort=False).first().reset_index()
+    keep = df[[(a, m) in short and m not in BOOKKEEPING for a, m in zip(df["analyzer"], df["metric"])]].copy()
+    keep["form"] = keep["form"].fillna("").astype(str) if "form" in keep.columns else ""
+    keep["series"] = [_series_name(r) for _, r in keep.iterrows()] if len(keep) else []
+    keys = ["source", "step", "layer", "analyzer", "series", "form"]
+    first = keep.groupby(keys, dropna=False, sort=False).first().reset_index()
+    metrics = set(zip(first["analyzer"], first["metric"]))
+    is_std = np.array([m.endswith("_std") and i == "" and (a, m[:-4]) in metrics
+                       for a, m, i in zip(first["analyzer"], first["metric"], first["index"])], dtype=bool)
+    spread = first[is_std].assign(series=lambda t: t["metric"].str[:-4])[keys + ["value"]].rename(columns={"value": "err"})
+    return first[~is_std].merge(spread, on=keys, how="left")
 
 
 def _save(fig, out: Path, stem: str, formats: Sequence[str]) -> List[Path]:
@@ -74,7 +87,7 @@ def _last_step(df: pd.DataFrame) -> pd.DataFrame:
 def _grid(n: int):
     cols = min(3, n)
     rows = math.ceil(n / cols)
-    fig, axes = _plt().subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    fig, axes = _plt().subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False, layout="constrained")
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     return fig, list(axes.flat[:n])
@@ -134,6 +147,20 @@ def plot_r2(df: pd.DataFrame, out: Path, formats: Sequence[str]) -> List[Path]:
     return _save(fig, out, "r2_per_latent", formats)
 
 
+def _panel_title(name: str, rows: pd.DataFrame, analyzer_rows: pd.DataFrame) -> str:
+    """The series name, with the view it was read from when the analyzer reports several (per view and pair)."""
+    if analyzer_rows["view"].nunique() > 1:
+        return f"{name} ({rows['view'].iloc[0]})"
+    return name
+
+
+def _line(ax, x, y, err, **kw) -> None:
+    """A line with markers, and a band y ± err where the spread is known."""
+    line, = ax.plot(x, y, marker="o", ms=3, **kw)
+    if err is not None and np.isfinite(err).any():
+        ax.fill_between(x, y - err, y + err, color=line.get_color(), alpha=0.2, lw=0)
+
+
 def plot_profiles(df: pd.DataFrame, out: Path, formats: Sequence[str]) -> List[Path]:
     rows = scalar_rows(_last_step(df))
     paths: List[Path] = []
@@ -142,17 +169,22 @@ def plot_profiles(df: pd.DataFrame, out: Path, formats: Sequence[str]) -> List[P
         fig, axes = _grid(len(series))
         layers = list(dict.fromkeys(g["layer"]))
         x = np.arange(len(layers))
+        sources = list(dict.fromkeys(g["source"]))
+        colors = {src: f"C{i % 10}" for i, src in enumerate(sources)}
         for ax, name in zip(axes, series):
             s = g[g["series"] == name]
-            for src in dict.fromkeys(s["source"]):
-                v = s[s["source"] == src].set_index("layer").reindex(layers)["value"]
-                ax.plot(x, v.to_numpy(), marker="o", ms=3, label=Path(src).name)
+            for (src, form), t in s.groupby(["source", "form"], sort=False):
+                t = t.set_index("layer").reindex(layers)
+                label = " · ".join(v for v in (Path(src).name if len(sources) > 1 else "", form) if v)
+                color = colors[src] if len(sources) > 1 else ("C1" if form == "cov" else "C0")
+                _line(ax, x, t["value"].to_numpy(dtype=float), t["err"].to_numpy(dtype=float),
+                      color=color, ls=FORM_STYLE.get(form, ":"), label=label or None)
             ax.set_xticks(x, layers, rotation=45, ha="right", fontsize=7)
-            ax.set_title(name, fontsize=9)
-        if len(set(g["source"])) > 1:
-            axes[0].legend(fontsize=7)
-        fig.suptitle(f"{analyzer}: metrics across layers")
-        fig.tight_layout()
+            ax.set_title(_panel_title(name, s, g), fontsize=9)
+            if ax.get_legend_handles_labels()[1] and len(ax.get_lines()) > 1:
+                ax.legend(fontsize=6)
+        band = " (bands: ± std over batches)" if g["err"].notna().any() else ""
+        fig.suptitle(f"{analyzer}: metrics across layers{band}")
         paths += _save(fig, out, f"profile_{analyzer}", formats)
     return paths
 
@@ -173,14 +205,16 @@ def plot_trajectories(df: pd.DataFrame, out: Path, formats: Sequence[str]) -> Li
         for ax, name in zip(axes, series):
             s = g[g["series"] == name]
             for i, layer in enumerate(layers):
-                t = s[s["layer"] == layer].sort_values("step")
-                if len(t):
-                    ax.plot(t["step"].astype(float), t["value"], marker=".", color=cmap(i / max(1, len(layers) - 1)), label=layer)
+                for form, t in s[s["layer"] == layer].groupby("form", sort=False):
+                    t = t.sort_values("step")
+                    _line(ax, t["step"].to_numpy(dtype=float), t["value"].to_numpy(dtype=float),
+                          t["err"].to_numpy(dtype=float), color=cmap(i / max(1, len(layers) - 1)),
+                          ls=FORM_STYLE.get(form, ":"), label=layer if form in ("", "gram") else None)
             ax.set_xlabel("training step")
-            ax.set_title(name, fontsize=9)
+            ax.set_title(_panel_title(name, s, g), fontsize=9)
         axes[0].legend(fontsize=6)
-        fig.suptitle(f"{analyzer}: metrics over training")
-        fig.tight_layout()
+        forms = " (solid: gram form, dashed: covariance form)" if set(g["form"]) >= {"gram", "cov"} else ""
+        fig.suptitle(f"{analyzer}: metrics over training{forms}")
         paths += _save(fig, out, f"trajectory_{analyzer}", formats)
     return paths
 

@@ -48,3 +48,33 @@ def test_report_errors(tmp_path):
     r = CliRunner().invoke(app, ["report", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "f")])
     assert r.exit_code == 2 and "does not exist" in r.stderr
     assert not (tmp_path / "f").exists()
+
+
+def test_std_companions_become_bands_and_forms_share_a_panel(tmp_path):
+    """matrix_information-like rows: M and M_std per form, plus n_batches: one panel per M (forms as lines),
+    the spread as err, bookkeeping dropped; the figure is written for one step and for a trajectory."""
+    import numpy as np
+
+    from reprscope.report import scalar_rows
+    from reprscope.table import make_table, write_table
+
+    rows = []
+    for step in (10, 20):
+        for li, layer in enumerate(("encoder", "projector")):
+            for form in ("gram", "cov"):
+                for metric, value in (("entropy_1", 1.0 + li + step / 100), ("entropy_1_std", 0.1 * (li + 1)),
+                                      ("n_batches", 4.0), ("residual_std", 0.5)):
+                    rows.append({"source": "run/ckpt.pt", "step": step, "method": "simclr", "layer": layer,
+                                 "view": "aug1|aug2", "analyzer": "matrix_information", "metric": metric, "index": "",
+                                 "value": value + (0.5 if form == "cov" else 0.0), "form": form})
+    table = make_table(rows)
+    got = scalar_rows(table[table["step"] == 20])
+    assert set(got["series"]) == {"entropy_1", "residual_std"}  # no n_batches; residual_std has no residual
+    e = got[got["series"] == "entropy_1"].set_index(["layer", "form"])
+    assert e.loc[("projector", "gram"), "value"] == 2.2 and e.loc[("projector", "gram"), "err"] == 0.2
+    assert e.loc[("encoder", "cov"), "err"] == 0.6  # 0.1 + the form offset of this synthetic table
+    assert np.isnan(got[got["series"] == "residual_std"]["err"]).all()
+    path = tmp_path / "t.csv"
+    write_table(table, path)
+    names = {p.name for p in make_report([str(path)], tmp_path / "fig", formats=["png"])}
+    assert {"profile_matrix_information.png", "trajectory_matrix_information.png"} <= names
