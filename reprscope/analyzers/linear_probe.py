@@ -252,7 +252,8 @@ def linear_probe(data: LayerData, l2: float = 1e-4, test_fraction: float = 0.2, 
             train_acc = float(((xtr_t @ w + b).argmax(dim=1) == ytr_t).double().mean())
             test_acc = float(((xte_t @ w + b).argmax(dim=1) == yte_t).double().mean())
     if not converged:
-        res.notes.append(f"L-BFGS stopped at max_iter={max_iter} before its tolerances were met")
+        res.notes.append(f"L-BFGS stopped at max_iter={max_iter} before its tolerances were met (the accuracies "
+                         "are those of that fit; --param linear_probe.max_iter=N fits tighter)")
     res.add("top1", test_acc, view=view)
     res.add("train_top1", train_acc, view=view)
     res.add("loss", loss, view=view)
