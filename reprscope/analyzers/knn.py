@@ -81,26 +81,26 @@ def topk_lowest_index(sims: torch.Tensor, k: int) -> torch.Tensor:
 
 def topk_lowest_index_np(sims: np.ndarray, k: int) -> np.ndarray:
     """:func:`topk_lowest_index` in numpy: (b, k) indices of the k largest entries of each row of (b, m)
-    ``sims`` (in no particular order), ties to the lowest index.
+    ``sims``, ascending; ties to the lowest index.
 
-    ``np.argpartition`` selects in linear time per row; rows whose k-th value is tied with entries outside the
-    selection are re-selected exactly, as in the torch version.
+    ``np.partition`` finds each row's k-th largest value t in linear time; the entries ≥ t are the selection
+    (read off in index order by one ``nonzero``) unless t is tied with entries outside it, in which case the
+    row takes everything above t plus its lowest-index ties, as in the torch version.
     """
-    m = sims.shape[1]
+    b, m = sims.shape
     if k >= m:
         return np.broadcast_to(np.arange(m), sims.shape).copy()
-    idx = np.argpartition(sims, m - k, axis=1)[:, m - k:]
-    thr = np.take_along_axis(sims, idx, axis=1).min(axis=1, keepdims=True)
-    ambiguous = np.count_nonzero(sims >= thr, axis=1) > k
+    thr = np.partition(sims, m - k, axis=1)[:, m - k:m - k + 1]
+    mask = sims >= thr
+    ambiguous = np.count_nonzero(mask, axis=1) > k
     if ambiguous.any():
         rows = np.flatnonzero(ambiguous)
         sub, t = sims[rows], thr[rows]
         gt = sub > t
         eq = sub == t
         need = k - gt.sum(axis=1, keepdims=True)
-        sel = gt | (eq & (np.cumsum(eq, axis=1) <= need))
-        idx[rows] = np.nonzero(sel)[1].reshape(-1, k)
-    return idx
+        mask[rows] = gt | (eq & (np.cumsum(eq, axis=1) <= need))
+    return np.nonzero(mask)[1].reshape(b, k)
 
 
 def _knn_predict_numpy(bank: np.ndarray, bank_labels: np.ndarray, queries: np.ndarray, ks: List[int],
@@ -114,7 +114,7 @@ def _knn_predict_numpy(bank: np.ndarray, bank_labels: np.ndarray, queries: np.nd
     out: Dict[int, List[np.ndarray]] = {k: [] for k in ks}
     for s in range(0, queries.shape[0], step):
         sims = queries[s:s + step] @ bank.T
-        idx = np.sort(topk_lowest_index_np(sims, kmax), axis=1)  # candidates in bank-index order
+        idx = topk_lowest_index_np(sims, kmax)  # candidates in bank-index order
         cand = np.take_along_axis(sims, idx, axis=1)
         del sims
         rows = np.arange(cand.shape[0])[:, None]
