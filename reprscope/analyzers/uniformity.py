@@ -174,7 +174,8 @@ def uniformity(data: LayerData, t: float = 2.0, alpha: float = 2.0, max_samples:
 
     Args:
         data: (V, n, d) embeddings; the first two augmented views are used, each row ℓ2-normalised (a zero
-            row stays zero, noted: it lies off the sphere); float64 torch on ``data.device``.
+            row stays zero, noted: it lies off the sphere); alignment streamed in numpy with float64 sums, the
+            pairwise kernel on ``data.device``.
         t: uniformity temperature (t = 2 in the paper).
         alpha: alignment exponent (α = 2 in the paper).
         max_samples: uniform is exact over all n(n−1) ordered pairs when n ≤ max_samples, else computed on a
