@@ -30,8 +30,7 @@ note — the projector does not apply to them, and a note per layer would only r
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import numpy as np
 import torch
