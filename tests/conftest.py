@@ -72,6 +72,15 @@ def tiny_h5(tmp_path_factory, tiny_ckpt) -> Path:
     return extract(model, build_dataset(model.dataset), out, limit=300, progress=False)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_home_cache_in_fixtures(tmp_path_factory):
+    """Session- and module-scoped fixtures (the recipes' tiny runs, the CLI's extractions) are set up before
+    any function-scoped fixture: they get a session-wide cache, never the one under the home directory."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("REPRSCOPE_CACHE", str(tmp_path_factory.mktemp("session_cache")))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _no_home_cache(tmp_path, monkeypatch):
     """Nothing a test does may write the extraction cache under the home directory."""

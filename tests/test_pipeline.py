@@ -1,4 +1,6 @@
 """The functional core behind `analyze`: source resolution, parameter routing, note condensing."""
+from pathlib import Path
+
 import pytest
 
 from reprscope.errors import ReprscopeError
@@ -71,3 +73,17 @@ def test_format_override_on_inspect_and_analyze(tmp_path):
     r = CliRunner().invoke(app, ["analyze", str(fix / "tiny_simclr.pt"), "--format", "reprscope", "--analyzers",
                                  "center", "--limit", "50", "--quiet", "--out", str(tmp_path / "t.csv")])
     assert r.exit_code == 0, r.output
+
+
+@pytest.fixture(scope="module")
+def _cache_seen_by_a_module_fixture():
+    from reprscope.pipeline import cache_dir
+
+    return cache_dir()
+
+
+def test_module_fixtures_do_not_write_the_home_cache(_cache_seen_by_a_module_fixture):
+    """Module- and session-scoped fixtures run before the per-test cache redirection: conftest gives them a
+    session cache, so running the tests never fills the user's ~/.cache/reprscope."""
+    home = Path.home() / ".cache" / "reprscope"
+    assert _cache_seen_by_a_module_fixture != home and home not in _cache_seen_by_a_module_fixture.parents
