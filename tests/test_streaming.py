@@ -77,3 +77,23 @@ def test_large_float32_stores_use_float32_products_accumulated_in_float64(monkey
         np.testing.assert_allclose(b.mean, a.mean, rtol=1e-6)
         np.testing.assert_allclose(b.scatter, a.scatter, rtol=2e-5, atol=2e-5 * np.abs(a.scatter).max())
         np.testing.assert_allclose(b.gram, a.gram, rtol=2e-5)
+
+
+@pytest.mark.parametrize("views", [[1, 2], [2, 0], [0, 1, 2]])
+def test_sample_range_reads_the_kept_samples(stored, views):
+    """LayerData.sample_range (a few batches of a large store, read alone) gives the kept samples start … stop
+    − 1 of the in-memory data, from a masked .h5 store and in any view order."""
+    from reprscope.analyzers.base import finite_mask
+
+    mem, path, order = stored
+    with Store(path) as st:
+        disk = dataclasses.replace(mem, embeddings=st.embeddings("encoder"), latents=None, labels=None,
+                                   labels_coarse=None, cache={})
+        disk = disk.take(finite_mask(disk))
+        for start, stop in ((0, 150), (60, 80), (68, 72), (149, 150), (10, 10)):
+            got = disk.sample_range(views, start, stop)
+            want = mem.embeddings[views][:, start:stop].astype(np.float32).astype(np.float64)
+            assert got.shape == (len(views), stop - start, 6) and got.dtype == np.float64
+            np.testing.assert_array_equal(got, want)
+    got = mem.sample_range(views, 5, 9, dtype=np.float32)
+    np.testing.assert_array_equal(got, mem.embeddings[views][:, 5:9].astype(np.float32))

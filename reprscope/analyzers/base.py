@@ -142,6 +142,29 @@ class LayerData:
         if have:
             yield np.concatenate(buf, axis=1) if len(buf) > 1 else buf[0]
 
+    def sample_range(self, views: Sequence[int], start: int, stop: int, dtype: Any = np.float64) -> np.ndarray:
+        """(len(views), stop − start, d) array of the kept samples ``start`` … ``stop − 1`` (in kept order),
+        read at once: a few batches of a large store without reading the rest of it."""
+        ids = [int(v) for v in views]
+        sel = None
+        if self.mask is None:
+            lo, hi = int(start), int(stop)
+        else:
+            kept = np.flatnonzero(self.mask)[start:stop]
+            if not kept.size:
+                return np.zeros((len(ids), 0, self.dim), dtype=dtype)
+            lo, hi = int(kept[0]), int(kept[-1]) + 1
+            sel = kept - lo
+        order = sorted(set(ids))
+        if ids == list(range(ids[0], ids[0] + len(ids))):
+            block = np.asarray(self.embeddings[ids[0]:ids[-1] + 1, lo:hi])
+        else:  # h5py takes one increasing index list per read
+            got = np.asarray(self.embeddings[order, lo:hi])
+            block = got[[order.index(v) for v in ids]] if order != ids else got
+        if sel is not None:
+            block = block[:, sel]
+        return block.astype(dtype, copy=False)
+
     def view(self, i: int, dtype: Any = np.float64) -> np.ndarray:
         """One whole view of the kept samples, (n, d), in memory (filled chunk by chunk, no second copy)."""
         out = np.empty((self.n, self.dim), dtype=dtype)
