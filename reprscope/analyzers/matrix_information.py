@@ -27,14 +27,18 @@ unit diagonal; a zero embedding row (Gram form) or a zero-norm column (covarianc
 ``center=True``, an all-zero feature) stays zero after normalisation and leaves a zero on the diagonal, and
 normalising by the trace keeps the entropies defined (a note says so).
 
-The linear algebra runs in float64 torch on ``data.device``; on the CPU on one thread
+The linear algebra runs in float64 torch on ``data.device``; on the CPU each eigendecomposition on one thread
 (:func:`~reprscope.analyzers.stats.single_torch_thread`): a symmetric eigendecomposition is a long chain of
-small steps that, split across threads, waits for a busy core at every step on a shared machine.
+small steps that, split across threads, waits for a busy core at every step on a shared machine. The cores are
+used instead by computing up to MAX_WORKERS batches side by side (independent work, no step waits for another).
 """
 from __future__ import annotations
 
 import math
+import os
+import threading
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
@@ -54,6 +58,9 @@ FORMS = ("gram", "cov")
 #: Metrics reported for both forms, each as a batch mean (this name) and a batch std (name + "_std").
 FORM_METRICS = ("entropy_1", "entropy_1_view2", "entropy_2", "entropy_alpha", "mutual_information",
                 "joint_entropy", "effective_rank", "kl", "js", "eig_js")
+
+#: Most batches computed side by side on the CPU (each holds a few d×d matrices: 32 MiB each at d = 2048).
+MAX_WORKERS = 4
 
 #: A kl value whose support check fails by more than this mass is undefined (kl_eps = 0 only).
 _SUPPORT_TOL = 1e-8
@@ -341,6 +348,14 @@ def coding_rates(k: PSD, mu: float) -> Dict[str, float]:
 # -- batches ----------------------------------------------------------------------------------------------
 
 
+def _cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def _plan(n: int, m: int, max_batches: Optional[int], seed: int) -> Tuple[List[int], int, List[str]]:
     """Which batch indices to use: (chosen indices, number of full batches, notes)."""
     full = n // m
@@ -415,28 +430,48 @@ def matrix_information(data: LayerData, batch_size=512, alpha: float = 1.0, mu: 
     zero_rows = [0, 0]
     zero_cols = [0, 0]
     used = 0
-    with single_torch_thread(dev):  # one thread on the CPU (see the module docstring)
-        for b in chosen:  # only the chosen batches are read (a few of a large store)
+    lock = threading.Lock()
+
+    def one_batch(b: int):
+        """Read batch b and compute both forms: (skipped?, [(form, values, notes)], zero rows, zero columns)."""
+        with lock:  # one reader at a time (h5py serialises its calls anyway)
             batch = data.sample_range(ids, b * m, min(n, (b + 1) * m))
-            if batch.shape[1] < 2:
-                notes["a batch of 1 sample was skipped: its matrices are 1×1"] += 1
-                continue
-            used += 1
-            z = torch.from_numpy(np.ascontiguousarray(batch)).to(dev, torch.float64)
-            hats, bars = [], []
-            for v in range(2):
-                zh, nz = row_normalise(z[v])
-                zb, nc = column_normalise(z[v], center)
-                zero_rows[v] += nz
-                zero_cols[v] += nc
-                hats.append(zh)
-                bars.append(zb)
-            for form, f1, f2 in (("gram", hats[0], hats[1]), ("cov", bars[0].T, bars[1].T)):
-                vals, ns = form_values(form, f1, f2, alpha, mu, kl_eps)
-                for k, v in vals.items():
-                    per.setdefault((form, k), []).append(v)
-                for s in ns:
-                    notes[f"{form} form: {s}"] += 1
+        if batch.shape[1] < 2:
+            return True, [], [0, 0], [0, 0]
+        z = torch.from_numpy(np.ascontiguousarray(batch)).to(dev, torch.float64)
+        hats, bars, zr, zc = [], [], [0, 0], [0, 0]
+        for v in range(2):
+            zh, zr[v] = row_normalise(z[v])
+            zb, zc[v] = column_normalise(z[v], center)
+            hats.append(zh)
+            bars.append(zb)
+        forms = [(form, *form_values(form, f1, f2, alpha, mu, kl_eps))
+                 for form, f1, f2 in (("gram", hats[0], hats[1]), ("cov", bars[0].T, bars[1].T))]
+        return False, forms, zr, zc
+
+    # Batches are independent: on the CPU they run side by side on up to MAX_WORKERS cores, each with its
+    # eigendecompositions on one thread (no step of one waits for another core; see the module docstring).
+    # Results are gathered in batch order, so the output does not depend on the number of workers.
+    workers = min(MAX_WORKERS, len(chosen), _cores()) if dev.type == "cpu" else 1
+    with single_torch_thread(dev):
+        if workers > 1:
+            with ThreadPoolExecutor(workers) as pool:
+                results = list(pool.map(one_batch, chosen))
+        else:
+            results = [one_batch(b) for b in chosen]
+    for skipped, forms, zr, zc in results:
+        if skipped:
+            notes["a batch of 1 sample was skipped: its matrices are 1×1"] += 1
+            continue
+        used += 1
+        for v in range(2):
+            zero_rows[v] += zr[v]
+            zero_cols[v] += zc[v]
+        for form, vals, ns in forms:
+            for k, v in vals.items():
+                per.setdefault((form, k), []).append(v)
+            for s in ns:
+                notes[f"{form} form: {s}"] += 1
 
     for v in range(2):
         if zero_rows[v]:
