@@ -30,15 +30,13 @@ normalising by the trace keeps the entropies defined (a note says so).
 The linear algebra runs in float64 torch on ``data.device``; on the CPU each eigendecomposition on one thread
 (:func:`~reprscope.analyzers.stats.single_torch_thread`): a symmetric eigendecomposition is a long chain of
 small steps that, split across threads, waits for a busy core at every step on a shared machine. The cores are
-used instead by computing up to MAX_WORKERS batches side by side (independent work, no step waits for another).
+used instead by computing several batches side by side (:func:`~reprscope.analyzers.stats.map_side_by_side`).
 """
 from __future__ import annotations
 
 import math
-import os
 import threading
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
@@ -47,7 +45,7 @@ import torch
 
 from ..params import Param
 from .base import LayerData, Result, register_analyzer
-from .stats import eigh, eigvalsh, single_torch_thread
+from .stats import eigh, eigvalsh, map_side_by_side
 
 #: MCR² quantisation error ε² of Yu et al. (2020), used by ``tcr_mcr2`` = ½ log det(I + d/(m ε²) ẐᵀẐ).
 MCR2_EPS_SQ = 0.5
@@ -58,9 +56,6 @@ FORMS = ("gram", "cov")
 #: Metrics reported for both forms, each as a batch mean (this name) and a batch std (name + "_std").
 FORM_METRICS = ("entropy_1", "entropy_1_view2", "entropy_2", "entropy_alpha", "mutual_information",
                 "joint_entropy", "effective_rank", "kl", "js", "eig_js")
-
-#: Most batches computed side by side on the CPU (each holds a few d×d matrices: 32 MiB each at d = 2048).
-MAX_WORKERS = 4
 
 #: A kl value whose support check fails by more than this mass is undefined (kl_eps = 0 only).
 _SUPPORT_TOL = 1e-8
@@ -348,14 +343,6 @@ def coding_rates(k: PSD, mu: float) -> Dict[str, float]:
 # -- batches ----------------------------------------------------------------------------------------------
 
 
-def _cores() -> int:
-    """CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def _plan(n: int, m: int, max_batches: Optional[int], seed: int) -> Tuple[List[int], int, List[str]]:
     """Which batch indices to use: (chosen indices, number of full batches, notes)."""
     full = n // m
@@ -449,16 +436,9 @@ def matrix_information(data: LayerData, batch_size=512, alpha: float = 1.0, mu: 
                  for form, f1, f2 in (("gram", hats[0], hats[1]), ("cov", bars[0].T, bars[1].T))]
         return False, forms, zr, zc
 
-    # Batches are independent: on the CPU they run side by side on up to MAX_WORKERS cores, each with its
-    # eigendecompositions on one thread (no step of one waits for another core; see the module docstring).
-    # Results are gathered in batch order, so the output does not depend on the number of workers.
-    workers = min(MAX_WORKERS, len(chosen), _cores()) if dev.type == "cpu" else 1
-    with single_torch_thread(dev):
-        if workers > 1:
-            with ThreadPoolExecutor(workers) as pool:
-                results = list(pool.map(one_batch, chosen))
-        else:
-            results = [one_batch(b) for b in chosen]
+    # Batches are independent: on the CPU they run side by side (each batch holds a few d×d matrices, 32 MiB
+    # each at d = 2048), gathered in batch order (see the module docstring).
+    results = map_side_by_side(one_batch, chosen, dev)
     for skipped, forms, zr, zc in results:
         if skipped:
             notes["a batch of 1 sample was skipped: its matrices are 1×1"] += 1

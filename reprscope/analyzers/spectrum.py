@@ -12,7 +12,7 @@ import torch
 
 from ..params import Param
 from .base import LayerData, Result, register_analyzer
-from .stats import eigvalsh, moments, svdvals
+from .stats import eigvalsh, map_side_by_side, moments, svdvals
 
 
 def singular_values(z: np.ndarray) -> np.ndarray:
@@ -49,34 +49,41 @@ def _sv_from_psd(m: np.ndarray, device: str) -> np.ndarray:
     return np.sqrt(np.clip(ev, 0.0, None))
 
 
-def spectra_of_view(data: LayerData, vi: int) -> "tuple[np.ndarray, np.ndarray]":
-    """Centred and uncentred singular values of one view, numerical zeros set to exactly 0.
+def spectra_of_views(data: LayerData) -> "list[tuple[np.ndarray, np.ndarray]]":
+    """Centred and uncentred singular values of every view, numerical zeros set to exactly 0.
 
     Uses the d×d scatter and Gram matrices from the shared streaming moments when n ≥ d (memory bounded by
     d², one pass over the layer for every analyzer), and the n×n Gram of the in-memory view when n < d —
-    the n×n ↔ d×d duality: both sides have the same non-zero eigenvalues σ².
+    the n×n ↔ d×d duality: both sides have the same non-zero eigenvalues σ². The 2V eigendecompositions are
+    independent and run side by side on the CPU (:func:`~reprscope.analyzers.stats.map_side_by_side`).
 
     Eigenvalues of a Gram matrix carry an absolute error of about max(n, d)·eps·σ_max², so σ_k with
     σ_k² ≤ max(n, d)·eps·σ_max(Z)² (σ_max of the uncentred Z, the scale of the data) are rounding noise and
     become 0: identical rows give a centred spectrum of exact zeros.
 
     Returns:
-        (centred σ, uncentred σ), each (min(n, d),) float64, descending.
+        Per view (centred σ, uncentred σ), each (min(n, d),) float64, descending.
     """
     n, d = data.n, data.dim
-    if n >= d:
-        m = moments(data)[vi]
-        sv_c, sv_unc = _sv_from_psd(m.scatter, data.device), _sv_from_psd(m.gram, data.device)
-    else:
-        z = data.view(vi)
-        zc = z - z.mean(axis=0)
-        sv_c, sv_unc = _sv_from_psd(zc @ zc.T, data.device), _sv_from_psd(z @ z.T, data.device)
+    mats = []
+    for vi in range(len(data.views)):
+        if n >= d:
+            m = moments(data)[vi]
+            mats += [m.scatter, m.gram]
+        else:
+            z = data.view(vi)
+            zc = z - z.mean(axis=0)
+            mats += [zc @ zc.T, z @ z.T]
+    svs = map_side_by_side(lambda a: _sv_from_psd(a, data.device), mats, data.device)
     k = min(n, d)
-    sv_c, sv_unc = sv_c[:k].copy(), sv_unc[:k].copy()
-    tol = np.sqrt(max(n, d) * np.finfo(np.float64).eps) * (float(sv_unc[0]) if sv_unc.size else 0.0)
-    sv_c[sv_c <= tol] = 0.0
-    sv_unc[sv_unc <= tol] = 0.0
-    return sv_c, sv_unc
+    out = []
+    for vi in range(len(data.views)):
+        sv_c, sv_unc = svs[2 * vi][:k].copy(), svs[2 * vi + 1][:k].copy()
+        tol = np.sqrt(max(n, d) * np.finfo(np.float64).eps) * (float(sv_unc[0]) if sv_unc.size else 0.0)
+        sv_c[sv_c <= tol] = 0.0
+        sv_unc[sv_unc <= tol] = 0.0
+        out.append((sv_c, sv_unc))
+    return out
 
 
 @register_analyzer(
@@ -106,8 +113,7 @@ def spectrum(data: LayerData, tau: float = 0.01, tau_abs: float = 0.01, eps: flo
         rank_abs = 0; an all-zero view has rankme = 0; both with a note.
     """
     res = Result()
-    for vi, name in enumerate(data.views):
-        sv, sv_unc = spectra_of_view(data, vi)
+    for name, (sv, sv_unc) in zip(data.views, spectra_of_views(data)):
         res.add_vector("sv", sv, view=name)
         pos = np.flatnonzero(sv > 0)
         res.add_vector("log_sv", np.log(sv[pos]), view=name, index=list(pos))

@@ -431,17 +431,17 @@ def test_n_smaller_than_d_and_two_samples():
 def test_batches_side_by_side_equal_one_after_another(monkeypatch):
     """On the CPU the batches run on several worker threads; gathered in batch order, the rows and notes are
     exactly those of the sequential run."""
-    import reprscope.analyzers.matrix_information as mi
+    import reprscope.analyzers.stats as stats
 
     rng = np.random.default_rng(11)
     z1 = rng.normal(size=(70, 9))
     z2 = z1 + 0.3 * rng.normal(size=(70, 9))
     z2[3] = 0.0  # a zero row: its note is counted over the batches
     params = {"batch_size": 8, "max_batches": 6}
-    monkeypatch.setattr(mi, "_cores", lambda: 4)
-    monkeypatch.setattr(mi, "MAX_WORKERS", 1)
+    monkeypatch.setattr(stats, "cores", lambda: 4)
+    monkeypatch.setattr(stats, "MAX_WORKERS", 1)
     one = run_analyzer("matrix_information", _data(z1, z2), params)
-    monkeypatch.setattr(mi, "MAX_WORKERS", 4)
+    monkeypatch.setattr(stats, "MAX_WORKERS", 4)
     four = run_analyzer("matrix_information", _data(z1, z2), params)
     assert one.rows == four.rows and one.notes == four.notes
     assert any("zero embedding row" in n for n in four.notes)

@@ -199,3 +199,29 @@ def test_parameters_stamped_and_deterministic():
     b = run_analyzer("spectrum", _data(z), {"tau": 0.2})
     assert a.rows == b.rows
     assert all(r["tau"] == 0.2 and r["tau_abs"] == 0.01 and r["eps"] == 1e-7 for r in a.rows)
+
+
+def test_side_by_side_helper_keeps_order_and_threads(monkeypatch):
+    """map_side_by_side: the results of the sequential loop in item order, with several workers on the CPU;
+    torch on one intra-op thread inside (restored after)."""
+    import threading
+
+    import torch
+
+    import reprscope.analyzers.stats as stats
+
+    monkeypatch.setattr(stats, "cores", lambda: 4)
+    seen = []
+
+    def work(i):
+        seen.append((threading.get_ident(), torch.get_num_threads()))
+        m = torch.from_numpy(np.random.default_rng(i).normal(size=(30, 30)))
+        return float(torch.linalg.eigvalsh(m @ m.T).sum())
+
+    before = torch.get_num_threads()
+    got = stats.map_side_by_side(work, list(range(12)))
+    assert {t for _, t in seen} == {1} and torch.get_num_threads() == before
+    assert len({tid for tid, _ in seen}) > 1  # ran on worker threads
+    seen.clear()
+    assert stats.map_side_by_side(work, list(range(12)), max_workers=1) == got  # one after another, same order
+    assert {tid for tid, _ in seen} == {threading.get_ident()}
