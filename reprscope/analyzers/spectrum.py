@@ -65,16 +65,15 @@ def spectra_of_views(data: LayerData) -> "list[tuple[np.ndarray, np.ndarray]]":
         Per view (centred σ, uncentred σ), each (min(n, d),) float64, descending.
     """
     n, d = data.n, data.dim
-    mats = []
-    for vi in range(len(data.views)):
-        if n >= d:
-            m = moments(data)[vi]
-            mats += [m.scatter, m.gram]
-        else:
+    eig = lambda a: _sv_from_psd(a, data.device)  # noqa: E731
+    if n >= d:  # the d×d matrices are the cached moments: all 2V at once
+        svs = map_side_by_side(eig, [x for m in moments(data) for x in (m.scatter, m.gram)], data.device)
+    else:  # n×n matrices formed for one view at a time (memory: two of them)
+        svs = []
+        for vi in range(len(data.views)):
             z = data.view(vi)
             zc = z - z.mean(axis=0)
-            mats += [zc @ zc.T, z @ z.T]
-    svs = map_side_by_side(lambda a: _sv_from_psd(a, data.device), mats, data.device)
+            svs += map_side_by_side(eig, [zc @ zc.T, z @ z.T], data.device)
     k = min(n, d)
     out = []
     for vi in range(len(data.views)):
