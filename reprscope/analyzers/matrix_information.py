@@ -57,6 +57,9 @@ FORMS = ("gram", "cov")
 FORM_METRICS = ("entropy_1", "entropy_1_view2", "entropy_2", "entropy_alpha", "mutual_information",
                 "joint_entropy", "effective_rank", "kl", "js", "eig_js")
 
+#: Memory the batches computed side by side on the CPU may hold together.
+SIDE_BY_SIDE_BYTES = 1 << 30
+
 #: A kl value whose support check fails by more than this mass is undefined (kl_eps = 0 only).
 _SUPPORT_TOL = 1e-8
 
@@ -436,9 +439,11 @@ def matrix_information(data: LayerData, batch_size=512, alpha: float = 1.0, mu: 
                  for form, f1, f2 in (("gram", hats[0], hats[1]), ("cov", bars[0].T, bars[1].T))]
         return False, forms, zr, zc
 
-    # Batches are independent: on the CPU they run side by side (each batch holds a few d×d matrices, 32 MiB
-    # each at d = 2048), gathered in batch order (see the module docstring).
-    results = map_side_by_side(one_batch, chosen, dev)
+    # Batches are independent: on the CPU they run side by side, gathered in batch order (see the module
+    # docstring), as many as fit in SIDE_BY_SIDE_BYTES (a batch holds about six p×p float64 matrices,
+    # p = max(m, d): 200 MiB at d = 2048, 3 GiB at d = 8192, which then runs alone).
+    per_batch = 6 * 8 * max(min(m, n), d) ** 2
+    results = map_side_by_side(one_batch, chosen, dev, max_workers=max(1, SIDE_BY_SIDE_BYTES // per_batch))
     for skipped, forms, zr, zc in results:
         if skipped:
             notes["a batch of 1 sample was skipped: its matrices are 1×1"] += 1
