@@ -495,3 +495,63 @@ def test_missing_needs_are_skips():
                          modules={"projector": linear_module(np.eye(3))})
     res = run_analyzer("tangent", one_view)
     assert res.rows == [] and any("two augmented views" in n for n in res.notes)
+
+
+CHAIN_SPECS = [
+    [{"type": "linear", "in": 6, "out": 12, "bias": False}, {"type": "batchnorm", "in": 12, "affine": True},
+     {"type": "relu"}, {"type": "linear", "in": 12, "out": 4, "bias": True}],
+    [{"type": "linear", "in": 6, "out": 12}, {"type": "gelu"}, {"type": "linear", "in": 12, "out": 12},
+     {"type": "leaky_relu", "slope": 0.1}, {"type": "linear", "in": 12, "out": 5}, {"type": "batchnorm", "in": 5, "affine": False}],
+    [{"type": "linear", "in": 6, "out": 12}, {"type": "gelu"}, {"type": "linear", "in": 12, "out": 8}, {"type": "l2norm"},
+     {"type": "weightnorm_linear", "in": 8, "out": 30, "bias": False}],
+    [{"type": "batchnorm", "in": 6, "affine": True}, {"type": "relu"}],
+    [{"type": "linear", "in": 6, "out": 3}, {"type": "l2norm"}],
+    [],
+]
+
+
+@pytest.mark.parametrize("spec", CHAIN_SPECS, ids=lambda s: "-".join(x["type"] for x in s) or "identity")
+def test_chain_jacobian_equals_autograd(spec, monkeypatch):
+    """The product of the layers' derivatives equals jacrev's per-sample Jacobians, in blocks of a few samples."""
+    import reprscope.analyzers.tangent as tangent_mod
+
+    torch.manual_seed(12)
+    head = build_head(spec).double().eval()
+    with torch.no_grad():
+        for mod in head:
+            if isinstance(mod, torch.nn.BatchNorm1d):
+                mod.running_mean.normal_()
+                mod.running_var.uniform_(0.5, 2.0)
+                if mod.weight is not None:
+                    mod.weight.normal_()
+    for p in head.parameters():
+        p.requires_grad_(False)
+    h = torch.randn(37, 6, dtype=torch.float64)
+    h[0, :] = 0.0  # ReLU kinks: derivative 0 at 0, as autograd has it
+    want = torch.func.jacrev(lambda x: head(x).sum(0))(h).transpose(0, 1)
+    monkeypatch.setattr(tangent_mod, "_CHAIN_BLOCK_BYTES", 8 * 30 * 12 * 5)  # blocks of 5 samples
+    got = tangent_mod.chain_jacobian(head, h)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-13)
+
+
+def test_chain_jacobian_declines_other_layers_and_the_analyzer_falls_back(monkeypatch):
+    """A layer the product does not know gives None (autograd is used); forcing autograd for an MLP head
+    gives the same rows as the product."""
+    import reprscope.analyzers.tangent as tangent_mod
+
+    class Square(torch.nn.Module):
+        def forward(self, x):
+            return x * x.sum(dim=1, keepdim=True)
+
+    head = torch.nn.Sequential(torch.nn.Linear(4, 3).double(), Square())
+    h = torch.randn(5, 4, dtype=torch.float64)
+    assert tangent_mod.chain_jacobian(head, h) is None
+    torch.testing.assert_close(tangent_mod.head_jacobian(head, h),
+                               torch.func.jacrev(lambda x: head(x).sum(0))(h).transpose(0, 1))
+    h1, h2 = views(20, 5, seed=13)
+    module = mlp_module(5, 7, 3, seed=13, act="gelu", l2=True)
+    fast = rows(run_analyzer("tangent", make(h1, h2, module), {"batch_size": 8}))
+    monkeypatch.setattr(tangent_mod, "chain_jacobian", lambda head, h: None)
+    slow = rows(run_analyzer("tangent", make(h1, h2, module), {"batch_size": 8}))
+    assert_close(fast, slow, rel=1e-10)
