@@ -206,9 +206,10 @@ def chain_jacobian(head: nn.Sequential, h: torch.Tensor) -> Optional[torch.Tenso
 
     One forward pass records, per layer, its weight (``Linear``, weight-normed or not), the diagonal of its
     derivative (eval ``BatchNorm1d``: γ/√(running_var + ε); ReLU / GELU / LeakyReLU: the elementwise derivative
-    at the pre-activation, by autograd — e.g. 0 at a ReLU's kink, as ``jacrev`` has it), or the derivative (I − x̂x̂ᵀ)/‖x‖ of ``L2Norm``. The product is taken from the output side as
-    large matrix products over blocks of samples: J_i = W_L D_i ⋯ W_1 for the usual MLP head. It does the work
-    of reverse mode (d_out cotangents) as a few large products instead of d_out backward passes.
+    at the pre-activation, by autograd — e.g. 0 at a ReLU's kink, as ``jacrev`` has it), or the derivative
+    (I − x̂x̂ᵀ)/‖x‖ of ``L2Norm``. The product is taken from the output side as large matrix products over blocks
+    of samples: J_i = W_L D_i ⋯ W_1 for the usual MLP head. It does the work of reverse mode (d_out cotangents)
+    as a few large products instead of d_out backward passes.
     """
     steps = []
     x = h
