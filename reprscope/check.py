@@ -10,7 +10,8 @@ A rule may give a direction: ``higher`` (higher is better — only a drop beyond
 ``lower`` (only a rise fails); the default ``both`` fails on any change beyond the tolerance. A baseline row
 with no counterpart fails as ``missing``. When the baseline and the new table each hold a single checkpoint
 (one step each), the steps need not agree — the usual CI case, a new checkpoint against an older one's table;
-tables of several steps (run directories) are matched step by step. Rules come from the command line (one default) and a TOML file::
+tables of several steps (run directories) are matched step by step. Rules come from the command line (one
+default) and a TOML file::
 
     [default]
     rtol = 0.01
