@@ -120,6 +120,44 @@ def test_batch_must_split_over_processes(monkeypatch, tmp_path):
         train(_cfg(), tmp_path / "r", progress=False)
 
 
+def test_leaving_the_process_group_waits_for_peers_only_after_a_normal_run(monkeypatch):
+    """A gloo rank leaving while its peer still writes can abort the peer at exit; after an exception nobody
+    waits (the peers may never arrive)."""
+    from reprscope import distributed
+
+    calls = []
+    monkeypatch.setattr(distributed, "is_distributed", lambda: True)
+    monkeypatch.setattr(distributed.dist, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(distributed.dist, "destroy_process_group", lambda: calls.append("destroy"))
+    distributed.cleanup(True)
+    assert calls == ["barrier", "destroy"]
+    calls.clear()
+    distributed.cleanup(True, wait_for_peers=False)
+    assert calls == ["destroy"]
+    calls.clear()
+    distributed.cleanup(False)
+    assert calls == []
+
+
+def test_trainer_leaves_without_waiting_when_it_fails(monkeypatch, tmp_path):
+    from reprscope import distributed
+    from reprscope.train import trainer
+
+    seen = []
+    monkeypatch.setattr(distributed, "init_from_env", lambda _t: distributed.DistInfo(0, 2, 0))
+    monkeypatch.setattr(distributed, "cleanup", lambda started, wait_for_peers=True: seen.append((started, wait_for_peers)))
+
+    def fail(*_a):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(trainer, "_train", fail)
+    with pytest.raises(RuntimeError, match="boom"):
+        train(_cfg(), tmp_path / "r", progress=False)
+    monkeypatch.setattr(trainer, "_train", lambda *_a: "done")
+    assert train(_cfg(), tmp_path / "r", progress=False) == "done"
+    assert seen == [(True, False), (True, True)]
+
+
 def test_unknown_optimizer_is_named():
     with pytest.raises(ReprscopeError, match="rmsprop"):
         _cfg(**{"optim.name": "rmsprop"})

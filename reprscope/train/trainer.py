@@ -182,9 +182,12 @@ def train(config: Dict[str, Any], out_dir: str | Path, resume: bool = False, pro
         device = torch.device("cuda", di.local_rank)
         torch.cuda.set_device(device)
     try:
-        return _train(config, out_dir, resume, progress, on_log, device, di)
-    finally:
-        dist.cleanup(started_dist)
+        result = _train(config, out_dir, resume, progress, on_log, device, di)
+    except BaseException:
+        dist.cleanup(started_dist, wait_for_peers=False)
+        raise
+    dist.cleanup(started_dist)
+    return result
 
 
 def _fits(dataset, device: torch.device) -> bool:

@@ -69,12 +69,14 @@ def main() -> None:
     torch.set_num_threads(1)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         dist.init_process_group("gloo")
+    started = dist.is_initialized()
     try:
         for name in names:
             run(name, out)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    except BaseException:
+        distributed.cleanup(started, wait_for_peers=False)
+        raise
+    distributed.cleanup(started)
 
 
 if __name__ == "__main__":
