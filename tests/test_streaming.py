@@ -79,6 +79,25 @@ def test_large_float32_stores_use_float32_products_accumulated_in_float64(monkey
         np.testing.assert_allclose(b.gram, a.gram, rtol=2e-5)
 
 
+@pytest.mark.parametrize("block", [1, 100, 4096])
+def test_moments_in_blocks_equal_the_direct_sums(monkeypatch, block):
+    """Count, mean, scatter and Gram from the shifted blocks (their sums from the ones column of the product)
+    equal the direct float64 computation, with blocks of one row, blocks that cut the chunks unevenly, and one
+    block larger than n; a large common offset loses nothing to cancellation."""
+    from reprscope.analyzers import stats
+
+    monkeypatch.setattr(stats, "MOMENT_BLOCK_ROWS", block)
+    emb = np.random.default_rng(4).normal(size=(2, 1037, 9)) * np.array([0.5, 2.0])[:, None, None] + 1e4
+    got = stats.moments(dataclasses.replace(make_data(emb, views=["aug1", "aug2"]), chunk_size=300, cache={}))
+    for z, m in zip(emb, got):
+        zc = z - z.mean(axis=0)
+        assert m.n == 1037
+        np.testing.assert_allclose(m.mean, z.mean(axis=0), rtol=1e-14)
+        np.testing.assert_allclose(m.scatter, zc.T @ zc, rtol=1e-9, atol=1e-9 * np.abs(zc.T @ zc).max())
+        np.testing.assert_allclose(m.gram, z.T @ z, rtol=1e-12)
+        np.testing.assert_allclose(m.covariance(), np.cov(z.T), rtol=1e-9, atol=1e-9 * np.abs(np.cov(z.T)).max())
+
+
 @pytest.mark.parametrize("views", [[1, 2], [2, 0], [0, 1, 2]])
 def test_sample_range_reads_the_kept_samples(stored, views):
     """LayerData.sample_range (a few batches of a large store, read alone) gives the kept samples start … stop

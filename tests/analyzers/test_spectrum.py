@@ -3,6 +3,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 import reprscope.analyzers.spectrum  # noqa: F401  (registers the analyzer)
 from reprscope.analyzers.base import LayerData, run_analyzer
@@ -225,3 +226,53 @@ def test_side_by_side_helper_keeps_order_and_threads(monkeypatch):
     seen.clear()
     assert stats.map_side_by_side(work, list(range(12)), max_workers=1) == got  # one after another, same order
     assert {tid for tid, _ in seen} == {threading.get_ident()}
+
+
+def _blas_threads():
+    import reprscope.analyzers.stats as stats
+
+    return {lib["num_threads"] for lib in stats._numpy_blas().info()}
+
+
+def test_blas_held_to_one_thread_side_by_side_and_restored(monkeypatch):
+    """numpy's BLAS on one thread in every worker of a side-by-side section, also while eigvalsh/eigh enter and
+    leave their own one-thread blocks inside the workers; the number before the section comes back after it."""
+    import reprscope.analyzers.stats as stats
+
+    assert stats._numpy_blas() is not None  # numpy's wheels bring OpenBLAS; threadpoolctl is a dependency
+    monkeypatch.setattr(stats, "cores", lambda: 4)
+    with stats._numpy_blas().limit(limits=3):
+        def work(i):
+            m = torch.from_numpy(np.random.default_rng(i).normal(size=(40, 40)))
+            before = _blas_threads()
+            stats.eigvalsh(m @ m.T)
+            stats.eigh(m @ m.T)
+            return before, _blas_threads()
+
+        got = stats.map_side_by_side(work, list(range(16)))
+        assert all(b == {1} and a == {1} for b, a in got)
+        assert _blas_threads() == {3}
+        with stats.single_blas_thread():
+            with stats.single_blas_thread():
+                assert _blas_threads() == {1}
+            assert _blas_threads() == {1}  # the outer block still holds it
+        assert _blas_threads() == {3}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_symmetric_decompositions_equal_torch_with_and_without_numpy_lapack(monkeypatch, dtype):
+    import reprscope.analyzers.stats as stats
+
+    x = torch.from_numpy(np.random.default_rng(3).normal(size=(60, 25))).to(dtype)
+    m = x.T @ x
+    want = torch.linalg.eigvalsh(m.double())
+    tol = 1e-4 if dtype == torch.float32 else 1e-11
+    for blas in (stats._numpy_blas(), None):  # numpy's LAPACK, then the torch fallback
+        monkeypatch.setattr(stats, "_numpy_blas", lambda: blas)
+        vals = stats.eigvalsh(m)
+        assert vals.dtype == dtype
+        torch.testing.assert_close(vals.double(), want, rtol=0, atol=tol * float(want[-1]))
+        w, v = stats.eigh(m)
+        assert w.dtype == v.dtype == dtype
+        torch.testing.assert_close((v * w) @ v.T, m, rtol=0, atol=tol * float(want[-1]))
+        torch.testing.assert_close(v.T @ v, torch.eye(25, dtype=dtype), rtol=0, atol=10 * tol)
