@@ -289,6 +289,9 @@ _JAC_SIDE_BLOCK = 32
 #: Samples of the Jacobian subset gathered over batches before their residuals are computed together.
 _JAC_GATHER = 1024
 
+#: Batches of a linear projector's numpy path read at once and computed side by side (see :func:`tangent`).
+_SIDE_BY_SIDE_BATCHES = 8
+
 
 def jacobian_residual(head: nn.Sequential, h: torch.Tensor, dh: torch.Tensor, block: int = _JAC_SIDE_BLOCK
                       ) -> torch.Tensor:
@@ -411,56 +414,80 @@ def tangent(data: LayerData, batch_size: int = 512, temperature: float = 0.5, ma
 
     # A linear projector on the CPU runs in numpy: the head as its affine map g(h) = M h + g(0) (one product
     # per batch), the similarities as one symmetric product, numpy's fast float64 exp; torch (on one thread)
-    # only built the map. Elsewhere (an accelerator, a non-linear projector's Jacobians) the batch runs in
-    # torch on data.device.
+    # only built the map. Its batches are independent and run side by side on the cores, a few at a time,
+    # their contributions added in batch order (the same sums as one after another). Elsewhere (an
+    # accelerator, a non-linear projector's Jacobians) the batches run in torch on data.device, in turn.
     use_numpy = linear and device.type == "cpu"
     if use_numpy:
         with single_torch_thread(device):
             m_np = lin.numpy()  # (d_proj, d)
             g0 = head(torch.zeros(1, d, dtype=torch.float64)).numpy()[0]
         basis = basis.numpy()
-    with torch.no_grad():
-        for batch in data.batches([i1, i2], batch_size):
-            b = batch.shape[1]
-            if b < 2:
-                break
-            if use_numpy:
-                hcat = np.ascontiguousarray(batch, dtype=np.float64).reshape(2 * b, d)  # [h⁽¹⁾; h⁽²⁾]
-                g = hcat @ m_np.T
-                g += g0
-                out = contrastive_batch_np(_unit_rows_np(g), beta)
-            else:
-                hcat = torch.from_numpy(np.ascontiguousarray(batch)).to(device).reshape(2 * b, d)
-                z = normalise(head(hcat))
-                out = contrastive_batch(z[:b], z[b:], beta)
-            for k in sums:
-                sums[k] += float(out[k])
-            n_batches += 1
-            h1, h2 = hcat[:b], hcat[b:]
-            cols = out["hardest"][:b]  # view-1 anchors (the paper's h̃*_i)
-            h_star = hcat[cols]
-            dh = h2 - h_star
-            dist_num += _norm_sum(h1 - h_star)
-            dist_den += _norm_sum(h1)
-            if linear:
-                den = float((dh * dh).sum())
-                proj = dh @ basis  # coordinates of δh in the orthonormal basis of col(W)
-                num = den - float((proj * proj).sum())  # Pythagoras: ‖δh‖² − ‖P δh‖²
-                if num < _PYTHAGORAS_MIN * den:  # most of δh lies in col(W): subtract explicitly, no cancellation
-                    r = dh - proj @ basis.T
-                    num = float((r * r).sum())
-                fvu_num += num
-                fvu_den += den
-            else:  # the subset's (h⁽¹⁾, δh) are gathered over batches and their Jacobians computed together
-                sel = torch.from_numpy(np.flatnonzero(jac_mask[off:off + b])).to(device)
-                gathered.append((h1[sel], dh[sel]))
-                if sum(len(x) for x, _ in gathered) >= _JAC_GATHER:
-                    fvu_num, fvu_den = flush(fvu_num, fvu_den)
-            src = np.asarray(cols.cpu() if isinstance(cols, torch.Tensor) else cols) % b
-            for k, lab in labels.items():
-                lb = lab[off:off + b]
-                agree[k] += int((lb[src] == lb).sum())
-            off += b
+
+    def batch_part(batch: np.ndarray) -> dict:
+        """What one batch contributes: its InfoNCE terms, hardest-negative columns and distance sums, and the
+        FVU sums (linear projector) or its (h⁽¹⁾, δh) for the Jacobians."""
+        b = batch.shape[1]
+        if use_numpy:
+            hcat = np.ascontiguousarray(batch, dtype=np.float64).reshape(2 * b, d)  # [h⁽¹⁾; h⁽²⁾]
+            g = hcat @ m_np.T
+            g += g0
+            out = contrastive_batch_np(_unit_rows_np(g), beta)
+        else:
+            hcat = torch.from_numpy(np.ascontiguousarray(batch)).to(device).reshape(2 * b, d)
+            z = normalise(head(hcat))
+            out = contrastive_batch(z[:b], z[b:], beta)
+        h1, h2 = hcat[:b], hcat[b:]
+        cols = out["hardest"][:b]  # view-1 anchors (the paper's h̃*_i)
+        h_star = hcat[cols]
+        dh = h2 - h_star
+        part = {"b": b, "terms": {k: float(out[k]) for k in sums}, "dist": (_norm_sum(h1 - h_star), _norm_sum(h1)),
+                "src": np.asarray(cols.cpu() if isinstance(cols, torch.Tensor) else cols) % b}
+        if linear:
+            den = float((dh * dh).sum())
+            proj = dh @ basis  # coordinates of δh in the orthonormal basis of col(W)
+            num = den - float((proj * proj).sum())  # Pythagoras: ‖δh‖² − ‖P δh‖²
+            if num < _PYTHAGORAS_MIN * den:  # most of δh lies in col(W): subtract explicitly, no cancellation
+                r = dh - proj @ basis.T
+                num = float((r * r).sum())
+            part["fvu"] = (num, den)
+        else:
+            part["h1"], part["dh"] = h1, dh
+        return part
+
+    def parts():
+        batches = (bt for bt in data.batches([i1, i2], batch_size) if bt.shape[1] >= 2)
+        if not use_numpy:
+            with torch.no_grad():
+                yield from (batch_part(bt) for bt in batches)
+            return
+        group: list = []
+        for bt in batches:
+            group.append(bt)
+            if len(group) == _SIDE_BY_SIDE_BATCHES:
+                yield from map_side_by_side(batch_part, group, device)
+                group = []
+        yield from map_side_by_side(batch_part, group, device)
+
+    for part in parts():
+        b = part["b"]
+        for k in sums:
+            sums[k] += part["terms"][k]
+        n_batches += 1
+        dist_num += part["dist"][0]
+        dist_den += part["dist"][1]
+        if linear:
+            fvu_num += part["fvu"][0]
+            fvu_den += part["fvu"][1]
+        else:  # the subset's (h⁽¹⁾, δh) are gathered over batches and their Jacobians computed together
+            sel = torch.from_numpy(np.flatnonzero(jac_mask[off:off + b])).to(device)
+            gathered.append((part["h1"][sel], part["dh"][sel]))
+            if sum(len(x) for x, _ in gathered) >= _JAC_GATHER:
+                fvu_num, fvu_den = flush(fvu_num, fvu_den)
+        for k, lab in labels.items():
+            lb = lab[off:off + b]
+            agree[k] += int((lb[part["src"]] == lb).sum())
+        off += b
 
     fvu_num, fvu_den = flush(fvu_num, fvu_den)
     if fvu_den > 0:

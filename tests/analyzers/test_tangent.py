@@ -172,6 +172,25 @@ def test_linear_matches_naive(batch_size):
     assert got[("infonce", "")] <= got[("upper_bound", "")]
 
 
+@pytest.mark.parametrize("group", [2, 3, 8])
+def test_linear_batches_side_by_side_equal_one_after_another(monkeypatch, group):
+    """The numpy path's batches computed side by side (groups of ``group``, four workers) add up to exactly the
+    values of one batch after another: contributions are summed in batch order."""
+    import reprscope.analyzers.stats as stats
+    import reprscope.analyzers.tangent as tangent
+
+    rng = np.random.default_rng(5)
+    h1, h2 = views(203, 7, seed=5)
+    module = linear_module(rng.normal(size=(4, 7)))
+    labels = rng.integers(0, 4, 203)
+    monkeypatch.setattr(tangent, "_SIDE_BY_SIDE_BATCHES", 1)
+    one = run_analyzer("tangent", make(h1, h2, module, labels=labels), {"batch_size": 20})
+    monkeypatch.setattr(tangent, "_SIDE_BY_SIDE_BATCHES", group)
+    monkeypatch.setattr(stats, "cores", lambda: 4)
+    side = run_analyzer("tangent", make(h1, h2, module, labels=labels), {"batch_size": 20})
+    assert side.rows == one.rows and side.notes == one.notes
+
+
 def test_temperature_and_float32():
     rng = np.random.default_rng(2)
     h1, h2 = views(30, 5, seed=2)
