@@ -15,6 +15,7 @@ from reprscope.methods import METHODS, build_method
 from reprscope.models.bundle import build_bundle
 from reprscope.models.heads import HEADS
 from reprscope.train import apply_sets, default_config, resolve_config, train
+from resume_helpers import assert_same_state, interrupt_and_resume
 
 BASE_SETS: Dict[str, Any] = {
     "backbone.width": 16,
@@ -78,10 +79,6 @@ def test_param_groups_partition_trainable_parameters(name):
     assert {id(p) for p in grouped} == trainable
 
 
-class _Stop(Exception):
-    pass
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_trains_saves_loads_and_resumes_exactly(name, tmp_path):
     cfg = smoke_config(name)
@@ -95,17 +92,6 @@ def test_trains_saves_loads_and_resumes_exactly(name, tmp_path):
     with torch.no_grad():
         loaded.bundle.eval()(x)
 
-    def stop(done, _m):
-        if done == 4:
-            raise _Stop()
-
-    with pytest.raises(_Stop):
-        train(cfg, tmp_path / "b", progress=False, on_log=stop)
-    resumed = train(cfg, tmp_path / "b", resume=True, progress=False)
-    a = torch.load(straight.last, weights_only=True)
-    b = torch.load(resumed.last, weights_only=True)
-    for part in ("state_dict", "method_state"):
-        assert set(a[part]) == set(b[part])
-        for k in a[part]:
-            assert torch.equal(a[part][k], b[part][k]), f"{part}/{k} differs after resume"
+    resumed = interrupt_and_resume(cfg, tmp_path / "b", stop_at=4)
+    a, b = assert_same_state(straight.last, resumed.last)
     assert a["metrics"]["loss"] == b["metrics"]["loss"]

@@ -12,6 +12,7 @@ import torch
 from reprscope.errors import ReprscopeError
 from reprscope.train import apply_sets, default_config, resolve_config, train
 from reprscope.train.optim import LARS, build_optimizer, lr_factor, split_decay
+from resume_helpers import assert_same_state, interrupt_and_resume
 
 
 def _cfg(data="blobs", **sets):
@@ -174,20 +175,6 @@ def test_2000_steps_straight_equal_1000_then_resume_1000(tmp_path):
     cfg = _cfg(data="dgp", **{"train.steps": 2000, "train.save_every_steps": 1000, "train.log_every": 100,
                               "train.batch_size": 32, "projector.out_dim": 4})
     straight = train(cfg, tmp_path / "a", progress=False)
-
-    class Stop(Exception):
-        pass
-
-    def stop(done, _m):
-        if done == 1100:  # after ckpt-0001000.pt, before ckpt-0002000.pt
-            raise Stop()
-
-    with pytest.raises(Stop):
-        train(cfg, tmp_path / "b", progress=False, on_log=stop)
-    resumed = train(cfg, tmp_path / "b", resume=True, progress=False)
-    a = torch.load(straight.last, weights_only=True)
-    b = torch.load(resumed.last, weights_only=True)
+    resumed = interrupt_and_resume(cfg, tmp_path / "b", stop_at=1100)  # after ckpt-0001000.pt, before ckpt-0002000.pt
+    a, b = assert_same_state(straight.last, resumed.last)
     assert a["step"] == b["step"] == 2000
-    for part in ("state_dict", "method_state"):
-        for k in a[part]:
-            assert torch.equal(a[part][k], b[part][k]), k

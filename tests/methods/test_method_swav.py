@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from method_helpers import make_config, make_model, run_training, views_for
+from resume_helpers import assert_same_state, interrupt_and_resume
 from reprscope.methods.base import encode
 from reprscope.methods.swav import sinkhorn_knopp, swapped_prediction_loss
 from reprscope.train import train
@@ -194,23 +195,9 @@ def test_resume_with_a_queue_is_exact(tmp_path):
                       method__freeze_prototypes_steps=2, train__steps=6, train__batch_size=32,
                       train__save_every_steps=2)
     straight = train(cfg, tmp_path / "a", progress=False)
-
-    class Stop(Exception):
-        pass
-
-    def stop(done, _m):
-        if done == 4:
-            raise Stop()
-
-    with pytest.raises(Stop):
-        train(cfg, tmp_path / "b", progress=False, on_log=stop)
-    resumed = train(cfg, tmp_path / "b", resume=True, progress=False)
-    a = torch.load(straight.last, weights_only=True)
-    b = torch.load(resumed.last, weights_only=True)
+    resumed = interrupt_and_resume(cfg, tmp_path / "b", stop_at=4)
+    a, _ = assert_same_state(straight.last, resumed.last)
     assert int(a["method_state"]["queue_count"]) == 64
-    for part in ("state_dict", "method_state"):
-        for k in a[part]:
-            assert torch.equal(a[part][k], b[part][k]), f"{part}/{k} differs after resume"
 
 
 def test_loss_decreases_through_the_trainer(tmp_path):
