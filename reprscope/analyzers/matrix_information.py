@@ -220,14 +220,17 @@ def logdet_shift(k: PSD, mu: float) -> float:
 
 
 def matrix_kl(k1: PSD, k2: PSD, eps: float) -> Optional[float]:
-    """KL(ρ₁‖ρ₂) = tr[ρ₁(log ρ₁ − log ρ₂)], ρ = K/tr K, eigenvalues clipped below at ``eps`` (paper 004 Def. 4.9).
+    """KL(K₁‖K₂) = tr[K₁(log K₁ − log K₂)] (paper 004 Def. 4.9), the eigenvalues of each K clipped below at
+    ``eps``·tr K.
 
-    This is tr[K₁(log K₁ − log K₂)]/m' for unit-diagonal K (the log m' terms cancel). With ρ₂ = Σ_j λ₂ⱼ uⱼuⱼᵀ,
-    tr[ρ₁ log ρ₂] = log ε + Σ_{λ₂ⱼ > ε} (log λ₂ⱼ − log ε) uⱼᵀρ₁uⱼ, so only the eigenvectors of ρ₂ above the
-    floor are needed; they come from the smaller side: uⱼ = F₂wⱼ/sⱼ and uⱼᵀρ₁uⱼ = ‖F₁ᵀF₂wⱼ‖²/(sⱼ² t₁).
+    With ρ = K/tr K and t = tr K, log K = (log t) I + log ρ on the support, so KL(K₁‖K₂) =
+    t₁·[KL(ρ₁‖ρ₂) + log(t₁/t₂)]: m'·KL(ρ₁‖ρ₂) for unit-diagonal K of size m' (Prop. 4.10: H₁(K) =
+    log m' − KL(K‖I)/m'). With ρ₂ = Σ_j λ₂ⱼ uⱼuⱼᵀ, tr[ρ₁ log ρ₂] = log ε + Σ_{λ₂ⱼ > ε} (log λ₂ⱼ − log ε) uⱼᵀρ₁uⱼ,
+    so only the eigenvectors of ρ₂ above the floor are needed; they come from the smaller side: uⱼ = F₂wⱼ/sⱼ
+    and uⱼᵀρ₁uⱼ = ‖F₁ᵀF₂wⱼ‖²/(sⱼ² t₁).
 
     Returns:
-        The divergence, or None when ``eps`` = 0 and ρ₁ has mass outside the support of ρ₂ (infinite).
+        The divergence, or None when ``eps`` = 0 and K₁ has mass outside the support of K₂ (infinite).
     """
     f1, f2, t1, t2 = k1.factor, k2.factor, k1.trace, k2.trace
     vals, vecs = k2.eigh()
@@ -247,7 +250,7 @@ def matrix_kl(k1: PSD, k2: PSD, eps: float) -> Optional[float]:
             return None
         self_term = float(np.sum(lam1 * np.log(lam1)))
         cross = float(np.sum(np.log(lam2) * proj))
-    return self_term - cross
+    return t1 * (self_term - cross + math.log(t1 / t2))
 
 
 def eig_js(p1: np.ndarray, p2: np.ndarray) -> float:
@@ -373,7 +376,8 @@ def _plan(n: int, m: int, max_batches: Optional[int], seed: int) -> Tuple[List[i
         Param("max_batches", 16, "int", "most batches used: a seeded random subset of the full batches "
               "when there are more (none = all)", low=1, nullable=True),
         Param("seed", 0, "int", "seed of the random subset of batches"),
-        Param("kl_eps", 1e-6, "float", "floor the eigenvalues of the matrix KL divergence are clipped at", low=0),
+        Param("kl_eps", 1e-6, "float", "floor, relative to tr K, the eigenvalues of K are clipped at in the "
+              "matrix KL divergence (0 = none)", low=0),
     ],
     needs=("two_views",),
     summary="matrix Rényi entropies, mutual information, joint entropy, TCR and matrix KL/JS of two views "

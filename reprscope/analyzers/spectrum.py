@@ -7,6 +7,8 @@
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -28,25 +30,16 @@ def entropy_rank(p: np.ndarray) -> float:
     return float(np.exp(-np.sum(p * np.log(p))))
 
 
-def spectra(z: np.ndarray) -> "tuple[np.ndarray, np.ndarray]":
-    """Centred and uncentred singular values of an in-memory (n, d) matrix by SVD (small matrices such as
-    head weights), numerical zeros (≤ max(n, d)·eps·σ_max) set to exactly 0."""
-    z = np.array(z, dtype=np.float64, copy=True)
-    n, d = z.shape
-    sv_unc = singular_values(z)
-    tol = max(n, d) * np.finfo(np.float64).eps * (float(sv_unc[0]) if sv_unc.size else 0.0)
-    z = np.zeros_like(z) if (z == z[:1]).all() else z - z.mean(axis=0)
-    sv_c = singular_values(z)
-    sv_c[sv_c <= tol] = 0.0
-    sv_unc[sv_unc <= tol] = 0.0
-    return sv_c, sv_unc
-
-
 def _sv_from_psd(m: np.ndarray, device: str) -> np.ndarray:
     """Square roots of the eigenvalues of a PSD matrix, descending (negative rounding clipped to 0); one
     thread on the CPU (:func:`~reprscope.analyzers.stats.eigvalsh`)."""
     ev = eigvalsh(torch.from_numpy(np.ascontiguousarray(m)).to(device)).cpu().numpy()[::-1]
     return np.sqrt(np.clip(ev, 0.0, None))
+
+
+#: Multiple of eps·‖Z‖_F·(1/√d + 1/√n) (the spectral norm of a matrix of rounding errors of the stored
+#: embeddings, eps of their dtype) below which a centred σ is below what the stored values resolve.
+RESOLUTION_FACTOR = 4.0
 
 
 def spectra_of_views(data: LayerData) -> "list[tuple[np.ndarray, np.ndarray]]":
@@ -57,30 +50,48 @@ def spectra_of_views(data: LayerData) -> "list[tuple[np.ndarray, np.ndarray]]":
     the n×n ↔ d×d duality: both sides have the same non-zero eigenvalues σ². The 2V eigendecompositions are
     independent and run side by side on the CPU (:func:`~reprscope.analyzers.stats.map_side_by_side`).
 
-    Eigenvalues of a Gram matrix carry an absolute error of about max(n, d)·eps·σ_max², so σ_k with
-    σ_k² ≤ max(n, d)·eps·σ_max(Z)² (σ_max of the uncentred Z, the scale of the data) are rounding noise and
-    become 0: identical rows give a centred spectrum of exact zeros.
+    Numerical zeros. The eigenvalues of a matrix of products AᵀA carry an absolute error of about
+    max(n, d)·eps₆₄·σ_max(A)², so a σ_k ≤ √(max(n, d)·eps₆₄)·σ_max(A) is rounding noise of the product:
+
+    * uncentred σ: A = Z;
+    * centred σ: A = Z − c, the embeddings less the point the products were formed about (the streaming
+      moments' shift, or the mean), so that a layer with a large common offset keeps the small centred σ it
+      resolves (σ_max(Z − c)² ≤ λ_max(scatter) + n‖µ − c‖²). A centred σ_k is also 0 when it is below
+      RESOLUTION_FACTOR·eps·‖Z‖_F·(1/√d + 1/√n), eps that of the stored dtype: the size of the rounding errors of
+      the stored values themselves, e.g. rows that differ in their last bit only, or the rounding of the mean
+      of identical rows. Identical rows give a centred spectrum of exact zeros.
 
     Returns:
         Per view (centred σ, uncentred σ), each (min(n, d),) float64, descending.
     """
     n, d = data.n, data.dim
+    eps64 = float(np.finfo(np.float64).eps)
+    eps_data = float(np.finfo(data.dtype).eps) if np.issubdtype(data.dtype, np.floating) else eps64
     eig = lambda a: _sv_from_psd(a, data.device)  # noqa: E731
     if n >= d:  # the d×d matrices are the cached moments: all 2V at once
-        svs = map_side_by_side(eig, [x for m in moments(data) for x in (m.scatter, m.gram)], data.device)
+        mom = moments(data)
+        svs = map_side_by_side(eig, [x for m in mom for x in (m.scatter, m.gram)], data.device)
+        scales = [math.sqrt(m.shifted_scale2(float(svs[2 * i][0]) ** 2 if svs[2 * i].size else 0.0))
+                  for i, m in enumerate(mom)]
+        fro = [math.sqrt(max(float(np.trace(m.gram)), 0.0)) for m in mom]
     else:  # n×n matrices formed for one view at a time (memory: two of them)
-        svs = []
+        svs, scales, fro = [], [], []
         for vi in range(len(data.views)):
             z = data.view(vi)
             zc = z - z.mean(axis=0)
             svs += map_side_by_side(eig, [zc @ zc.T, z @ z.T], data.device)
+            scales.append(float(svs[-2][0]) if svs[-2].size else 0.0)
+            fro.append(float(np.linalg.norm(z)))
     k = min(n, d)
+    floor = math.sqrt(max(n, d) * eps64)
+    resolution = RESOLUTION_FACTOR * eps_data * (1 / math.sqrt(d) + 1 / math.sqrt(n)) if n and d else 0.0
     out = []
     for vi in range(len(data.views)):
         sv_c, sv_unc = svs[2 * vi][:k].copy(), svs[2 * vi + 1][:k].copy()
-        tol = np.sqrt(max(n, d) * np.finfo(np.float64).eps) * (float(sv_unc[0]) if sv_unc.size else 0.0)
-        sv_c[sv_c <= tol] = 0.0
-        sv_unc[sv_unc <= tol] = 0.0
+        tol_unc = floor * (float(sv_unc[0]) if sv_unc.size else 0.0)
+        tol_c = max(floor * scales[vi], resolution * fro[vi])
+        sv_c[sv_c <= tol_c] = 0.0
+        sv_unc[sv_unc <= tol_unc] = 0.0
         out.append((sv_c, sv_unc))
     return out
 

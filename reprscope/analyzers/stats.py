@@ -6,10 +6,11 @@ Gram ZᵀZ (d×d, float64), with numpy BLAS on the CPU and torch on any other ``
 bounded by the d×d statistics, not by n. The spectrum and VICReg statistics read these.
 
 Accumulation is shifted by the first chunk's mean, so features with a large common offset (post-ReLU layers)
-do not lose their variance to cancellation. Precision: float64 throughout, except for large float32 stores
-(n·d ≥ FLOAT32_PRODUCTS_ABOVE, e.g. 100 000 × 2048), where each chunk's products are formed in float32 — twice
-as fast on a CPU, with relative errors of order 1e-6, below what float32 embeddings resolve — and accumulated
-in float64.
+do not lose their variance to cancellation. The moments are float64 throughout, products included: the
+spectrum's small singular values are square roots of the scatter's small eigenvalues, and float32 products
+(absolute error ~1e-7·λ_max) would turn every σ_k below ~1e-3·σ_1 into noise, while float32 embeddings
+resolve them down to ~1e-7·σ_1. Other analyzers form their products in float32 for large float32 stores
+(:func:`product_dtype`: twice as fast on a CPU, relative errors of order 1e-6 where those products enter).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Sequence, TypeVar
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -38,12 +39,22 @@ def product_dtype(data: LayerData) -> type:
 
 @dataclass
 class Moments:
-    """Per-view second-order statistics of n samples in d dimensions (float64 numpy arrays)."""
+    """Per-view second-order statistics of n samples in d dimensions (float64 numpy arrays).
+
+    ``shift`` is the point c the products were accumulated about: the rounding error of ``scatter`` is of the
+    order of eps·λ_max(Σ (z − c)(z − c)ᵀ) = eps·(λ_max(scatter) + n‖µ − c‖²) at most, not of eps·‖Z‖².
+    """
 
     n: int
     mean: np.ndarray  # (d,)
     scatter: np.ndarray  # (d, d) Σ (z − µ)(z − µ)ᵀ
     gram: np.ndarray  # (d, d) Σ z zᵀ
+    shift: Optional[np.ndarray] = None  # (d,) c; None: the mean
+
+    def shifted_scale2(self, scatter_top: float) -> float:
+        """λ_max(scatter) + n‖µ − c‖² ≥ λ_max(Σ (z − c)(z − c)ᵀ), given ``scatter_top`` = λ_max(scatter)."""
+        off = 0.0 if self.shift is None else float(np.sum((self.mean - self.shift) ** 2))
+        return max(scatter_top, 0.0) + self.n * off
 
     def covariance(self, ddof: int = 1) -> np.ndarray:
         """Sample covariance (unbiased by default)."""
@@ -69,10 +80,10 @@ def _moments_numpy(data: LayerData) -> List[Moments]:
     s2 = np.zeros((v, d + 1, d + 1))
     shift = buf = None
     n = 0
-    for chunk in data.chunks(dtype=product_dtype(data)):
+    for chunk in data.chunks(dtype=np.float64):
         if shift is None:
-            shift = chunk.mean(axis=1, dtype=np.float64).astype(chunk.dtype)  # (V, d), exact in the chunk's dtype
-            buf = np.ones((min(MOMENT_BLOCK_ROWS, chunk.shape[1]), d + 1), dtype=chunk.dtype)
+            shift = chunk.mean(axis=1)  # (V, d)
+            buf = np.ones((min(MOMENT_BLOCK_ROWS, chunk.shape[1]), d + 1))
         for i in range(v):
             for s in range(0, chunk.shape[1], buf.shape[0]):
                 c = buf[:min(buf.shape[0], chunk.shape[1] - s)]
@@ -84,11 +95,11 @@ def _moments_numpy(data: LayerData) -> List[Moments]:
         if n == 0:
             out.append(Moments(0, np.zeros(d), np.zeros((d, d)), np.zeros((d, d))))
             continue
-        sh, a, b = shift[i].astype(np.float64), s2[i, :d, d], s2[i, :d, :d]
+        sh, a, b = shift[i], s2[i, :d, d], s2[i, :d, :d]
         b = (b + b.T) / 2  # syrk fills one triangle; numpy mirrors it, this only guards exact symmetry
         scatter = b - np.outer(a, a) / n
         gram = b + np.outer(sh, a) + np.outer(a, sh) + n * np.outer(sh, sh)
-        out.append(Moments(n, sh + a / n, (scatter + scatter.T) / 2, gram))
+        out.append(Moments(n, sh + a / n, (scatter + scatter.T) / 2, gram, sh))
     return out
 
 
@@ -103,15 +114,15 @@ def moments(data: LayerData) -> List[Moments]:
     v, d = len(data.views), data.dim
     shift = s1 = s2 = None
     n = 0
-    for chunk in data.chunks(dtype=product_dtype(data)):
+    for chunk in data.chunks(dtype=np.float64):
         c = torch.from_numpy(chunk).to(dev)
         if shift is None:
-            shift = c.double().mean(dim=1, keepdim=True).to(c.dtype).double()  # (V, 1, d), exact in c's dtype
+            shift = c.mean(dim=1, keepdim=True)  # (V, 1, d)
             s1 = torch.zeros(v, d, dtype=torch.float64, device=dev)
             s2 = torch.zeros(v, d, d, dtype=torch.float64, device=dev)
-        c = c - shift.to(c.dtype)
-        s1 += c.sum(dim=1, dtype=torch.float64)
-        s2 += (c.transpose(1, 2) @ c).double()
+        c = c - shift
+        s1 += c.sum(dim=1)
+        s2 += c.transpose(1, 2) @ c
         n += c.shape[1]
     out: List[Moments] = []
     for i in range(v):
@@ -124,7 +135,7 @@ def moments(data: LayerData) -> List[Moments]:
         scatter = b - torch.outer(a, a) / n
         gram = b + torch.outer(sh, a) + torch.outer(a, sh) + n * torch.outer(sh, sh)
         scatter = (scatter + scatter.T) / 2
-        out.append(Moments(n, (sh + delta).cpu().numpy(), scatter.cpu().numpy(), gram.cpu().numpy()))
+        out.append(Moments(n, (sh + delta).cpu().numpy(), scatter.cpu().numpy(), gram.cpu().numpy(), sh.cpu().numpy()))
     data.cache["moments"] = out
     return out
 

@@ -78,14 +78,14 @@ def naive_entropy(k, alpha):
 
 
 def naive_logm(k, eps):
-    """Matrix logarithm of K/tr K with its eigenvalues clipped below at eps."""
-    w, v = np.linalg.eigh(k / np.trace(k))
-    return (v * np.log(np.maximum(w, eps))) @ v.T
+    """Matrix logarithm of K with its eigenvalues clipped below at eps·tr K."""
+    w, v = np.linalg.eigh(k)
+    return (v * np.log(np.maximum(w, eps * np.trace(k)))) @ v.T
 
 
 def naive_kl(k1, k2, eps):
-    rho1 = k1 / np.trace(k1)
-    return float(np.trace(rho1 @ (naive_logm(k1, eps) - naive_logm(k2, eps))))
+    """Paper 004 Def. 4.9 as written: tr[K₁(log K₁ − log K₂)]."""
+    return float(np.trace(k1 @ (naive_logm(k1, eps) - naive_logm(k2, eps))))
 
 
 def naive_jsd(p, q):
@@ -236,6 +236,37 @@ def test_entropy_of_identity_is_log_m(alpha):
     assert got["kl"] == pytest.approx(0.0, abs=1e-10)
     assert got["js"] == pytest.approx(0.0, abs=1e-10)
     assert got["tcr_joint"] == pytest.approx(5 * math.log(1.0 + 1.0), rel=1e-10)  # Prop. 4.15: I_d maximises TCR
+
+
+def test_kl_against_identity_gives_the_entropy():
+    """Prop. 4.10: H₁(K) = log m − KL(K‖I_m)/m. View 2 of orthonormal rows has Gram matrix I_m, so the analyzer's
+    kl of the Gram form is KL(K₁‖I) (the unnormalised Def. 4.9: m times the divergence of K/m)."""
+    rng = np.random.default_rng(4)
+    m, d = 7, 12
+    z1 = rng.normal(size=(m, d)) + 0.3
+    eye_rows = np.linalg.qr(rng.normal(size=(d, m)))[0].T  # (m, d), orthonormal rows
+    got = _rows(_run(z1, eye_rows, kl_eps=0.0), "gram")
+    assert got["kl"] == pytest.approx(m * (math.log(m) - got["entropy_1"]), rel=1e-10)
+    assert got["kl"] == pytest.approx(naive_kl(naive_matrix(z1, "gram"), np.eye(m), 0.0), rel=1e-10)
+    assert got["kl"] > 1.0  # not the normalised divergence, which is m times smaller
+
+
+@pytest.mark.parametrize("mu", [0.5, 1.0, 3.0])
+def test_tcr_is_a_kl_divergence_from_the_identity(mu):
+    """Prop. 4.10, second equality: TCR_μ(K) = d log(1 + μ) − KL(I_d ‖ (μI_d + K)/(1 + μ)), K unit-diagonal."""
+    import torch
+
+    from reprscope.analyzers.matrix_information import PSD, matrix_kl
+
+    rng = np.random.default_rng(5)
+    d, m = 6, 9
+    z = rng.normal(size=(d, m))
+    f = z / np.linalg.norm(z, axis=1, keepdims=True)  # K = F Fᵀ, unit diagonal
+    k = f @ f.T
+    mix = np.hstack([math.sqrt(mu) * np.eye(d), f]) / math.sqrt(1.0 + mu)  # its Gram is (μI + K)/(1 + μ)
+    kl = matrix_kl(PSD.of_factor(torch.eye(d, dtype=torch.float64)), PSD.of_factor(torch.from_numpy(mix)), 0.0)
+    tcr = float(np.linalg.slogdet(mu * np.eye(d) + k)[1])
+    assert d * math.log(1.0 + mu) - kl == pytest.approx(tcr, rel=1e-10)
 
 
 def spectral_contrastive_loss(z1, z2, lam):

@@ -138,6 +138,39 @@ def test_nearly_collapsed_by_rounding():
     assert all(v == 0.0 for v in got["sv"].values())
 
 
+@pytest.mark.parametrize("n, d", [(2000, 16), (12, 40)])
+def test_small_centred_values_under_a_large_offset_are_kept(n, d):
+    """A layer with mean 10 and stds from 1e-5 to 1: every centred σ is resolved (float64), none is zeroed by a
+    threshold scaled to the uncentred σ_1 (dominated by the offset); the values match an SVD of Z − mean."""
+    rng = np.random.default_rng(0)
+    z = 10.0 + rng.normal(size=(n, d)) * np.geomspace(1e-5, 1.0, d)
+    got = _rows(run_analyzer("spectrum", _data(z), {"tau_abs": 0.0}))
+    want = np.linalg.svd(z - z.mean(axis=0), compute_uv=False)
+    k = min(n, d) - (1 if n <= d else 0)  # centring removes one dimension when n ≤ d
+    sv = np.array([got["sv"][i] for i in range(k)])
+    np.testing.assert_allclose(sv, want[:k], rtol=1e-6)
+    assert got["rank_abs"] == float(k)
+
+
+def test_float32_store_spectrum_tail_is_resolved(monkeypatch):
+    """Products of a large float32 store are float32 for some analyzers (stats.product_dtype); the moments the
+    spectrum reads stay float64, so σ_k/σ_1 down to ~1e-5 keep their value (float32 products: noise there)."""
+    import reprscope.analyzers.stats as stats
+
+    monkeypatch.setattr(stats, "FLOAT32_PRODUCTS_ABOVE", 0)  # every float32 store counts as large
+    rng = np.random.default_rng(1)
+    n, d = 4000, 64
+    q = np.linalg.qr(rng.normal(size=(d, d)))[0]
+    z = ((rng.normal(size=(n, d)) * np.geomspace(1.0, 1e-5, d)) @ q.T + 0.5).astype(np.float32)
+    data = _data(z)
+    assert stats.product_dtype(data) == np.float32
+    got = _rows(run_analyzer("spectrum", data, {"tau_abs": 0.0}))
+    z64 = z.astype(np.float64)
+    want = np.linalg.svd(z64 - z64.mean(axis=0), compute_uv=False)
+    sv = np.array([got["sv"][i] for i in range(d)])
+    np.testing.assert_allclose(sv, want, rtol=1e-6)
+
+
 def test_zero_matrix_rankme_zero_note():
     res = run_analyzer("spectrum", _data(np.zeros((6, 4), dtype=np.float32)))
     got = _rows(res)
