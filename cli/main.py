@@ -215,7 +215,7 @@ def analyze(
 @app.command()
 @handle_errors
 def check(
-    sources: List[Path] = typer.Argument(..., help="Checkpoint, .h5 store or run directory to check."),
+    source: Path = typer.Argument(..., help="Checkpoint, .h5 store or run directory to check."),
     baseline: Path = typer.Option(..., "--baseline", help="A table `reprscope analyze` wrote (.csv or .parquet)."),
     rtol: Optional[float] = typer.Option(None, "--rtol", help="Default relative tolerance (1e-3)."),
     atol: Optional[float] = typer.Option(None, "--atol", help="Default absolute tolerance (1e-6)."),
@@ -225,14 +225,19 @@ def check(
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     data: Optional[str] = typer.Option(None, "--data", help="Data set for checkpoints (default: their training data)."),
     views: int = typer.Option(2, "--views", help="Augmented views when a checkpoint is extracted."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Held-out samples when a checkpoint is extracted."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Held-out samples when a checkpoint is extracted "
+                                        "(default: the baseline's sample count n)."),
     device: str = typer.Option("cpu", "--device", help="Device for extraction and analysis."),
 ) -> None:
-    """Recompute SOURCE's table and compare it with --baseline: exit 0 within tolerance, 1 regression, 2 bad input."""
+    """Recompute SOURCE's table and compare it with --baseline: exit 0 within tolerance, 1 regression, 2 bad input.
+
+    A checkpoint is extracted on as many samples as the baseline records (its n column) unless --limit says
+    otherwise; values computed on another data set or sample count are refused (exit 2), not compared."""
     import json
 
-    from reprscope.check import baseline_analyzers, compare, format_result, load_rules, result_json, select_rows
-    from reprscope.pipeline import analyze as run_analyze
+    from reprscope.check import (baseline_analyzers, baseline_context, check_context, compare, format_result,
+                                 load_rules, result_json, select_rows)
+    from reprscope.pipeline import analyze as run_analyze, condense_notes
     from reprscope.table import read_table
     from reprscope.train.trainer import resolve_device
 
@@ -242,10 +247,20 @@ def check(
     if selected.empty:
         raise ReprscopeError("no baseline rows match --metrics/--layers; nothing to check")
     wanted = baseline_analyzers(selected)  # only what the selected rows need is recomputed
-    res = run_analyze([str(s) for s in sources], data=data, analyzers=list(wanted), params=wanted, views=views,
+    if limit is None:
+        limit = baseline_context(selected).get("n")
+    res = run_analyze([str(source)], data=data, analyzers=list(wanted), params=wanted, views=views,
                       limit=limit, device=str(resolve_device(device)), progress=False)
+    check_context(selected, res.table)
     result = compare(res.table, base, rules, metrics=metrics, layers=layers)
-    typer.echo(json.dumps(result_json(result), indent=2, default=str) if json_out else format_result(result))
+    notes = condense_notes(res.notes)
+    if result.compared == 0:
+        why = f" ({notes[0]})" if notes else ""
+        raise ReprscopeError(f"none of the {len(result.missing)} selected baseline rows has a counterpart in the new "
+                             f"results{why}: the baseline comes from other layers, views, analyzers or parameters; "
+                             "write a new baseline with `reprscope analyze`")
+    typer.echo(json.dumps(result_json(result, str(source), str(baseline)), indent=2, default=str) if json_out
+               else format_result(result, notes=notes))
     if not result.ok:
         raise typer.Exit(1)
 

@@ -36,7 +36,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import pandas as pd
 
 from .errors import ReprscopeError
-from .table import COLUMNS
+from .table import COLUMNS, CONTEXT_COLUMNS
 
 KEY = ["step", "layer", "view", "analyzer", "metric", "index"]
 DIRECTIONS = ("both", "higher", "lower")
@@ -57,18 +57,35 @@ class Rule:
         return m and fnmatch.fnmatch(layer, self.layer)
 
 
-def _rule_from(d: Dict[str, Any], base: Rule, where: str) -> Rule:
+def _number(v: Any) -> Any:
+    """A tolerance as a float: numbers, and strings that spell one (PyYAML reads ``1e-6`` as a string)."""
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    return v
+
+
+def _rule_from(d: Any, base: Rule, where: str) -> Rule:
+    if not isinstance(d, dict):
+        raise ReprscopeError(f"{where} must be a table of keys (metric, layer, rtol, atol, direction), got "
+                             f"{type(d).__name__} {d!r}; in TOML write each rule as [[rule]]")
     allowed = {"metric", "layer", "rtol", "atol", "direction"}
     unknown = set(d) - allowed
     if unknown:
         raise ReprscopeError(f"{where}: unknown key '{sorted(unknown)[0]}'; allowed: {', '.join(sorted(allowed))}")
+    d = {k: (_number(v) if k in ("rtol", "atol") else v) for k, v in d.items()}
     r = Rule(**{**asdict(base), **d})
+    for k in ("metric", "layer", "direction"):
+        if not isinstance(getattr(r, k), str):
+            raise ReprscopeError(f"{where}: {k} must be a string (a glob such as \"spectrum/*\"), got {getattr(r, k)!r}")
     if r.direction not in DIRECTIONS:
         raise ReprscopeError(f"{where}: direction must be one of {', '.join(DIRECTIONS)}, got '{r.direction}'")
     for k in ("rtol", "atol"):
         v = getattr(r, k)
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0 or math.isnan(v):
-            raise ReprscopeError(f"{where}: {k} must be a number >= 0, got {v!r}")
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0 or math.isinf(v):
+            raise ReprscopeError(f"{where}: {k} must be a finite number >= 0, got {v!r}")
     return r
 
 
@@ -94,24 +111,31 @@ def _read_rules_file(path: Path) -> Dict[str, Any]:
 def load_rules(path: Optional[Path], rtol: Optional[float] = None, atol: Optional[float] = None) -> List[Rule]:
     """Rules from a TOML file (``[default]`` and ``[[rule]]`` tables) with the CLI's rtol/atol as defaults.
 
-    The file's rules come first (first match wins); the default rule catches everything else.
+    Precedence, lowest first: the built-in default (rtol 1e-3, atol 1e-6), the file's ``[default]``, the
+    command line's ``--rtol``/``--atol``, then what a ``[[rule]]`` sets itself. The file's rules come first
+    (first match wins); the default rule catches everything else.
     """
     default = Rule()
-    rules: List[Rule] = []
+    cli = {k: v for k, v in (("rtol", rtol), ("atol", atol)) if v is not None}
+    raw_rules: List[Any] = []
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ReprscopeError(f"tolerance file '{path}' is a folder; give a .toml or .yaml file")
         if not path.is_file():
             raise ReprscopeError(f"tolerance file '{path}' does not exist")
         doc = _read_rules_file(path)
         unknown = set(doc) - {"default", "rule"}
         if unknown:
             raise ReprscopeError(f"tolerance file '{path}': unknown table '{sorted(unknown)[0]}'; use [default] and [[rule]]")
-        default = _rule_from(dict(doc.get("default", {})), default, f"{path} [default]")
-        for i, r in enumerate(doc.get("rule", [])):
-            rules.append(_rule_from(dict(r), default, f"{path} rule {i + 1}"))
-    cli = {k: v for k, v in (("rtol", rtol), ("atol", atol)) if v is not None}
+        default = _rule_from(doc.get("default", {}), default, f"{path} [default]")
+        raw_rules = doc.get("rule", [])
+        if not isinstance(raw_rules, list):
+            raise ReprscopeError(f"tolerance file '{path}': 'rule' must be a list of tables; in TOML write each rule "
+                                 "as [[rule]] (two brackets), in YAML as a list under rule:")
     if cli:
         default = _rule_from(cli, default, "--rtol/--atol")
+    rules = [_rule_from(r, default, f"{path} rule {i + 1}") for i, r in enumerate(raw_rules)]
     return rules + [default]
 
 
@@ -175,7 +199,7 @@ def compare(new: pd.DataFrame, base: pd.DataFrame, rules: Sequence[Rule], metric
     if base.empty:
         raise ReprscopeError("no baseline rows match --metrics/--layers; nothing to check")
     new = select_rows(new, metrics, layers)
-    params = sorted(c for c in set(base.columns) & set(new.columns) if c not in COLUMNS)
+    params = sorted(c for c in set(base.columns) & set(new.columns) if c not in COLUMNS + CONTEXT_COLUMNS)
     b, n = _key_frame(base, params), _key_frame(new, params)
     steps_b, steps_n = b["step"].unique(), n["step"].unique()
     single = len(steps_b) == 1 and len(steps_n) <= 1
@@ -204,27 +228,70 @@ def compare(new: pd.DataFrame, base: pd.DataFrame, rules: Sequence[Rule], metric
                        extra=extra, steps=steps)
 
 
-def format_result(res: CheckResult, max_rows: int = 50) -> str:
-    """A readable report: the verdict, then the failing and missing rows."""
+def baseline_context(base: pd.DataFrame) -> Dict[str, Any]:
+    """What the baseline's values were computed on: ``{"data": name, "n": samples}`` for the context columns it
+    records with a single value (older tables: none)."""
+    out: Dict[str, Any] = {}
+    for c in CONTEXT_COLUMNS:
+        if c in base.columns:
+            vals = base[c].dropna()
+            vals = vals[vals.astype(str) != ""].unique()
+            if len(vals) == 1:
+                out[c] = int(vals[0]) if c == "n" else str(vals[0])
+    return out
+
+
+def check_context(base: pd.DataFrame, new: pd.DataFrame) -> None:
+    """Refuse to compare values computed on another data set or another number of samples (exit 2)."""
+    want, got = baseline_context(base), baseline_context(new)
+    diff = [c for c in want if c in got and want[c] != got[c]]
+    if diff:
+        fmt = lambda d: ", ".join(f"{c}={d[c]}" for c in CONTEXT_COLUMNS if c in d)  # noqa: E731
+        raise ReprscopeError(f"the baseline was computed on {fmt(want)} and the new results on {fmt(got)}; compare like "
+                             f"with like: pass --data {want.get('data', got.get('data'))} --limit {want.get('n', got.get('n'))} "
+                             "or write a new baseline")
+
+
+def format_result(res: CheckResult, max_rows: int = 50, notes: Sequence[str] = ()) -> str:
+    """A readable report: the verdict, then the failing and missing rows (at most ``max_rows`` each, with a count
+    of the rest), and the analyzers' notes when rows are missing (e.g. why an analyzer was skipped)."""
     lines = [f"{'OK' if res.ok else 'REGRESSION'}: {res.compared} values compared, {len(res.failures)} outside tolerance, "
              f"{len(res.missing)} missing" + (f", {res.extra} new rows not in the baseline (ignored)" if res.extra else "")]
     if res.steps:
         lines.append(f"(baseline checkpoint at step {res.steps[0]}, new one at step {res.steps[1]}: compared as one checkpoint each)")
     cols = ["step", "layer", "view", "analyzer", "metric", "index"]
+    more = lambda df: [f"... and {len(df) - max_rows} more (--json lists them all)"] if len(df) > max_rows else []  # noqa: E731
     if not res.failures.empty:
         f = res.failures[cols + ["value_base", "value_new", "diff", "tolerance", "direction"]].head(max_rows)
         f = f.rename(columns={"value_base": "baseline", "value_new": "new"})
-        lines += ["", "outside tolerance:", f.to_string(index=False, float_format=lambda v: f"{v:.6g}")]
+        lines += ["", "outside tolerance:", f.to_string(index=False, float_format=lambda v: f"{v:.6g}")] + more(res.failures)
     if not res.missing.empty:
         m = res.missing[cols + ["value_base"]].head(max_rows).rename(columns={"value_base": "baseline"})
         lines += ["", "missing in the new results:", m.to_string(index=False, float_format=lambda v: f"{v:.6g}")]
+        lines += more(res.missing)
+        if notes:
+            lines += ["", "notes of the new analysis:"] + [f"  {n}" for n in notes]
     return "\n".join(lines)
 
 
-def result_json(res: CheckResult) -> Dict[str, Any]:
-    def recs(df: pd.DataFrame) -> List[Dict[str, Any]]:
-        return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
-                for r in df.astype(object).to_dict(orient="records")]
+def _json_value(key: str, v: Any) -> Any:
+    """A cell for JSON: None for empty/NaN, numbers as numbers (steps and parameters are keyed as text)."""
+    if v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and v in ("", "<NA>")):
+        return None
+    if isinstance(v, str) and key not in ("layer", "view", "analyzer", "metric", "index", "direction"):
+        for cast in (int, float):
+            try:
+                return cast(v)
+            except ValueError:
+                pass
+    if hasattr(v, "item"):  # numpy scalars
+        return v.item()
+    return v
 
-    return {"ok": res.ok, "compared": res.compared, "failed": recs(res.failures), "missing": recs(res.missing),
-            "extra": res.extra, "steps": res.steps}
+
+def result_json(res: CheckResult, source: Optional[str] = None, baseline: Optional[str] = None) -> Dict[str, Any]:
+    def recs(df: pd.DataFrame) -> List[Dict[str, Any]]:
+        return [{k: _json_value(k, v) for k, v in r.items()} for r in df.astype(object).to_dict(orient="records")]
+
+    return {"ok": res.ok, "source": source, "baseline": baseline, "compared": res.compared,
+            "failed": recs(res.failures), "missing": recs(res.missing), "extra": res.extra, "steps": res.steps}

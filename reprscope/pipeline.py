@@ -93,11 +93,14 @@ def select_analyzers(names: Optional[Sequence[str]]) -> List[str]:
 def analyze_store(store: Store, analyzers: Sequence[str], params: Mapping[str, Mapping[str, Any]] | None = None,
                   layers: Optional[Sequence[str]] = None, source: Optional[str] = None,
                   progress: bool = False, device: str = "cpu") -> Tuple[List[Dict[str, Any]], List[str]]:
-    """Run ``analyzers`` on every (or the given) layer of ``store``; rows carry every table column."""
+    """Run ``analyzers`` on every (or the given) layer of ``store``; rows carry every table column and the
+    context columns (:data:`~reprscope.table.CONTEXT_COLUMNS`: the store's data set and sample count)."""
     params = params or {}
     step = store.attrs.get("step")
     step = None if step is None or int(step) < 0 else int(step)
-    base = {"source": source or str(store.path), "step": step, "method": store.attrs.get("method", "")}
+    dataset = store.attrs.get("dataset") or {}
+    base = {"source": source or str(store.path), "step": step, "method": store.attrs.get("method", ""),
+            "data": str(dataset.get("name", "")) if isinstance(dataset, dict) else str(dataset), "n": int(store.n)}
     names = [l["name"] for l in store.layers()]
     if layers:
         for l in layers:

@@ -4,7 +4,8 @@ One row per value, long format, columns in this order::
 
     source, step, method, layer, view, analyzer, metric, index, value
 
-followed by parameter columns (``tau``, ``ridge``, ``k`` …). ``index`` is empty for scalars and the latent
+followed by the context columns ``data`` and ``n`` (the store's data set and sample count) and the parameter
+columns (``tau``, ``ridge``, ``k`` …). ``index`` is empty for scalars and the latent
 name, dimension or rank position for vector results; ``view`` is ``all``, a view name or a pair
 ``aug1|aug2``. ``value`` is a finite float: non-finite results never reach the table (analyzers report them
 as notes instead).
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
@@ -22,7 +24,12 @@ from .errors import ReprscopeError
 from .io_utils import atomic_path
 
 COLUMNS = ["source", "step", "method", "layer", "view", "analyzer", "metric", "index", "value"]
+
+#: Columns after COLUMNS that say what the values were computed on rather than how: ``data`` (the store's data
+#: set) and ``n`` (its sample count). ``check`` compares like with like on them; they are not parameters.
+CONTEXT_COLUMNS = ["data", "n"]
 _STR_COLS = ["source", "method", "layer", "view", "analyzer", "metric", "index"]
+_INT_LIKE = re.compile(r"^-?\d+\.0+$")
 
 
 def make_table(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
@@ -59,7 +66,7 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
             f"layer={first['layer']} value={first['value']!r}"
         )
     df["value"] = values
-    extra = [c for c in df.columns if c not in COLUMNS]
+    extra = [c for c in CONTEXT_COLUMNS if c in df.columns] + [c for c in df.columns if c not in COLUMNS + CONTEXT_COLUMNS]
     return df[COLUMNS + extra].reset_index(drop=True)
 
 
@@ -98,4 +105,10 @@ def read_table(path: os.PathLike | str) -> pd.DataFrame:
     except Exception as exc:  # pandas raises many types for unreadable files
         raise ReprscopeError(f"cannot read table '{path}': {exc}") from None
     validate(df)
-    return normalize(df)
+    # a table round-tripped through plain pandas has its integer indices (rank positions, dimensions) as floats
+    df["index"] = df["index"].map(lambda v: str(v).split(".")[0] if _INT_LIKE.match(str(v)) else v)
+    try:
+        return normalize(df)
+    except ValueError as exc:
+        raise ReprscopeError(f"table '{path}' is damaged: {exc}; every value must be a finite number "
+                             "(rewrite it with `reprscope analyze ... --out`)") from None

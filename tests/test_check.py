@@ -154,3 +154,115 @@ def test_selection_applies_to_the_new_rows_and_to_what_is_recomputed():
     assert compare(new, base, [Rule()]).extra == 2
     assert set(baseline_analyzers(select_rows(base, "center/*"))) == {"center"}
     assert set(baseline_analyzers(select_rows(base, None, "proj*"))) == {"spectrum", "center"}
+
+
+# -- bad input and like-with-like (a user review's findings) ------------------------------------------------
+
+
+@pytest.mark.parametrize("text, match", [
+    ("[rule]\nmetric = 'x'\n", r"\[\[rule\]\]"),  # a table where a list of tables is meant
+    ("[default]\natol = 'abc'\n", "atol must be"),
+    ("[[rule]]\nmetric = 5\n", "metric must be a string"),
+    ("default = 3\n", "must be a table"),
+])
+def test_malformed_tolerance_files_are_input_errors(tmp_path, text, match):
+    f = tmp_path / "tol.toml"
+    f.write_text(text)
+    with pytest.raises(ReprscopeError, match=match):
+        load_rules(f)
+
+
+def test_yaml_tolerances_written_as_1e_minus_6_are_numbers(tmp_path):
+    f = tmp_path / "tol.yaml"
+    f.write_text("default:\n  atol: 1e-6\nrule:\n  - metric: 'spectrum/*'\n    rtol: 2e-2\n")  # PyYAML: strings
+    rules = load_rules(f)
+    assert rules[0].rtol == 0.02 and rules[0].atol == 1e-6 and rules[-1].atol == 1e-6
+
+
+def test_command_line_tolerances_are_the_default_of_every_rule(tmp_path):
+    f = tmp_path / "tol.toml"
+    f.write_text('[default]\nrtol = 0.5\n\n[[rule]]\nmetric = "spectrum/*"\ndirection = "higher"\n\n'
+                 '[[rule]]\nmetric = "center/*"\nrtol = 0.2\n')
+    rules = load_rules(f, rtol=0.01)
+    assert [r.rtol for r in rules] == [0.01, 0.2, 0.01]  # a rule's own value wins; else the command line's
+    with pytest.raises(ReprscopeError, match="is a folder"):
+        load_rules(tmp_path)
+
+
+def test_damaged_baselines_are_input_errors(tmp_path):
+    t = _table([10.0, 5.0])
+    nan = tmp_path / "nan.csv"
+    t.assign(value=[np.nan, 5.0]).to_csv(nan, index=False)
+    text = tmp_path / "text.csv"
+    t.astype({"value": object}).assign(value=["abc", 5.0]).to_csv(text, index=False)
+    for path in (nan, text):
+        with pytest.raises(ReprscopeError, match="damaged.*finite number"):
+            read_table(path)
+
+
+def test_a_table_round_tripped_through_plain_pandas_keeps_its_indices(tmp_path):
+    rows = [{"source": "s", "step": 1, "method": "m", "layer": "encoder", "view": "v", "analyzer": "spectrum",
+             "metric": "sv", "index": str(i), "value": 1.0 / (i + 1)} for i in range(3)]
+    rows.append({**rows[0], "metric": "rankme", "index": "", "value": 2.0})
+    path = tmp_path / "t.csv"
+    write_table(make_table(rows), path)
+    pd.read_csv(path).to_csv(path, index=False)  # index 0 → "0.0", "" → NaN → ""
+    assert "0.0" in path.read_text()
+    back = read_table(path)
+    assert list(back["index"]) == ["0", "1", "2", ""]
+    assert compare(back, make_table(rows), [Rule()]).ok
+
+
+def test_failing_rows_beyond_the_limit_are_counted():
+    base = _table([float(i) for i in range(8)], layers=[f"l{i}" for i in range(8)])
+    res = compare(_table([i + 1.0 for i in range(8)], layers=[f"l{i}" for i in range(8)]), base, [Rule()])
+    text = format_result(res, max_rows=3)
+    assert "... and 5 more" in text and text.count("effective_rank") == 3
+
+
+def test_context_columns_refuse_other_data_or_sample_count():
+    from reprscope.check import check_context
+
+    base = _table([10.0, 5.0]).assign(data="dgp", n=2000)
+    check_context(base, base.copy())
+    with pytest.raises(ReprscopeError, match="data=dgp, n=2000.*data=blobs, n=2000.*--data dgp --limit 2000"):
+        check_context(base, base.assign(data="blobs"))
+    with pytest.raises(ReprscopeError, match="n=500"):
+        check_context(base, base.assign(n=500))
+    check_context(_table([10.0, 5.0]), base)  # an older baseline without the columns: nothing to compare
+    assert compare(base.assign(n=500), base, [Rule()]).ok  # the columns are not parameters of the values
+
+
+def test_cli_check_reuses_the_baselines_sample_count_and_refuses_other_data(tmp_path):
+    """The README's CI job: a baseline made with --limit, checked again on the same checkpoint without it."""
+    ckpt = FIX / "tiny_simclr.pt"
+    base = tmp_path / "base.csv"
+    r = runner.invoke(app, ["analyze", str(ckpt), "--analyzers", "spectrum,center", "--limit", "150", "--out", str(base), "--quiet"])
+    assert r.exit_code == 0, r.output
+    t = read_table(base)
+    assert set(t["n"]) == {150} and set(t["data"]) == {"dgp"}
+    r = runner.invoke(app, ["check", str(ckpt), "--baseline", str(base)])
+    assert r.exit_code == 0 and r.output.startswith("OK"), r.output
+    r = runner.invoke(app, ["check", str(ckpt), "--baseline", str(base), "--limit", "120"])
+    assert r.exit_code == 2 and "n=150" in r.stderr and "n=120" in r.stderr, r.output
+
+
+def test_cli_check_json_numbers_no_common_rows_and_one_source(tmp_path):
+    h5 = str(FIX / "tiny_dgp.h5")
+    base = tmp_path / "base.csv"
+    assert runner.invoke(app, ["analyze", h5, "--analyzers", "spectrum", "--out", str(base), "--quiet"]).exit_code == 0
+    t = read_table(base)
+    t.loc[t["metric"] == "rankme", "value"] += 1.0
+    write_table(t, base)
+    r = runner.invoke(app, ["check", h5, "--baseline", str(base), "--json"])
+    doc = json.loads(r.output)
+    assert r.exit_code == 1 and doc["source"] == h5 and doc["failed"]
+    row = doc["failed"][0]
+    assert row["tau"] == 0.01 and isinstance(row["value_base"], float) and row["index"] is None
+    # a baseline of other layers: nothing in common is an input error, not a regression
+    t["layer"] = "other." + t["layer"]
+    write_table(t, base)
+    r = runner.invoke(app, ["check", h5, "--baseline", str(base)])
+    assert r.exit_code == 2 and "counterpart" in r.stderr, r.output
+    r = runner.invoke(app, ["check", h5, h5, "--baseline", str(base)])
+    assert r.exit_code == 2, r.output

@@ -113,6 +113,15 @@ def _streaming_ridge(data: LayerData, ref: int, tr: np.ndarray, te: np.ndarray, 
     return pred
 
 
+def _add_latent(res: Result, metric: str, value: float, view: str, name: str, content: Optional[bool]) -> None:
+    """A per-latent row; with a content mask it carries a ``latent_group`` column, ``content`` or ``style``
+    (so that tables and figures tell the groups apart without the store)."""
+    before = len(res.rows)
+    res.add(metric, value, view=view, index=name)
+    if content is not None and len(res.rows) > before:
+        res.rows[-1]["latent_group"] = "content" if content else "style"
+
+
 def _mean_rows(res: Result, metric: str, values: Dict[int, float], mask: Optional[np.ndarray], view: str) -> None:
     """Group means of per-latent ``values``: ``{metric}_mean`` without a content mask, else content / style."""
     if mask is None:
@@ -157,7 +166,7 @@ def identifiability(data: LayerData, test_fraction: float = 0.2, ridge: float = 
 
     Returns:
         Rows with ``view`` = the reference view: ``r2`` and ``r2_adjusted`` per latent (``index`` = latent
-        name), and their means ``r2_content_mean`` / ``r2_style_mean`` (``r2_mean`` when there is no content
+        name; with a content mask a ``latent_group`` column, ``content`` or ``style``), and their means ``r2_content_mean`` / ``r2_style_mean`` (``r2_mean`` when there is no content
         mask), likewise ``r2_adjusted_*``. A latent constant on the test split is skipped with a note; the
         adjusted rows are skipped with a note when n_test − d − 1 ≤ 0.
     """
@@ -230,7 +239,7 @@ def identifiability(data: LayerData, test_fraction: float = 0.2, ridge: float = 
         ss_tot = float(np.sum((yte[:, j] - yte[:, j].mean()) ** 2))
         ss_res = float(np.sum((yte[:, j] - pred[:, j]) ** 2))
         r2[j] = 1.0 - ss_res / ss_tot
-        res.add("r2", r2[j], view=view, index=names[j])
+        _add_latent(res, "r2", r2[j], view, names[j], None if mask is None else bool(mask[j]))
     _mean_rows(res, "r2", r2, mask, view)
 
     dof = n_test - d - 1
@@ -240,6 +249,6 @@ def identifiability(data: LayerData, test_fraction: float = 0.2, ridge: float = 
         return res
     adj = {j: 1.0 - (1.0 - v) * (n_test - 1) / dof for j, v in r2.items()}
     for j, v in adj.items():
-        res.add("r2_adjusted", v, view=view, index=names[j])
+        _add_latent(res, "r2_adjusted", v, view, names[j], None if mask is None else bool(mask[j]))
     _mean_rows(res, "r2_adjusted", adj, mask, view)
     return res

@@ -171,6 +171,19 @@ def test_content_style_means():
     assert no_mask["r2_mean"] == pytest.approx(np.mean(list(no_mask["r2"].values())))
 
 
+def test_per_latent_rows_carry_their_group():
+    """With a content mask every per-latent row says content or style (the names need not tell); without one
+    no row has the column."""
+    x, y = _problem(100, 4, 4, seed=5)
+    res = run_analyzer("identifiability", _data(x, y, names=["scale", "hue", "pos_x", "noise"],
+                                                mask=[True, True, False, False]))
+    groups = {(r["metric"], r["index"]): r.get("latent_group") for r in res.rows if r["index"] != ""}
+    assert groups == {(m, n): g for m in ("r2", "r2_adjusted")
+                      for n, g in (("scale", "content"), ("hue", "content"), ("pos_x", "style"), ("noise", "style"))}
+    assert all("latent_group" not in r for r in res.rows if r["index"] == "")
+    assert all("latent_group" not in r for r in run_analyzer("identifiability", _data(x, y)).rows)
+
+
 def test_constant_latent_on_test_split_skipped():
     x, y = _problem(60, 3, 2, seed=6)
     y[:, 1] = 4.0
