@@ -275,7 +275,7 @@ def report(
     """Figures from tables: spectra, R² per latent across layers, per-layer profiles, trajectories over steps."""
     from reprscope.report import make_report
 
-    paths = make_report([str(t) for t in tables], out, formats=_split(formats) or ["png"])
+    paths = make_report([str(t) for t in tables], out, formats=_split(formats) or ["png"], echo=typer.echo)
     for p in paths:
         typer.echo(f"wrote {p}")
 
