@@ -59,6 +59,16 @@ def _split(value: Optional[str]) -> Optional[List[str]]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _split_all(values: Optional[List[str]], option: str) -> Optional[List[str]]:
+    """A repeatable comma-separated option: every name of every occurrence, in order (None when not given)."""
+    if not values:
+        return None
+    names = [v.strip() for value in values for v in value.split(",") if v.strip()]
+    if not names:
+        raise ReprscopeError(f"{option} names nothing; give comma-separated names or leave it out for all")
+    return list(dict.fromkeys(names))
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"reprscope {__version__}")
@@ -177,9 +187,9 @@ def analyze(
     sources: List[Path] = typer.Argument(..., help="Checkpoints, .h5 stores or run directories."),
     out: Optional[Path] = typer.Option(None, "--out", help="Table to write (.csv, or .parquet)."),
     data: Optional[str] = typer.Option(None, "--data", help="Data set for checkpoints (default: their training data)."),
-    analyzers: Optional[str] = typer.Option(None, "--analyzers", help="Comma-separated analyzers (default: all; reprscope list analyzers)."),
+    analyzers: Optional[List[str]] = typer.Option(None, "--analyzers", help="Comma-separated analyzers, repeatable (default: all; reprscope list analyzers)."),
     params: Optional[List[str]] = typer.Option(None, "--param", help="ANALYZER.KEY=VALUE (repeatable)."),
-    layers: Optional[str] = typer.Option(None, "--layers", help="Comma-separated layers (default: all)."),
+    layers: Optional[List[str]] = typer.Option(None, "--layers", help="Comma-separated layers, repeatable (default: all)."),
     views: int = typer.Option(2, "--views", help="Augmented views when a checkpoint is extracted."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Held-out samples when a checkpoint is extracted."),
     device: str = typer.Option("cpu", "--device", help="Device for extraction."),
@@ -193,14 +203,16 @@ def analyze(
     """Analyze SOURCE(s) and print a summary; write the tidy table with --out."""
     from reprscope.params import parse_assignments
     from reprscope.pipeline import analyze as run_analyze, condense_notes, parse_params, select_analyzers, summarize
-    from reprscope.table import write_table
+    from reprscope.table import check_writable, write_table
     from reprscope.train.trainer import resolve_device
 
-    chosen = select_analyzers(_split(analyzers))
+    chosen = select_analyzers(_split_all(analyzers, "--analyzers"))
     pp = parse_params(parse_assignments(params or [], "--param"), chosen)
     if out is not None and out.suffix.lower() not in (".csv", ".parquet", ".pq"):
         raise ReprscopeError(f"--out must end in .csv or .parquet, got '{out}'")
-    res = run_analyze([str(s) for s in sources], data=data, analyzers=chosen, params=pp, layers=_split(layers),
+    if out is not None:
+        check_writable(out)
+    res = run_analyze([str(s) for s in sources], data=data, analyzers=chosen, params=pp, layers=_split_all(layers, "--layers"),
                       views=views, limit=limit, device=str(resolve_device(device)), progress=not quiet,
                       set_data=_data_sets(sets), fmt=fmt, branch=branch, arch=arch, preprocess=preprocess)
     if not quiet:

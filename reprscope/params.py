@@ -24,9 +24,10 @@ class Param:
         name: the key (``--param analyzer.NAME=...`` / ``--set section.NAME=...``).
         default: value used when not given (``None`` allowed where the owner handles it).
         kind: ``int``, ``float``, ``bool``, ``str``, ``choice``, ``floats`` (a float or a list of floats),
-            ``int_or_all`` (an int or the string ``all``), ``json`` (any JSON value).
+            ``ints`` (a comma list of ints, given back as such a string), ``int_or_all`` (an int or the string
+            ``all``), ``json`` (any JSON value).
         doc: one line for ``reprscope list``.
-        low, high: inclusive bounds for numbers (``low_open`` makes the lower bound strict).
+        low, high: inclusive bounds for numbers (``low_open`` / ``high_open`` make them strict).
         choices: allowed strings for ``choice``.
         nullable: ``None``/"none" accepted.
     """
@@ -38,6 +39,7 @@ class Param:
     low: Optional[float] = None
     high: Optional[float] = None
     low_open: bool = False
+    high_open: bool = False
     choices: Sequence[str] = field(default_factory=tuple)
     nullable: bool = False
 
@@ -45,10 +47,11 @@ class Param:
         if self.kind == "choice":
             return "one of " + ", ".join(repr(c) for c in self.choices)
         lo = "" if self.low is None else (f" > {self.low:g}" if self.low_open else f" >= {self.low:g}")
-        hi = "" if self.high is None else f" <= {self.high:g}"
+        hi = "" if self.high is None else (f" < {self.high:g}" if self.high_open else f" <= {self.high:g}")
         bounds = lo + ("," if lo and hi else "") + hi
         names = {"int": "an int", "float": "a float", "bool": "a bool (true/false)", "str": "a string",
-                 "floats": "a float or a list of floats", "int_or_all": "an int or 'all'", "json": "a JSON value"}
+                 "floats": "a float or a list of floats", "ints": "a comma list of ints",
+                 "int_or_all": "an int or 'all'", "json": "a JSON value"}
         return names.get(self.kind, self.kind) + bounds + (" or none" if self.nullable else "")
 
     def coerce(self, owner: str, value: Any) -> Any:
@@ -110,6 +113,19 @@ class Param:
                         self._check_bounds(x, bad)
                     return v
                 v = float(v)
+            elif self.kind == "ints":
+                items = v if isinstance(v, (list, tuple)) else str(v).strip("[]() ").split(",")
+                ints = []
+                for x in items:
+                    f = float(str(x).strip())
+                    if not f.is_integer():
+                        raise ValueError
+                    ints.append(int(f))
+                if not ints:
+                    raise ValueError
+                for x in ints:
+                    self._check_bounds(x, bad)
+                return ",".join(str(x) for x in ints)
             elif self.kind == "int_or_all":
                 if isinstance(v, str) and v.strip().lower() == "all":
                     return "all"
@@ -132,7 +148,7 @@ class Param:
     def _check_bounds(self, x: float, bad) -> None:
         if self.low is not None and (x < self.low or (self.low_open and x == self.low)):
             raise bad()
-        if self.high is not None and x > self.high:
+        if self.high is not None and (x > self.high or (self.high_open and x == self.high)):
             raise bad()
 
 

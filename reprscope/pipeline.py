@@ -17,6 +17,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .analyzers import ANALYZERS, run_analyzer
+from .analyzers.base import ENCODER_ONLY
 from .data.base import parse_data_arg
 from .errors import ReprscopeError
 from .extract import Store, extract
@@ -52,10 +53,14 @@ def resolve_sources(sources: Sequence[str | os.PathLike]) -> List[Source]:
     if not sources:
         raise ReprscopeError("give at least one SOURCE: a checkpoint, an .h5 store or a run directory")
     out: List[Source] = []
+    seen: Dict[Path, str] = {}
     for s in sources:
         p = Path(s)
         if not p.exists():
             raise ReprscopeError(f"source '{p}' does not exist")
+        if p.resolve() in seen:
+            raise ReprscopeError(f"source '{p}' is given twice (also as '{seen[p.resolve()]}'); give each source once")
+        seen[p.resolve()] = str(s)
         if p.is_dir():
             ckpts = sorted(p.glob("ckpt-*.pt")) or sorted(p.glob("last.pt"))
             if not ckpts:
@@ -108,12 +113,20 @@ def analyze_store(store: Store, analyzers: Sequence[str], params: Mapping[str, M
         names = [n for n in names if n in set(layers)]
     rows: List[Dict[str, Any]] = []
     notes: List[str] = []
+    encoder_only: Dict[str, List[str]] = {}  # analyzer → its skip notes on the non-encoder layers
     for layer in tqdm(names, desc=f"analyze {Path(base['source']).name}", disable=not progress, leave=False):
         data = store.layer_data(layer, seed=int(store.attrs.get("seed", 0)), device=device)
         for a in analyzers:
             res = run_analyzer(a, data, params.get(a))
-            notes.extend(res.notes)
+            for note in res.notes:
+                (encoder_only.setdefault(a, []) if note.endswith(ENCODER_ONLY) else notes).append(note)
             rows.extend({**base, "layer": layer, **r} for r in res.rows)
+    # an encoder-only analyzer is silent on the other layers when it ran on the encoder layer; when it ran on
+    # no layer at all (--layers without the encoder, a store without one) its skips say why there is nothing
+    ran = {r["analyzer"] for r in rows}
+    for a, skipped in encoder_only.items():
+        if a not in ran and len(skipped) == len(names):
+            notes.extend(skipped)
     return rows, notes
 
 
@@ -172,6 +185,9 @@ def analyze(sources: Sequence[str | os.PathLike], *, data: Optional[str] = None,
         if item.kind == "checkpoint":
             path = store_for_checkpoint(item.path, data, set_data, views, limit, batch_size, device, seed, progress,
                                         fmt=fmt, options=options, preprocess=preprocess, notes=notes)
+        elif data or set_data:
+            notes.append(f"--data/--set do not apply to the store {item.path.name}: its embeddings were extracted "
+                         "already (on the data set its attributes name)")
         with Store(path) as st:
             r, n = analyze_store(st, chosen, params, layers, source=str(item.path), progress=progress, device=device)
         rows.extend(r)
@@ -200,12 +216,19 @@ def condense_notes(notes: Sequence[str]) -> List[str]:
     return out + other
 
 
+#: Entries up to which a vector metric is shown in the summary as one column per entry.
+SUMMARY_MAX_INDEX = 4
+
+
 def summarize(df: pd.DataFrame, max_metrics: int = 6) -> str:
-    """A readable per-analyzer summary: scalar metrics by layer (first view of each), in depth order."""
+    """A readable per-analyzer summary: scalar metrics by layer (first view of each), in depth order. A metric
+    with at most SUMMARY_MAX_INDEX entries (k-NN's k, a head's parts) counts as scalars ``metric[index]``."""
     if df.empty:
         return "(no results)"
     parts = []
-    scal = df[df["index"] == ""]
+    counts = df.groupby(["analyzer", "metric"])["index"].nunique()
+    short = df[[counts[(a, m)] <= SUMMARY_MAX_INDEX for a, m in zip(df["analyzer"], df["metric"])]]
+    scal = short.assign(metric=[m if i == "" else f"{m}[{i}]" for m, i in zip(short["metric"], short["index"])])
     layer_order = list(dict.fromkeys(df["layer"]))
     for analyzer, g in scal.groupby("analyzer", sort=False):
         g = g.groupby(["source", "layer", "metric"], sort=False).first().reset_index()

@@ -81,12 +81,34 @@ def write_table(df: pd.DataFrame, path: os.PathLike | str) -> Path:
     """Write CSV (default) or Parquet (``.parquet``), atomically."""
     path = Path(path)
     df = normalize(df)
-    with atomic_path(path) as tmp:
-        if path.suffix.lower() in (".parquet", ".pq"):
-            df.to_parquet(tmp, index=False)
-        else:
-            df.to_csv(tmp, index=False)
+    parquet = path.suffix.lower() in (".parquet", ".pq")
+    if parquet:  # Arrow needs one type per column: a parameter that is 512 in one row and "all" in another
+        for c in df.columns[len(COLUMNS):]:
+            kinds = {type(v) for v in df[c] if v is not None and not (isinstance(v, float) and math.isnan(v))}
+            if len(kinds) > 1 and str in kinds:
+                df[c] = df[c].map(lambda v: v if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
+    try:
+        with atomic_path(path) as tmp:
+            if parquet:
+                df.to_parquet(tmp, index=False)
+            else:
+                df.to_csv(tmp, index=False)
+    except OSError as exc:
+        raise ReprscopeError(f"cannot write the table '{path}': {exc.strerror or exc}") from None
     return path
+
+
+def check_writable(path: os.PathLike | str) -> None:
+    """Raise ReprscopeError unless a file can be written at ``path`` (checked before long work, so that a bad
+    --out fails at once rather than after the analysis)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ReprscopeError(f"--out '{path}' is a folder; give a file name such as {path / 'table.csv'}")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ReprscopeError(f"cannot write '{path}': '{parent}' is not a writable folder")
 
 
 def read_table(path: os.PathLike | str) -> pd.DataFrame:

@@ -206,8 +206,12 @@ def test_degenerate_input(name, case):
     reads = ANALYZERS.get(name).reads_embeddings  # weights describes the stored heads, not the samples
     if case == "nan_and_inf_rows" and reads:
         assert any("NaN/Inf" in n and "3 of 64" in n for n in res.notes), res.notes
-    if case == "no_samples" or (case == "all_nan" and reads):
+    if (case == "no_samples" or case == "all_nan") and reads:
         assert not res.rows and any("skipped" in n for n in res.notes), res.notes
+    if case == "no_samples" and not reads:  # the stored heads are there whatever the samples
+        d = data.embeddings.shape[2]
+        with_samples = LayerData(**{**data.__dict__, "embeddings": np.ones((3, 5, d), dtype=np.float32), "cache": {}})
+        assert res.rows and res.rows == run_analyzer(name, with_samples).rows
 
 
 def test_analyzer_without_embeddings_ignores_nan_samples():
@@ -243,6 +247,8 @@ def _without(need: str) -> LayerData:
     emb = synthetic()
     if need == "two_views":
         return make_data(emb[:2], views=["clean", "aug1"])
+    if need == "encoder_layer":  # a layer the projector does not read (intermediate, projector, predictor)
+        return LayerData(**{**make_data(emb).__dict__, "space": "projector", "layer": "projector"})
     kw = {"latents": "latents", "labels": "labels", "labels_coarse": "coarse", "projector": "projector"}
     return make_data(emb, **{kw[need]: False})
 

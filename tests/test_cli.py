@@ -253,8 +253,10 @@ def bad_inputs(tmp_path, cli_run, cli_h5):
         f.create_dataset("data", data=np.zeros((3, 4)))
     fake_h5 = tmp_path / "fake.h5"
     fake_h5.write_text("not hdf5")
+    dir_csv = tmp_path / "isdir.csv"
+    dir_csv.mkdir()
     return {"tmp": tmp_path, "ckpt": cli_run / "last.pt", "h5": cli_h5, "text": text, "empty_dir": empty_dir,
-            "foreign": foreign, "fake_h5": fake_h5}
+            "foreign": foreign, "fake_h5": fake_h5, "dir_csv": dir_csv}
 
 
 TRAIN = ["train", "simclr", "--data", "dgp", "--steps", "2", "--quiet", "--out", "{tmp}/newrun"]
@@ -301,6 +303,17 @@ ERRORS = {
     "extract_set_unknown_data_key": (["extract", "{ckpt}", "--set", "data.bogus=1", "--out", "{tmp}/o.h5"], "no parameter 'bogus'"),
     # --out and other options
     "analyze_out_suffix": (["analyze", "{h5}", "--out", "{tmp}/o.txt"], "--out must end in .csv or .parquet"),
+    "analyze_out_is_folder": (["analyze", "{h5}", "--out", "{dir_csv}"], "is a folder"),
+    "analyze_same_source_twice": (["analyze", "{h5}", "{h5}", "--out", "{tmp}/o.csv"], "is given twice"),
+    "analyze_analyzers_empty": (["analyze", "{h5}", "--analyzers", ",", "--out", "{tmp}/o.csv"], "--analyzers names nothing"),
+    "analyze_ckpt_on_other_data": (["analyze", "{ckpt}", "--data", "blobs", "--out", "{tmp}/o.csv"],
+                                   "the model cannot take the samples of data set 'blobs'"),
+    "param_fraction_one": (["analyze", "{h5}", "--analyzers", "identifiability", "--param", "identifiability.test_fraction=1",
+                            "--out", "{tmp}/o.csv"], "must be a float > 0, < 1"),
+    "param_ks_zero": (["analyze", "{ckpt}", "--analyzers", "knn", "--param", "knn.ks=0,20", "--out", "{tmp}/o.csv"],
+                      "'ks' parameter of analyzer knn must be a comma list of ints >= 1"),
+    "param_relative_tau_above_one": (["analyze", "{h5}", "--analyzers", "spectrum", "--param", "spectrum.tau=2",
+                                      "--out", "{tmp}/o.csv"], "<= 1"),
     "extract_out_suffix": (["extract", "{ckpt}", "--out", "{tmp}/o.csv"], "--out must name an .h5 file"),
     "extract_bad_limit": (["extract", "{ckpt}", "--limit", "0", "--out", "{tmp}/o.h5"], "--limit"),
     "extract_bad_batch_size": (["extract", "{ckpt}", "--batch-size", "0", "--out", "{tmp}/o.h5"], "--batch-size"),
@@ -367,3 +380,15 @@ def test_train_config_file_unknown_section_is_exit_2(tmp_path):
     cfg.write_text('{"bogus": {"a": 1}}')
     res = invoke("train", "simclr", "--data", "dgp", "--config", cfg, "--out", tmp_path / "r", ok=False)
     assert res.exit_code == 2 and "bogus" in res.stderr and not (tmp_path / "r").exists()
+
+
+def test_analyze_repeated_options_and_mixed_parameter_types_in_parquet(cli_h5, tmp_path):
+    """--layers given twice keeps both; a parameter column holding 512 and 'all' (tangent's and
+    matrix_information's batch_size) still writes Parquet; --data on a store is noted, not silently ignored."""
+    out = tmp_path / "t.parquet"
+    res = invoke("analyze", str(cli_h5), "--analyzers", "tangent", "--analyzers", "matrix_information", "--layers", "encoder",
+                 "--layers", "projector", "--param", "matrix_information.batch_size=all", "--data", "blobs", "--out", str(out))
+    df = read_table(out)
+    assert set(df["layer"]) == {"encoder", "projector"} and set(df["analyzer"]) == {"tangent", "matrix_information"}
+    assert set(df["batch_size"].astype(str)) == {"512", "all"}
+    assert "--data/--set do not apply to the store" in res.stdout

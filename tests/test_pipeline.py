@@ -87,3 +87,32 @@ def test_module_fixtures_do_not_write_the_home_cache(_cache_seen_by_a_module_fix
     session cache, so running the tests never fills the user's ~/.cache/reprscope."""
     home = Path.home() / ".cache" / "reprscope"
     assert _cache_seen_by_a_module_fixture != home and home not in _cache_seen_by_a_module_fixture.parents
+
+
+def test_encoder_only_analyzers_say_why_only_when_they_ran_nowhere():
+    from reprscope.analyzers.base import ENCODER_ONLY
+    from reprscope.extract import Store
+    from reprscope.pipeline import analyze_store
+
+    fix = Path(__file__).resolve().parent.parent / "fixtures" / "tiny_dgp.h5"
+    with Store(fix) as st:
+        rows, notes = analyze_store(st, ["weights", "tangent"])
+        assert {r["analyzer"] for r in rows} == {"weights", "tangent"}
+        assert not any(n.endswith(ENCODER_ONLY) for n in notes), notes  # ran on the encoder: nothing to say
+        rows, notes = analyze_store(st, ["weights", "tangent"], layers=["projector"])
+        assert rows == []
+        assert sorted(n.split(" ")[0] for n in notes if n.endswith(ENCODER_ONLY)) == ["tangent", "weights"]
+
+
+def test_summary_shows_short_vector_metrics_as_columns():
+    import pandas as pd
+
+    from reprscope.pipeline import summarize
+
+    rows = [{"source": "s", "layer": "encoder", "analyzer": "knn", "metric": "top1", "index": k, "value": v}
+            for k, v in (("20", 0.91), ("200", 0.88))]
+    rows += [{"source": "s", "layer": "encoder", "analyzer": "spectrum", "metric": "sv", "index": str(i), "value": 1.0}
+             for i in range(8)]
+    text = summarize(pd.DataFrame(rows))
+    assert "[knn]" in text and "top1[20]" in text and "top1[200]" in text and "0.910" in text
+    assert "sv[" not in text  # a spectrum is a vector, not a column per rank

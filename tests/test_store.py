@@ -360,3 +360,22 @@ def test_extract_cli_views_no_clean_layers_limit(tmp_path, tiny_ckpt):
         assert st.views == ["aug1"]
         assert st.n == 25
         assert [l["name"] for l in st.layers()] == ["encoder", "projector"]
+
+
+@pytest.mark.parametrize("damage, match", [
+    (lambda f: (f["embeddings"].__delitem__("encoder"), f["embeddings"].create_dataset("encoder", data=np.zeros((256, 4)))),
+     r"/embeddings/encoder must be a \(views, n, d\) array"),
+    (lambda f: (f.__delitem__("labels"), f.create_dataset("labels", data=np.zeros(100, dtype=int))), "/labels has 100 entries"),
+    (lambda f: f["latents"].attrs.__delitem__("names"), "lacks its 'names' attribute"),
+    (lambda f: f.attrs.__setitem__("views", '["clean", "aug1"]'), "the attributes say 2 views"),
+    (lambda f: f["modules"]["projector"].attrs.__setitem__("spec", "not json"), "JSON list of layer mappings"),
+])
+def test_damaged_stores_are_refused_on_open(tmp_path, damage, match):
+    path = tmp_path / "s.h5"
+    shutil.copy(Path(__file__).resolve().parent.parent / "fixtures" / "tiny_dgp.h5", path)
+    with h5py.File(path, "r+") as f:
+        if "labels" not in f:
+            f.create_dataset("labels", data=np.zeros(int(f.attrs["n"]), dtype=int))
+        damage(f)
+    with pytest.raises(ReprscopeError, match=f"damaged embedding store: .*{match}"):
+        Store(path)

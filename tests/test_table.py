@@ -168,7 +168,7 @@ def test_write_is_atomic(tmp_path, monkeypatch, suffix):
         raise OSError("disk full")
 
     monkeypatch.setattr(pd.DataFrame, method, broken)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(ReprscopeError, match="cannot write the table .*disk full"):
         write_table(make_table(_rows()[:1]), path)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]

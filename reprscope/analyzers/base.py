@@ -19,12 +19,17 @@ from ..registry import Registry
 ANALYZERS: Registry = Registry("analyzer")
 
 #: Needs an analyzer may declare, with the sentence used when a source lacks them.
+#: The skip reason of an analyzer that reads only the encoder layer (the projector's input); the pipeline drops
+#: it on the other layers of a source whose encoder layer it analysed, and keeps it when it analysed none.
+ENCODER_ONLY = "reports on the encoder layer only (the projector's input; store attribute space = 'encoder')"
+
 NEEDS = {
     "two_views": "needs at least two augmented views (extract with --views 2 or more)",
     "latents": "needs ground-truth latents (/latents), which this source does not have",
     "labels": "needs labels (/labels), which this source does not have",
     "labels_coarse": "needs coarse labels (/labels_coarse), which this source does not have",
     "projector": "needs the projector's weights (/modules/projector), which this source does not have",
+    "encoder_layer": ENCODER_ONLY,
 }
 
 
@@ -257,6 +262,7 @@ def missing_need(spec: AnalyzerSpec, data: LayerData) -> Optional[str]:
             "labels": data.labels is not None,
             "labels_coarse": data.labels_coarse is not None,
             "projector": "projector" in data.modules,
+            "encoder_layer": data.space == "encoder",
         }[need]
         if not ok:
             return NEEDS[need]
@@ -309,7 +315,7 @@ def run_analyzer(name: str, data: LayerData, params: Optional[Mapping[str, Any]]
         if "finite_data" not in data.cache:  # one restricted copy per layer, so its statistics are shared too
             data.cache["finite_data"] = data.take(keep)
         data = data.cache["finite_data"]
-    if data.n < spec.min_samples:
+    if spec.reads_embeddings and data.n < spec.min_samples:
         res.notes.append(f"{name} skipped on {data.layer}: needs at least {spec.min_samples} samples with finite embeddings, has {data.n}")
         return res
     out = spec.fn(data, **values)

@@ -137,7 +137,8 @@ def _mean_rows(res: Result, metric: str, values: Dict[int, float], mask: Optiona
 @register_analyzer(
     "identifiability",
     params=[
-        Param("test_fraction", 0.2, "float", "held-out fraction of the samples, in (0, 1)", low=0, low_open=True, high=1),
+        Param("test_fraction", 0.2, "float", "held-out fraction of the samples, in (0, 1)", low=0, low_open=True, high=1,
+              high_open=True),
         Param("ridge", 1e-3, "float", "ridge penalty per train sample: alpha = ridge·n_train (0 = least squares)", low=0),
         Param("seed", 0, "int", "seed of the train/test permutation and kernel subsampling", low=0),
         Param("readout", "linear", "choice", "linear ridge or RBF kernel ridge", choices=("linear", "kernel")),

@@ -184,11 +184,11 @@ def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Te
 @register_analyzer(
     "knn",
     params=[
-        Param("ks", "20,200", "str", "comma list of neighbour counts k (ints >= 1); one row per k, in column k"),
+        Param("ks", "20,200", "ints", "comma list of neighbour counts k (ints >= 1); one row per k, in column k", low=1),
         Param("temperature", 0.07, "float", "T of the vote weights exp(sim/T)", low=0, low_open=True),
         Param("similarity", "cosine", "choice", "similarity of the neighbour search (recorded)", choices=("cosine",)),
         Param("test_fraction", 0.2, "float", "held-out fraction of the samples (queries), in (0, 1)",
-              low=0, low_open=True, high=1),
+              low=0, low_open=True, high=1, high_open=True),
         Param("seed", 0, "int", "seed of the train/test permutation and the query subsample", low=0),
         Param("max_queries", 5000, "int", "at most this many test queries (seeded random subset; the standard error of top1 is at most 0.7 points at 5000)", low=1),
     ],

@@ -189,7 +189,8 @@ def fit_logistic_np(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float, max
     "linear_probe",
     params=[
         Param("l2", 1e-4, "float", "L2 penalty (l2/2)·‖W‖² added to the mean cross-entropy", low=0),
-        Param("test_fraction", 0.2, "float", "held-out fraction of the samples, in (0, 1)", low=0, low_open=True, high=1),
+        Param("test_fraction", 0.2, "float", "held-out fraction of the samples, in (0, 1)", low=0, low_open=True, high=1,
+              high_open=True),
         Param("seed", 0, "int", "seed of the train/test permutation (the same split as knn)", low=0),
         Param("max_iter", 100, "int", "L-BFGS iterations", low=1),
     ],

@@ -368,7 +368,7 @@ def _plan(n: int, m: int, max_batches: Optional[int], seed: int) -> Tuple[List[i
     "matrix_information",
     params=[
         Param("batch_size", 512, "int_or_all", "samples per batch (the Gram matrix is batch_size × batch_size); "
-              "'all' = the whole set as one batch", low=1),
+              "'all' = the whole set as one batch", low=2),
         Param("alpha", 1.0, "float", "Rényi order α of entropy_alpha, mutual_information and joint_entropy "
               "(1 = von Neumann)", low=0, low_open=True),
         Param("mu", 1.0, "float", "μ of the total coding rate log det(μI + ẐᵀẐ)", low=0, low_open=True),
@@ -397,18 +397,18 @@ def matrix_information(data: LayerData, batch_size=512, alpha: float = 1.0, mu: 
         center: centre the columns before the covariance form's unit-norm scaling.
         max_batches: at most this many batches, a random subset (``seed``) of the full ones (None: all).
         seed: seed of that subset.
-        kl_eps: eigenvalue floor of ``kl``.
+        kl_eps: eigenvalue floor of ``kl``, relative to tr K.
 
     Returns:
         Rows with ``view`` = "aug1|aug2" (the two view names) and a ``form`` column (``gram`` | ``cov``). For each
         form, the mean over batches (metric name) and the population std over batches (name + ``_std``) of:
         ``entropy_1`` H₁(K₁), ``entropy_1_view2`` H₁(K₂), ``entropy_2`` H₂(K₁), ``entropy_alpha`` H_α(K₁),
         ``mutual_information`` I_α = H_α(K₁) + H_α(K₂) − H_α(K₁ ⊙ K₂) (Def. 3.2), ``joint_entropy``
-        H_α(K₁ ⊙ K₂) (Def. 3.3), ``effective_rank`` exp(H₁(K₁)), ``kl`` KL(K₁‖K₂) (Def. 4.9, on K/tr K),
+        H_α(K₁ ⊙ K₂) (Def. 3.3), ``effective_rank`` exp(H₁(K₁)), ``kl`` KL(K₁‖K₂) = tr[K₁(log K₁ − log K₂)] (Def. 4.9),
         ``js`` H₁((ρ₁+ρ₂)/2) − (H₁(K₁) + H₁(K₂))/2, ``eig_js`` the JS divergence of the two eigenvalue
         distributions; plus ``n_batches``. Form ``gram`` also has ``tcr`` log det(μI_d + Ẑ₁ᵀẐ₁) (Def. 4.8) and
-        ``tcr_mcr2``; form ``cov`` has ``tcr_joint`` log det(μI_d + K₁ ⊙ K₂) (Thm. 4.17). A batch of one
-        sample is skipped; undefined values (all-zero views, kl with kl_eps = 0 off-support) become notes.
+        ``tcr_mcr2``; form ``cov`` has ``tcr_joint`` log det(μI_d + K₁ ⊙ K₂) (Thm. 4.17). Every batch has at
+        least 2 samples (batch_size ≥ 2, and a layer analysed has n ≥ 2); undefined values (all-zero views, kl with kl_eps = 0 off-support) become notes.
     """
     res = Result()
     ids = data.aug_view_ids()[:2]
@@ -427,11 +427,9 @@ def matrix_information(data: LayerData, batch_size=512, alpha: float = 1.0, mu: 
     lock = threading.Lock()
 
     def one_batch(b: int):
-        """Read batch b and compute both forms: (skipped?, [(form, values, notes)], zero rows, zero columns)."""
+        """Read batch b and compute both forms: ([(form, values, notes)], zero rows, zero columns)."""
         with lock:  # one reader at a time (h5py serialises its calls anyway)
             batch = data.sample_range(ids, b * m, min(n, (b + 1) * m))
-        if batch.shape[1] < 2:
-            return True, [], [0, 0], [0, 0]
         z = torch.from_numpy(np.ascontiguousarray(batch)).to(dev, torch.float64)
         hats, bars, zr, zc = [], [], [0, 0], [0, 0]
         for v in range(2):
@@ -441,17 +439,14 @@ def matrix_information(data: LayerData, batch_size=512, alpha: float = 1.0, mu: 
             bars.append(zb)
         forms = [(form, *form_values(form, f1, f2, alpha, mu, kl_eps))
                  for form, f1, f2 in (("gram", hats[0], hats[1]), ("cov", bars[0].T, bars[1].T))]
-        return False, forms, zr, zc
+        return forms, zr, zc
 
     # Batches are independent: on the CPU they run side by side, gathered in batch order (see the module
     # docstring), as many as fit in SIDE_BY_SIDE_BYTES (a batch holds about six p×p float64 matrices,
     # p = max(m, d): 200 MiB at d = 2048, 3 GiB at d = 8192, which then runs alone).
     per_batch = 6 * 8 * max(min(m, n), d) ** 2
     results = map_side_by_side(one_batch, chosen, dev, max_workers=max(1, SIDE_BY_SIDE_BYTES // per_batch))
-    for skipped, forms, zr, zc in results:
-        if skipped:
-            notes["a batch of 1 sample was skipped: its matrices are 1×1"] += 1
-            continue
+    for forms, zr, zc in results:
         used += 1
         for v in range(2):
             zero_rows[v] += zr[v]
@@ -473,9 +468,6 @@ def matrix_information(data: LayerData, batch_size=512, alpha: float = 1.0, mu: 
                              "norm and stay zero in the covariance form; its matrix has a zero diagonal entry there "
                              "and its eigenvalues are normalised by its trace instead of d")
     res.notes.extend(f"{s} ({c} batch{'es' if c > 1 else ''})" for s, c in notes.items())
-    if not used:
-        res.notes.append("no batch with at least 2 samples: nothing computed")
-        return res
 
     order = {"gram": FORM_METRICS + ("tcr", "tcr_mcr2"), "cov": FORM_METRICS + ("tcr_joint",)}
     for form in FORMS:

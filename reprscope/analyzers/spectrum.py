@@ -99,7 +99,8 @@ def spectra_of_views(data: LayerData) -> "list[tuple[np.ndarray, np.ndarray]]":
 @register_analyzer(
     "spectrum",
     params=[
-        Param("tau", 0.01, "float", "relative threshold of rank_tau: count σ_k ≥ tau·σ_1", low=0, low_open=True),
+        Param("tau", 0.01, "float", "relative threshold of rank_tau: count σ_k ≥ tau·σ_1", low=0, low_open=True,
+              high=1),
         Param("tau_abs", 0.01, "float", "absolute threshold of rank_abs: count σ_k ≥ tau_abs", low=0),
         Param("eps", 1e-7, "float", "RankMe ε added to the normalised singular values", low=0),
     ],

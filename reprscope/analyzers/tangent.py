@@ -24,8 +24,8 @@ non-linear projector W is replaced per sample by its local affine map, the Jacob
 (Fig. 8). Fig. 5–6 read the hardest negative itself: its distance to h_i⁽¹⁾ and whether it shares h_i's label.
 
 The analyzer needs the projector and the *encoder* embeddings it was trained on, so it runs on the layer with
-``space == "encoder"`` only; other layers (intermediate, projector, predictor outputs) give neither rows nor a
-note — the projector does not apply to them, and a note per layer would only repeat that.
+``space == "encoder"`` only (the ``encoder_layer`` need); the other layers (intermediate, projector, predictor
+outputs) are skipped with a note the pipeline keeps only when a source has no encoder layer at all.
 """
 from __future__ import annotations
 
@@ -326,7 +326,7 @@ def jacobian_residual(head: nn.Sequential, h: torch.Tensor, dh: torch.Tensor, bl
         Param("max_jacobian_samples", 1024, "int", "samples (seeded subset) whose projector Jacobian enters fvu for a non-linear projector", low=1),
         Param("seed", 0, "int", "seed of the Jacobian subset", low=0),
     ],
-    needs=("two_views", "projector"),
+    needs=("encoder_layer", "two_views", "projector"),
     summary="hardest negatives, InfoNCE and its Prop. 3.1 upper bound, FVU of δh by the projector's column space (encoder layer only)",
     paper="002 Prop. 3.1, Eq. 3–10, Fig. 5–7",
 )
@@ -341,7 +341,7 @@ def tangent(data: LayerData, batch_size: int = 512, temperature: float = 0.5, ma
     Sim(g(h_i⁽¹⁾), g(h̃_l)) (ties: view 1 before view 2, lower sample first), and δh_i = h_i⁽²⁾ − h̃*_i.
 
     Args:
-        data: the encoder layer (``space == "encoder"``); any other layer gives an empty Result, no note.
+        data: the encoder layer (``space == "encoder"``, the ``encoder_layer`` need).
         batch_size: B (≥ 2).
         temperature: β = 1/temperature (paper 002 uses β = 2).
         max_jacobian_samples: for a non-linear projector, fvu uses the Jacobians at a subset of this many
@@ -361,8 +361,11 @@ def tangent(data: LayerData, batch_size: int = 512, temperature: float = 0.5, ma
         Undefined values (all δh zero, all h⁽¹⁾ zero) become notes.
     """
     res = Result()
-    if data.space != "encoder":
-        return res  # the projector maps the encoder output; other layers are not its input
+    bad = sorted(k for k, w in data.modules["projector"].params.items() if not np.isfinite(np.asarray(w, dtype=np.float64)).all())
+    if bad:
+        res.notes.append(f"skipped: the stored projector has non-finite entries in {', '.join(bad)}; "
+                         "its column space and hardest negatives are undefined")
+        return res
     i1, i2 = data.aug_view_ids()[:2]
     view = f"{data.views[i1]}|{data.views[i2]}"
     device = torch.device(data.device)

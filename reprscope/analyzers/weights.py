@@ -19,8 +19,9 @@ rank bounds that of the projector output.
 
 The analyzer describes the stored heads, not a layer's embeddings, so it would give identical rows for every
 layer of a source. It therefore emits them once per source, on the layer with ``space == "encoder"`` (the
-encoder output, which every extraction stores), and returns neither rows nor a note on any other layer —
-a note there would only repeat, layer after layer, that nothing is wrong.
+encoder output, which every extraction stores: the ``encoder_layer`` need). The skip on the other layers is a
+note the pipeline keeps only when a source has no encoder layer at all (then nothing is reported, and it
+says why).
 """
 from __future__ import annotations
 
@@ -123,10 +124,11 @@ def _report(res: Result, key: str, w: np.ndarray, tau: float, tau_abs: float) ->
 @register_analyzer(
     "weights",
     params=[
-        Param("tau", 0.01, "float", "relative threshold of rank_tau: count σ_k ≥ tau·σ_1", low=0, low_open=True),
+        Param("tau", 0.01, "float", "relative threshold of rank_tau: count σ_k ≥ tau·σ_1", low=0, low_open=True,
+              high=1),
         Param("tau_abs", 0.01, "float", "absolute threshold of rank_abs: count σ_k ≥ tau_abs (paper 002 Eq. 2)", low=0),
     ],
-    needs=("projector",),
+    needs=("encoder_layer", "projector"),
     reads_embeddings=False,
     summary="singular values and ranks of every stored head weight (and a linear head's product map); once per source, on the encoder layer",
     paper="002 Eq. 2, Fig. 1; Roy & Vetterli 2007",
@@ -136,8 +138,8 @@ def weights(data: LayerData, tau: float = 0.01, tau_abs: float = 0.01) -> Result
 
     Args:
         data: a layer of a source with stored heads (``data.modules``: part → HeadModule); only the heads are
-            read. Rows come only when ``data.space == "encoder"`` (once per source); other layers give an
-            empty Result without a note. The embeddings are never read (``reads_embeddings=False``), so the
+            read. Rows come only when ``data.space == "encoder"`` (once per source; other layers are
+            skipped by the ``encoder_layer`` need). The embeddings are never read (``reads_embeddings=False``), so the
             layer is not scanned for NaN/Inf samples, which cannot change these rows.
         tau: relative threshold (> 0); ``rank_tau`` = #{σ_k ≥ tau·σ_1}.
         tau_abs: absolute threshold (≥ 0); ``rank_abs`` = #{σ_k > 0 and σ_k ≥ tau_abs} (Eq. 2), so
@@ -151,8 +153,6 @@ def weights(data: LayerData, tau: float = 0.01, tau_abs: float = 0.01) -> Result
         W_L ⋯ W_1 (``index`` = ``<part>.product``). A zero weight has all three ranks 0, with a note.
     """
     res = Result()
-    if data.space != "encoder":
-        return res  # the heads do not depend on the layer: report them once, with the encoder layer
     for part in sorted(data.modules):
         module = data.modules[part]
         mats, notes = head_weights(module)

@@ -50,8 +50,16 @@ def extract(model: LoadedModel, dataset: GeneratedDataset, out: os.PathLike | st
     n = len(samples) if limit is None else min(limit, len(samples))
     names = view_names(views, clean)
     rng = np.random.default_rng([seed, 3])
-    with torch.inference_mode():
-        probe = bundle.forward_layers(samples.x[:2].to(device), [i.name for i in infos])
+    try:
+        with torch.inference_mode():
+            probe = bundle.forward_layers(samples.x[:2].to(device), [i.name for i in infos])
+    except RuntimeError as exc:  # a shape or dtype mismatch between the model's input layer and the data
+        trained = (model.dataset or {}).get("name")
+        raise ReprscopeError(
+            f"the model cannot take the samples of data set '{dataset.name}' (shape {tuple(samples.x.shape[1:])}): "
+            f"{str(exc).splitlines()[0]}; use the data it was trained on"
+            + (f" (its checkpoint says '{trained}': leave out --data or pass --data {trained})" if trained else "")
+        ) from None
     dims = {k: int(v.shape[1]) for k, v in probe.items()}
     attrs: Dict[str, Any] = {
         "source": str(model.source), "source_sha256": model.sha256, "source_format": model.format,

@@ -142,6 +142,45 @@ class Store:
         if not len(self.f["embeddings"]):
             self.f.close()
             raise ReprscopeError(f"'{self.path}' has no layers under /embeddings")
+        problem = self._schema_problem()
+        if problem:
+            self.f.close()
+            raise ReprscopeError(f"'{self.path}' is a damaged embedding store: {problem}; write it again with "
+                                 "`reprscope extract`")
+
+    def _schema_problem(self) -> Optional[str]:
+        """What disagrees with SPEC §4 in the shapes and attributes (None when nothing): every layer (V, n, d)
+        with V the ``views`` attribute's length and n its ``n``; per-sample datasets of length n; latent names
+        and content flags one per latent; module specs JSON lists."""
+        v, n = len(self.views), self.n
+        for name, ds in self.f["embeddings"].items():
+            if not isinstance(ds, h5py.Dataset) or ds.ndim != 3:
+                return f"/embeddings/{name} must be a (views, n, d) array, found shape {getattr(ds, 'shape', None)}"
+            if ds.shape[0] != v or ds.shape[1] != n:
+                return (f"/embeddings/{name} has {ds.shape[0]} views × {ds.shape[1]} samples, the attributes say "
+                        f"{v} views ({', '.join(self.views)}) × {n} samples")
+        for key in ("index", "labels", "labels_coarse", "latents"):
+            if key in self.f and (self.f[key].ndim == 0 or self.f[key].shape[0] != n):
+                return f"/{key} has {self.f[key].shape[0] if self.f[key].ndim else 0} entries for n = {n} samples"
+        if "latents" in self.f:
+            k = self.f["latents"].shape[1] if self.f["latents"].ndim == 2 else 1
+            for attr in ("names", "content"):
+                if attr not in self.f["latents"].attrs:
+                    return f"/latents lacks its '{attr}' attribute"
+                val = _json_attr(self.f["latents"].attrs[attr])
+                if not isinstance(val, (list, tuple, np.ndarray)):
+                    return f"/latents attribute '{attr}' is not a JSON list"
+                got = len(val)
+                if got != k:
+                    return f"/latents attribute '{attr}' has {got} entries for {k} latents"
+        for part, grp in (self.f["modules"].items() if "modules" in self.f else []):
+            try:
+                spec = _json_attr(grp.attrs["spec"])
+            except (KeyError, TypeError, ValueError):
+                return f"/modules/{part} lacks a JSON 'spec' attribute"
+            if not isinstance(spec, list) or not all(isinstance(layer, dict) for layer in spec):
+                return f"/modules/{part} 'spec' must be a JSON list of layer mappings"
+        return None
 
     def close(self) -> None:
         self.f.close()

@@ -70,7 +70,7 @@ def test_rows_record_k_temperature_and_similarity():
     x, y = _clusters(80, 4, 3, 0.5)
     res = run_analyzer("knn", _data(x, y), {"ks": "3, 10"})
     assert [(r["metric"], r["index"], r["k"], r["ks"], r["temperature"], r["similarity"], r["view"]) for r in res.rows] == [
-        ("top1", "3", 3, "3, 10", 0.07, "cosine", "clean"), ("top1", "10", 10, "3, 10", 0.07, "cosine", "clean")]
+        ("top1", "3", 3, "3,10", 0.07, "cosine", "clean"), ("top1", "10", 10, "3,10", 0.07, "cosine", "clean")]  # ks normalised
 
 
 def test_separated_clusters_are_perfect():

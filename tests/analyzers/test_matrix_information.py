@@ -11,6 +11,7 @@ import pytest
 
 import reprscope.analyzers  # noqa: F401  (registers the analyzers)
 from reprscope.analyzers.base import LayerData, run_analyzer
+from reprscope.errors import ReprscopeError
 
 VIEWS = ["clean", "aug1", "aug2"]
 PAIR = "aug1|aug2"
@@ -447,8 +448,8 @@ def test_all_zero_view_and_single_samples():
     assert any("all embeddings are zero" in n for n in res.notes), res.notes
     assert _rows(res, "gram")["tcr"] == pytest.approx(4 * math.log(1.0))
     assert "entropy_1" not in _rows(res, "gram")
-    res = run_analyzer("matrix_information", _data(z1, z2), {"batch_size": 1})
-    assert res.rows == [] and any("batch of 1 sample" in n for n in res.notes), res.notes
+    with pytest.raises(ReprscopeError, match="'batch_size' parameter of analyzer matrix_information must be an int or 'all' >= 2"):
+        run_analyzer("matrix_information", _data(z1, z2), {"batch_size": 1})  # its matrices would be 1×1
 
 
 def test_n_smaller_than_d_and_two_samples():

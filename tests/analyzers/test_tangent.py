@@ -420,10 +420,20 @@ def test_left_over_sample_is_noted():
 
 
 @pytest.mark.parametrize("space", ["intermediate", "projector", "predictor"])
-def test_non_encoder_layers_give_nothing(space):
+def test_non_encoder_layers_are_skipped_with_the_reason(space):
+    from reprscope.analyzers.base import ENCODER_ONLY
+
     h1, h2 = views(10, 4)
     res = run_analyzer("tangent", make(h1, h2, linear_module(np.eye(4)), space=space))
-    assert res.rows == [] and res.notes == []
+    assert res.rows == [] and len(res.notes) == 1 and res.notes[0].endswith(ENCODER_ONLY)
+
+
+def test_non_finite_projector_weights_are_a_note():
+    h1, h2 = views(10, 4)
+    w = np.eye(4)
+    w[1, 2] = np.inf
+    res = run_analyzer("tangent", make(h1, h2, linear_module(w)))
+    assert res.rows == [] and any("non-finite entries in 0.weight" in n for n in res.notes), res.notes
 
 
 def _degenerate(case):

@@ -160,9 +160,11 @@ def test_every_head_part_and_index_format():
 
 
 @pytest.mark.parametrize("space", ["intermediate", "projector", "predictor", ""])
-def test_other_layers_give_nothing(space):
+def test_other_layers_are_skipped_with_the_reason(space):
+    from reprscope.analyzers.base import ENCODER_ONLY
+
     res = run_analyzer("weights", _data({"projector": _linear(np.eye(3))}, space=space, layer="projector"))
-    assert res.rows == [] and res.notes == []
+    assert res.rows == [] and len(res.notes) == 1 and res.notes[0].endswith(ENCODER_ONLY)
 
 
 def test_non_finite_weight_is_a_note():
