@@ -119,9 +119,12 @@ def test_deterministic(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_float64_input(name):
     res32 = run_analyzer(name, make_data(synthetic(dtype=np.float32)))
-    res64 = run_analyzer(name, make_data(synthetic(dtype=np.float64)))
-    check_rows(name, res64, make_data(synthetic(dtype=np.float64)))
+    same64 = make_data(synthetic(dtype=np.float32).astype(np.float64))  # the same numbers, stored as float64
+    res64 = run_analyzer(name, same64)
+    check_rows(name, res64, same64)
     assert [(r["metric"], r["view"], r["index"]) for r in res32.rows] == [(r["metric"], r["view"], r["index"]) for r in res64.rows]
+    for a, b in zip(res32.rows, res64.rows):  # small inputs are computed in float64 whatever their dtype
+        assert a["value"] == pytest.approx(b["value"], rel=1e-6, abs=1e-9), (a["metric"], a["index"])
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -330,3 +333,14 @@ def test_bad_choice_names_parameter(name, key, data):
 def test_unknown_analyzer():
     with pytest.raises(ReprscopeError, match="unknown analyzer 'nope'"):
         run_analyzer("nope", make_data(synthetic()))
+
+
+def test_huge_finite_values_are_not_taken_for_inf():
+    """A row of finite float32 values near the largest float32 sums to Inf; it is still a finite sample."""
+    from reprscope.analyzers.base import finite_mask
+
+    emb = synthetic()
+    emb[:, 5, :] = 3e38  # finite in float32, the row sum overflows
+    emb[1, 9, 2] = np.inf
+    keep = finite_mask(make_data(emb))
+    assert keep[5] and not keep[9] and int(keep.sum()) == emb.shape[1] - 1

@@ -176,3 +176,20 @@ def test_unknown_parameter_raises():
 
     with pytest.raises(ReprscopeError, match="no parameter 'tau'"):
         run_analyzer("center", _data(["aug1"], np.ones((1, 3, 2))), {"tau": 1})
+
+
+def test_float32_products_of_a_large_store(monkeypatch):
+    """A large float32 store takes the float32 einsum branches (no float64 copy): same values to float32
+    rounding as the float64 computation of the same numbers."""
+    import reprscope.analyzers.stats as stats
+
+    rng = np.random.default_rng(4)
+    emb = (rng.normal(size=(3, 300, 16)) + 0.7).astype(np.float32)
+    want = _scalars(run_analyzer("center", _data(VIEW_SETS[0], emb.astype(np.float64))))
+    monkeypatch.setattr(stats, "FLOAT32_PRODUCTS_ABOVE", 0)
+    data = _data(VIEW_SETS[0], emb)
+    assert stats.product_dtype(data) == np.float32
+    got = _scalars(run_analyzer("center", data))
+    assert set(got) == set(want)
+    for k, v in want.items():
+        assert got[k] == pytest.approx(v, rel=2e-6, abs=1e-7), k

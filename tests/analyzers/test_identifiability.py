@@ -265,6 +265,8 @@ def test_nan_latent_left_out_with_note():
     res = run_analyzer("identifiability", _data(x, y))
     assert any("NaN/Inf latents" in m for m in res.notes)
     assert res.rows and all(np.isfinite(r["value"]) for r in res.rows)
+    keep = np.arange(60) != 7  # the same as the data without that sample (not, e.g., its latent set to 0)
+    assert res.rows == run_analyzer("identifiability", _data(x[keep], y[keep])).rows
 
 
 def naive_kernel_r2(x, y, ridge, gamma, test_fraction=0.2, seed=0):

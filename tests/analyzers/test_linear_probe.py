@@ -169,3 +169,29 @@ def test_n_less_than_d():
     got = _rows(run_analyzer("linear_probe", _data(x, y)))
     assert got["train_top1"] == 1.0
     assert got["loss"] == pytest.approx(reference(x, y)["loss"], rel=1e-6)
+
+
+def test_reads_the_reference_view_only():
+    """The probe is fitted on the clean view: augmented views that differ leave it unchanged."""
+    x, y = _overlapping(seed=3)
+    noise = np.random.default_rng(3).normal(size=x.shape) * 5.0
+    data = LayerData(layer="enc", space="encoder", views=list(VIEWS), embeddings=np.stack([x, x + noise, x - noise]),
+                     labels=np.asarray(y))
+    assert _rows(run_analyzer("linear_probe", data)) == _rows(run_analyzer("linear_probe", _data(x, y)))
+    want = reference(x, y)
+    assert _rows(run_analyzer("linear_probe", data))["top1"] == want["top1"]
+
+
+def test_unseen_test_class_counts_as_an_error_and_max_iter_is_noted():
+    x, y = _overlapping(n=100)
+    tr, te = lp_mod.split_indices(100, 0.2, 0)
+    base = _rows(run_analyzer("linear_probe", _data(x, y)))
+    y2 = y.copy()
+    ref = reference(x, y)  # its pred_te follows the sorted test indices
+    correct = [i for i, p in zip(np.sort(te), ref["pred_te"]) if p == y[i]][:3]
+    assert len(correct) == 3
+    y2[correct] = 99  # each was right; as an unseen class each must now count as an error
+    got = _rows(run_analyzer("linear_probe", _data(x, y2)))
+    assert got["top1"] == pytest.approx(base["top1"] - 3 / 20)
+    res = run_analyzer("linear_probe", _data(x, y), {"max_iter": 2})
+    assert any("stopped at max_iter=2" in n for n in res.notes), res.notes

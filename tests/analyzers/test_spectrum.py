@@ -309,3 +309,19 @@ def test_symmetric_decompositions_equal_torch_with_and_without_numpy_lapack(monk
         assert w.dtype == v.dtype == dtype
         torch.testing.assert_close((v * w) @ v.T, m, rtol=0, atol=tol * float(want[-1]))
         torch.testing.assert_close(v.T @ v, torch.eye(25, dtype=dtype), rtol=0, atol=10 * tol)
+
+
+def test_shift_far_from_the_mean_still_zeroes_rounding_noise():
+    """Two distinct points: the centred spectrum has rank 1 exactly. The streaming moments are formed about
+    the first chunk's mean — here the rare point — so the products' rounding is of the size of
+    n‖µ − shift‖², far above λ_max(scatter); the threshold must account for it (Moments.shifted_scale2)."""
+    rng = np.random.default_rng(0)
+    c0 = rng.normal(size=8) * 3 + 5
+    c1 = c0 + rng.normal(size=8) * 0.7
+    z = np.vstack([c0[None], np.tile(c1, (2000, 1)), np.tile(c0, (3, 1))])
+    data = LayerData(layer="enc", space="encoder", views=["v"], embeddings=z[None], chunk_size=1)
+    got = _rows(run_analyzer("spectrum", data, {"tau_abs": 0.0}))
+    sv = [got["sv"][i] for i in range(8)]
+    want = np.linalg.svd(z - z.mean(axis=0), compute_uv=False)[0]
+    assert sv[0] == pytest.approx(want, rel=1e-9) and sv[1:] == [0.0] * 7
+    assert got["rank_abs"] == 1.0

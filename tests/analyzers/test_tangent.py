@@ -206,7 +206,8 @@ def test_contrastive_batch_hardest_negative_against_double_loop(impl):
     b = 9
     z1, z2 = (normalise(torch.as_tensor(rng.normal(size=(b, 4)))) for _ in range(2))
     z = torch.cat([z1, z2]).numpy()
-    out = contrastive_batch(z1, z2, beta=2.0) if impl == "torch" else contrastive_batch_np(z.copy(), beta=2.0)
+    # "torch": the accelerator path's torch exp, forced on the CPU (the CPU default hands the exp to numpy)
+    out = contrastive_batch(z1, z2, beta=2.0, use_numpy=False) if impl == "torch" else contrastive_batch_np(z.copy(), beta=2.0)
     other = contrastive_batch_np(z.copy(), beta=2.0) if impl == "torch" else contrastive_batch(z1, z2, beta=2.0)
     for k in ("infonce", "invariance", "repulsion", "upper_bound"):
         assert float(out[k]) == pytest.approx(float(other[k]), rel=1e-13)
@@ -312,6 +313,19 @@ def test_jacobian_fvu_matches_autograd_loops(act, l2):
     assert_close(got, want, rel=1e-8)
 
 
+def test_jacobian_fvu_over_several_blocks_matches_autograd_loops():
+    """70 samples: the Jacobian residuals run in blocks of 32 side by side (and gathered over batches); each
+    block must use its own samples."""
+    from reprscope.analyzers import tangent as tangent_mod
+
+    h1, h2 = views(70, 5, seed=18)
+    module = mlp_module(5, 7, 3, seed=18)
+    assert 70 > 2 * tangent_mod._JAC_SIDE_BLOCK
+    got = rows(run_analyzer("tangent", make(h1, h2, module), {"batch_size": 16}))
+    want = naive(h1, h2, module, batch_size=16, linear=False)
+    assert_close(got, want, rel=1e-8)
+
+
 def test_jacobian_subset_is_seeded():
     h1, h2 = views(30, 4, seed=9)
     module = mlp_module(4, 6, 3, seed=9)
@@ -412,10 +426,11 @@ def test_masked_samples_do_not_shift_batches():
 
 def test_left_over_sample_is_noted():
     h1, h2 = views(17, 4, seed=14)
+    labels = np.arange(17) % 3
     module = linear_module(np.random.default_rng(14).normal(size=(3, 4)))
-    res = run_analyzer("tangent", make(h1, h2, module), {"batch_size": 8})
+    res = run_analyzer("tangent", make(h1, h2, module, labels=labels), {"batch_size": 8})
     assert any("one sample left over" in n for n in res.notes)
-    want = naive(h1[:16], h2[:16], module, batch_size=8)
+    want = naive(h1[:16], h2[:16], module, batch_size=8, labels=labels[:16])  # agreement over the 16 used
     assert_close(rows(res), want)
 
 

@@ -185,3 +185,19 @@ def test_deterministic():
 def test_missing_projector_is_skipped():
     res = run_analyzer("weights", _data({}))
     assert res.rows == [] and any("skipped" in n for n in res.notes)
+
+
+def test_missing_or_mismatched_weights_give_notes_and_no_product():
+    """A linear layer without a stored weight is left out with a note, and the head then has no product map
+    (it would skip that layer); weights that do not chain give a note instead of a product."""
+    rng = np.random.default_rng(21)
+    head = _linear(rng.normal(size=(4, 3)), rng.normal(size=(2, 4)), rng.normal(size=(2, 2)))
+    del head.params["1.weight"]
+    res = run_analyzer("weights", _data({"projector": head}))
+    idx = {r["index"] for r in res.rows if r["metric"] == "rank_abs"}
+    assert idx == {"projector.0", "projector.2"}
+    assert any("layer 1 (linear) has no usable stored weight" in n for n in res.notes), res.notes
+    bad = _linear(rng.normal(size=(4, 3)), rng.normal(size=(2, 5)))
+    res = run_analyzer("weights", _data({"projector": bad}))
+    assert "projector.product" not in {r["index"] for r in res.rows}
+    assert any("layer 1 takes 5 inputs but receives 4" in n for n in res.notes), res.notes
