@@ -62,7 +62,10 @@ def test_chunked_h5_equals_in_memory(name, stored):
         assert b[k] == pytest.approx(a[k], rel=1e-9, abs=1e-9), (name, k)
 
 
-def test_large_float32_stores_use_float32_products_accumulated_in_float64(monkeypatch):
+def test_moments_stay_float64_for_large_float32_stores(monkeypatch):
+    """Large float32 stores give other analyzers float32 products (stats.product_dtype); the moments the
+    spectrum reads stay float64 (its small singular values would be noise otherwise); float64 stores never
+    get float32 products."""
     from reprscope.analyzers import stats
 
     rng = np.random.default_rng(3)
@@ -70,13 +73,29 @@ def test_large_float32_stores_use_float32_products_accumulated_in_float64(monkey
     data = make_data(emb, views=["aug1", "aug2"])
     exact = stats.moments(dataclasses.replace(data, embeddings=emb.astype(np.float64), cache={}))
     monkeypatch.setattr(stats, "FLOAT32_PRODUCTS_ABOVE", 1000)
-    fast_data = dataclasses.replace(data, chunk_size=512, cache={})
-    assert stats.product_dtype(fast_data) == np.float32
-    fast = stats.moments(fast_data)
-    for a, b in zip(exact, fast):
-        np.testing.assert_allclose(b.mean, a.mean, rtol=1e-6)
-        np.testing.assert_allclose(b.scatter, a.scatter, rtol=2e-5, atol=2e-5 * np.abs(a.scatter).max())
-        np.testing.assert_allclose(b.gram, a.gram, rtol=2e-5)
+    big = dataclasses.replace(data, chunk_size=512, cache={})
+    assert stats.product_dtype(big) == np.float32
+    assert stats.product_dtype(dataclasses.replace(big, embeddings=emb.astype(np.float64))) == np.float64
+    for a, b in zip(exact, stats.moments(big)):
+        np.testing.assert_allclose(b.mean, a.mean, rtol=1e-13)
+        np.testing.assert_allclose(b.scatter, a.scatter, rtol=1e-9, atol=1e-11 * np.abs(a.scatter).max())
+        np.testing.assert_allclose(b.gram, a.gram, rtol=1e-13)
+
+
+def test_torch_moments_equal_numpy():
+    """The accelerator path of the moments (torch), run on the CPU, against the numpy path."""
+    import torch
+
+    from reprscope.analyzers import stats
+
+    emb = np.random.default_rng(5).normal(size=(2, 777, 6)) * np.array([0.5, 2.0])[:, None, None] + 1e3
+    data = dataclasses.replace(make_data(emb, views=["aug1", "aug2"]), chunk_size=200, cache={})
+    for a, b in zip(stats._moments_numpy(data), stats._moments_torch(data, torch.device("cpu"))):
+        assert a.n == b.n == 777
+        np.testing.assert_allclose(b.mean, a.mean, rtol=1e-14)
+        np.testing.assert_allclose(b.shift, a.shift, rtol=1e-14)
+        np.testing.assert_allclose(b.scatter, a.scatter, rtol=1e-9, atol=1e-12 * np.abs(a.scatter).max())
+        np.testing.assert_allclose(b.gram, a.gram, rtol=1e-13)
 
 
 @pytest.mark.parametrize("block", [1, 100, 4096])

@@ -104,13 +104,16 @@ def _moments_numpy(data: LayerData) -> List[Moments]:
 
 
 def moments(data: LayerData) -> List[Moments]:
-    """Moments of every view of ``data`` (cached on the layer)."""
-    if "moments" in data.cache:
-        return data.cache["moments"]
-    if torch_device(data).type == "cpu":
-        data.cache["moments"] = _moments_numpy(data)
-        return data.cache["moments"]
-    dev = torch_device(data)
+    """Moments of every view of ``data`` (cached on the layer): numpy on the CPU, torch on ``data.device``
+    otherwise."""
+    if "moments" not in data.cache:
+        dev = torch_device(data)
+        data.cache["moments"] = _moments_numpy(data) if dev.type == "cpu" else _moments_torch(data, dev)
+    return data.cache["moments"]
+
+
+def _moments_torch(data: LayerData, dev: torch.device) -> List[Moments]:
+    """:func:`moments` with torch on ``dev`` (an accelerator; the tests run it on the CPU against numpy)."""
     v, d = len(data.views), data.dim
     shift = s1 = s2 = None
     n = 0
@@ -136,7 +139,6 @@ def moments(data: LayerData) -> List[Moments]:
         gram = b + torch.outer(sh, a) + torch.outer(a, sh) + n * torch.outer(sh, sh)
         scatter = (scatter + scatter.T) / 2
         out.append(Moments(n, (sh + delta).cpu().numpy(), scatter.cpu().numpy(), gram.cpu().numpy(), sh.cpu().numpy()))
-    data.cache["moments"] = out
     return out
 
 

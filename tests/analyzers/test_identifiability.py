@@ -269,16 +269,28 @@ def test_nan_latent_left_out_with_note():
     assert res.rows == run_analyzer("identifiability", _data(x[keep], y[keep])).rows
 
 
-def naive_kernel_r2(x, y, ridge, gamma, test_fraction=0.2, seed=0):
+def naive_kernel_r2(x, y, ridge, gamma, test_fraction=0.2, seed=0, max_fit=None):
+    """Kernel ridge by explicit kernel entries. ``max_fit``: fit on the documented subset of the train split
+    (``default_rng(seed)``'s next draw after the split permutation), standardised with the whole train split;
+    ``gamma`` None: 1/(d·mean variance of the fitted standardised features)."""
     x = np.asarray(x, dtype=np.float64)
-    tr, te = _split(len(x), test_fraction, seed)
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(x))
+    n_train = int(round(len(x) * (1 - test_fraction)))
+    tr, te = perm[:n_train], perm[n_train:]
     mean, std = x[tr].mean(0), x[tr].std(0)
     xs_tr, xs_te = (x[tr] - mean) / std, (x[te] - mean) / std
+    ytr = y[tr]
+    if max_fit is not None and n_train > max_fit:
+        fit = np.sort(rng.choice(n_train, size=max_fit, replace=False))
+        xs_tr, ytr = xs_tr[fit], ytr[fit]
+    if gamma is None:
+        gamma = 1.0 / (x.shape[1] * float(xs_tr.var(axis=0).mean()))
     kern = lambda a, b: math.exp(-gamma * float(np.sum((a - b) ** 2)))  # noqa: E731
     k_tr = np.array([[kern(a, b) for b in xs_tr] for a in xs_tr])
     k_te = np.array([[kern(a, b) for b in xs_tr] for a in xs_te])
-    ybar = y[tr].mean(0)
-    coef = np.linalg.solve(k_tr + ridge * len(tr) * np.eye(len(tr)), y[tr] - ybar)
+    ybar = ytr.mean(0)
+    coef = np.linalg.solve(k_tr + ridge * len(xs_tr) * np.eye(len(xs_tr)), ytr - ybar)
     pred = k_te @ coef + ybar
     yt = y[te]
     return 1 - ((yt - pred) ** 2).sum(0) / ((yt - yt.mean(0)) ** 2).sum(0)
@@ -305,6 +317,21 @@ def test_kernel_beats_linear_on_nonlinear_latent_and_subsamples():
     a = run_analyzer("identifiability", _data(x, y), params)
     b = run_analyzer("identifiability", _data(x, y), params)
     assert a.rows == b.rows and any("50 of 240" in m for m in a.notes)
+
+
+def test_kernel_readout_on_a_subset_over_several_test_blocks():
+    """More test samples than one prediction block (2048), the fit on a seeded subset of the train split, the
+    default γ from that subset's variance: against explicit kernel entries."""
+    from reprscope.analyzers import identifiability as ident
+
+    rng = np.random.default_rng(13)
+    x = rng.normal(size=(10600, 2))
+    y = np.c_[np.sin(2 * x[:, 0]) + x[:, 1] ** 2]
+    params = {"readout": "kernel", "max_kernel_samples": 40, "ridge": 1e-2}
+    assert 10600 - int(round(10600 * 0.8)) > ident._KERNEL_BLOCK
+    got = _rows(run_analyzer("identifiability", _data(x, y), params))["r2"]["z0"]
+    want = naive_kernel_r2(x, y, 1e-2, None, max_fit=40)
+    assert got == pytest.approx(float(want[0]), rel=1e-8)
 
 
 def test_deterministic_and_seed_dependent():
