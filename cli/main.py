@@ -267,7 +267,8 @@ def check(
     result = compare(res.table, base, rules, metrics=metrics, layers=layers)
     notes = condense_notes(res.notes)
     if result.compared == 0:
-        why = f" ({notes[0]})" if notes else ""
+        skipped = [n for n in notes if "skipped" in n]
+        why = f" ({skipped[0]})" if skipped else ""
         raise ReprscopeError(f"none of the {len(result.missing)} selected baseline rows has a counterpart in the new "
                              f"results{why}: the baseline comes from other layers, views, analyzers or parameters; "
                              "write a new baseline with `reprscope analyze`")
@@ -287,7 +288,7 @@ def report(
     """Figures from tables: spectra, R² per latent across layers, per-layer profiles, trajectories over steps."""
     from reprscope.report import make_report
 
-    paths = make_report([str(t) for t in tables], out, formats=_split(formats) or ["png"], echo=typer.echo)
+    paths = make_report([str(t) for t in tables], out, formats=_split_all([formats], "--formats"), echo=typer.echo)
     for p in paths:
         typer.echo(f"wrote {p}")
 

@@ -10,7 +10,8 @@ A rule may give a direction: ``higher`` (higher is better — only a drop beyond
 ``lower`` (only a rise fails); the default ``both`` fails on any change beyond the tolerance. A baseline row
 with no counterpart fails as ``missing``. When the baseline and the new table each hold a single checkpoint
 (one step each), the steps need not agree — the usual CI case, a new checkpoint against an older one's table;
-tables of several steps (run directories) are matched step by step. Rules come from the command line (one
+tables of several steps (run directories) are matched step by step, and a single checkpoint against a run
+directory's table is compared with that table's rows of its step (a step the table lacks is an input error). Rules come from the command line (one
 default) and a TOML file::
 
     [default]
@@ -91,7 +92,10 @@ def _rule_from(d: Any, base: Rule, where: str) -> Rule:
 
 def _read_rules_file(path: Path) -> Dict[str, Any]:
     """TOML, or YAML (``.yaml``/``.yml``, with the same ``default`` mapping and ``rule`` list)."""
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ReprscopeError(f"tolerance file '{path}' is not UTF-8 text; write it as TOML or YAML") from None
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
             import yaml  # PyYAML comes with timm
@@ -102,7 +106,8 @@ def _read_rules_file(path: Path) -> Dict[str, Any]:
 
             doc = tomllib.loads(text)
     except Exception as exc:  # tomllib.TOMLDecodeError, yaml.YAMLError: both are parse errors of the user's file
-        raise ReprscopeError(f"cannot parse tolerance file '{path}': {exc}") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ReprscopeError(f"cannot parse tolerance file '{path}': {first}") from None
     if not isinstance(doc, dict):
         raise ReprscopeError(f"tolerance file '{path}' must hold a mapping with 'default' and 'rule'")
     return doc
@@ -202,6 +207,13 @@ def compare(new: pd.DataFrame, base: pd.DataFrame, rules: Sequence[Rule], metric
     params = sorted(c for c in set(base.columns) & set(new.columns) if c not in COLUMNS + CONTEXT_COLUMNS)
     b, n = _key_frame(base, params), _key_frame(new, params)
     steps_b, steps_n = b["step"].unique(), n["step"].unique()
+    if len(steps_n) == 1 and len(steps_b) > 1:  # one checkpoint against a run directory's table
+        if steps_n[0] not in set(steps_b):
+            raise ReprscopeError(f"the baseline holds {len(steps_b)} steps (a run directory's table) and the new "
+                                 f"checkpoint is at step {steps_n[0]}, which it lacks; check a run directory against "
+                                 "it, or make the baseline from one checkpoint")
+        b = b[b["step"] == steps_n[0]]
+        steps_b = b["step"].unique()
     single = len(steps_b) == 1 and len(steps_n) <= 1
     key = [k for k in KEY if not (single and k == "step")] + params
     if b.duplicated(key).any():
@@ -279,6 +291,8 @@ def _json_value(key: str, v: Any) -> Any:
     if v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and v in ("", "<NA>")):
         return None
     if isinstance(v, str) and key not in ("layer", "view", "analyzer", "metric", "index", "direction"):
+        if v in ("True", "False"):
+            return v == "True"
         for cast in (int, float):
             try:
                 return cast(v)
@@ -293,5 +307,6 @@ def result_json(res: CheckResult, source: Optional[str] = None, baseline: Option
     def recs(df: pd.DataFrame) -> List[Dict[str, Any]]:
         return [{k: _json_value(k, v) for k, v in r.items()} for r in df.astype(object).to_dict(orient="records")]
 
+    steps = None if res.steps is None else [_json_value("step", s) for s in res.steps]
     return {"ok": res.ok, "source": source, "baseline": baseline, "compared": res.compared,
-            "failed": recs(res.failures), "missing": recs(res.missing), "extra": res.extra, "steps": res.steps}
+            "failed": recs(res.failures), "missing": recs(res.missing), "extra": res.extra, "steps": steps}

@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
+import numpy as np
+
 from .errors import ReprscopeError
 
 
@@ -93,6 +95,8 @@ class Param:
                         v = False
                     else:
                         raise ValueError
+                elif isinstance(v, np.bool_):  # numpy's bool, e.g. from a table column read by pandas
+                    v = bool(v)
                 elif not isinstance(v, bool):
                     raise ValueError
             elif self.kind == "str":

@@ -60,11 +60,17 @@ def resolve_sources(sources: Sequence[str | os.PathLike]) -> List[Source]:
             raise ReprscopeError(f"source '{p}' does not exist")
         if p.resolve() in seen:
             raise ReprscopeError(f"source '{p}' is given twice (also as '{seen[p.resolve()]}'); give each source once")
-        seen[p.resolve()] = str(s)
+        if not p.is_dir():
+            seen[p.resolve()] = str(s)
         if p.is_dir():
             ckpts = sorted(p.glob("ckpt-*.pt")) or sorted(p.glob("last.pt"))
             if not ckpts:
                 raise ReprscopeError(f"run directory '{p}' has no ckpt-*.pt or last.pt; train into it with `reprscope train --out {p}`")
+            for c in ckpts:
+                if c.resolve() in seen:
+                    raise ReprscopeError(f"checkpoint '{c}' is given twice (as '{seen[c.resolve()]}' and in run "
+                                         f"directory '{p}'); give each source once")
+                seen[c.resolve()] = f"{p}/"
             out.extend(Source(c, "checkpoint") for c in ckpts)
         elif p.suffix.lower() in (".h5", ".hdf5"):
             out.append(Source(p, "h5"))

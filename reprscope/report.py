@@ -513,6 +513,10 @@ def make_report(tables: Sequence[str], out: Path | str, formats: Sequence[str] =
         raise ReprscopeError(f"give at least one figure format: {', '.join(FORMATS)}")
     if not tables:
         raise ReprscopeError("give at least one table written by `reprscope analyze`")
+    resolved = [Path(t).resolve() for t in tables]
+    twice = next((t for t, r in zip(tables, resolved) if resolved.count(r) > 1), None)
+    if twice is not None:
+        raise ReprscopeError(f"table '{twice}' is given twice; give each table once")
     out = Path(out)
     parent = _staging_parent(out)
     df = pd.concat([read_table(t).assign(**{TABLE: str(t)}) for t in tables], ignore_index=True)

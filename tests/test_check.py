@@ -144,9 +144,12 @@ def test_tables_of_several_steps_match_step_by_step():
     swapped = pd.concat([_table([12.0, 6.0], step=10), _table([10.0, 5.0], step=20)], ignore_index=True)
     res = compare(swapped, base, [Rule()])
     assert not res.ok and len(res.failures) == 4
-    only_one = _table([10.0, 5.0], step=10)  # a single checkpoint against a trajectory: matched on its step
+    only_one = _table([10.0, 5.0], step=10)  # a single checkpoint against a trajectory: that step's rows
     res = compare(only_one, base, [Rule()])
-    assert not res.ok and set(res.missing["step"].astype(str)) == {"20"}
+    assert res.ok and res.compared == 2 and res.missing.empty
+    assert not compare(_table([12.0, 5.0], step=10), base, [Rule()]).ok
+    with pytest.raises(ReprscopeError, match="step 30, which it lacks"):
+        compare(_table([10.0, 5.0], step=30), base, [Rule()])
 
 
 def test_selection_applies_to_the_new_rows_and_to_what_is_recomputed():
@@ -257,3 +260,28 @@ def test_cli_check_json_numbers_no_common_rows_and_one_source(tmp_path):
     assert r.exit_code == 2 and "counterpart" in r.stderr, r.output
     r = runner.invoke(app, ["check", h5, h5, "--baseline", str(base)])
     assert r.exit_code == 2, r.output
+
+
+def test_boolean_parameter_columns_and_odd_tolerance_files(tmp_path):
+    """A column of numpy bools (pandas reads center=False that way) is a valid parameter; a non-UTF-8 or
+    unparsable tolerance file is one line; --json gives steps as numbers and booleans as booleans."""
+    from reprscope.check import result_json
+
+    from reprscope.analyzers import ANALYZERS
+    from reprscope.params import resolve_params
+
+    base = _table([10.0, 5.0], step=60).assign(center=False)
+    assert resolve_params("analyzer matrix_information", ANALYZERS.get("matrix_information").params,
+                          {"center": np.bool_(False)})["center"] is False
+    f = tmp_path / "tol.toml"
+    f.write_bytes(b"\xff\xfe[default]\n")
+    with pytest.raises(ReprscopeError, match="not UTF-8"):
+        load_rules(f)
+    y = tmp_path / "tol.yaml"
+    y.write_text("default: {rtol: [\n")
+    with pytest.raises(ReprscopeError) as err:
+        load_rules(y)
+    assert "\n" not in str(err.value)
+    res = compare(_table([10.0, 6.0], step=30).assign(center=False), base, [Rule()])
+    doc = result_json(res)
+    assert doc["steps"] == [60, 30] and doc["failed"][0]["center"] is False

@@ -256,7 +256,8 @@ def bad_inputs(tmp_path, cli_run, cli_h5):
     dir_csv = tmp_path / "isdir.csv"
     dir_csv.mkdir()
     return {"tmp": tmp_path, "ckpt": cli_run / "last.pt", "h5": cli_h5, "text": text, "empty_dir": empty_dir,
-            "foreign": foreign, "fake_h5": fake_h5, "dir_csv": dir_csv}
+            "foreign": foreign, "fake_h5": fake_h5, "dir_csv": dir_csv, "run": cli_run,
+            "run_ckpt": sorted(cli_run.glob("ckpt-*.pt"))[0]}
 
 
 TRAIN = ["train", "simclr", "--data", "dgp", "--steps", "2", "--quiet", "--out", "{tmp}/newrun"]
@@ -305,6 +306,9 @@ ERRORS = {
     "analyze_out_suffix": (["analyze", "{h5}", "--out", "{tmp}/o.txt"], "--out must end in .csv or .parquet"),
     "analyze_out_is_folder": (["analyze", "{h5}", "--out", "{dir_csv}"], "is a folder"),
     "analyze_same_source_twice": (["analyze", "{h5}", "{h5}", "--out", "{tmp}/o.csv"], "is given twice"),
+    "analyze_checkpoint_of_a_given_run_dir": (["analyze", "{run}", "{run_ckpt}", "--out", "{tmp}/o.csv"], "is given twice"),
+    "report_formats_empty": (["report", "{tmp}/none.csv", "--formats", ",", "--out", "{tmp}/figs"], "--formats names nothing"),
+    "report_table_twice": (["report", "{tmp}/t.csv", "{tmp}/t.csv", "--out", "{tmp}/figs"], "is given twice"),
     "analyze_analyzers_empty": (["analyze", "{h5}", "--analyzers", ",", "--out", "{tmp}/o.csv"], "--analyzers names nothing"),
     "analyze_ckpt_on_other_data": (["analyze", "{ckpt}", "--data", "blobs", "--out", "{tmp}/o.csv"],
                                    "the model cannot take the samples of data set 'blobs'"),

@@ -369,6 +369,11 @@ def test_extract_cli_views_no_clean_layers_limit(tmp_path, tiny_ckpt):
     (lambda f: f["latents"].attrs.__delitem__("names"), "lacks its 'names' attribute"),
     (lambda f: f.attrs.__setitem__("views", '["clean", "aug1"]'), "the attributes say 2 views"),
     (lambda f: f["modules"]["projector"].attrs.__setitem__("spec", "not json"), "JSON list of layer mappings"),
+    (lambda f: f.attrs.__setitem__("n", "abc"), "the 'n' attribute must be a whole number"),
+    (lambda f: f.attrs.__setitem__("views", 5), "'views' attribute must be a JSON list"),
+    (lambda f: f["embeddings"]["encoder"].attrs.__setitem__("order", "deep"), "'order' must be a whole number"),
+    (lambda f: (f.__delitem__("labels"), f.create_dataset("labels", data=np.zeros((256, 2), dtype=int))),
+     "one label per sample"),
 ])
 def test_damaged_stores_are_refused_on_open(tmp_path, damage, match):
     path = tmp_path / "s.h5"

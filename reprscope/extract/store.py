@@ -137,8 +137,17 @@ class Store:
             raise ReprscopeError(f"'{self.path}' is an HDF5 file but not a reprscope embedding store (it lacks {what}); "
                                  f"write one with `reprscope extract`")
         self.attrs: Dict[str, Any] = {k: _json_attr(v) for k, v in self.f.attrs.items()}
-        self.views: List[str] = list(self.attrs["views"])
-        self.n = int(self.attrs["n"])
+        views, n = self.attrs["views"], self.attrs["n"]
+        bad = ("the 'views' attribute must be a JSON list of view names" if not isinstance(views, (list, tuple))
+               or not all(isinstance(v, str) for v in views) else
+               "the 'n' attribute must be a whole number" if not isinstance(n, (int, np.integer)) or isinstance(n, bool)
+               else next((f"the '{k}' attribute must be a whole number" for k in ("seed", "step")
+                          if not isinstance(self.attrs[k], (int, np.integer)) or isinstance(self.attrs[k], bool)), None))
+        if bad:
+            self.f.close()
+            raise ReprscopeError(f"'{self.path}' is a damaged embedding store: {bad}; write it again with `reprscope extract`")
+        self.views: List[str] = list(views)
+        self.n = int(n)
         if not len(self.f["embeddings"]):
             self.f.close()
             raise ReprscopeError(f"'{self.path}' has no layers under /embeddings")
@@ -156,12 +165,21 @@ class Store:
         for name, ds in self.f["embeddings"].items():
             if not isinstance(ds, h5py.Dataset) or ds.ndim != 3:
                 return f"/embeddings/{name} must be a (views, n, d) array, found shape {getattr(ds, 'shape', None)}"
+            if not np.issubdtype(ds.dtype, np.number) or np.issubdtype(ds.dtype, np.complexfloating):
+                return f"/embeddings/{name} holds {ds.dtype} values, not real numbers"
+            try:
+                int(ds.attrs.get("order", 0))
+            except (TypeError, ValueError):
+                return f"/embeddings/{name} attribute 'order' must be a whole number, got {ds.attrs.get('order')!r}"
             if ds.shape[0] != v or ds.shape[1] != n:
                 return (f"/embeddings/{name} has {ds.shape[0]} views × {ds.shape[1]} samples, the attributes say "
                         f"{v} views ({', '.join(self.views)}) × {n} samples")
         for key in ("index", "labels", "labels_coarse", "latents"):
             if key in self.f and (self.f[key].ndim == 0 or self.f[key].shape[0] != n):
                 return f"/{key} has {self.f[key].shape[0] if self.f[key].ndim else 0} entries for n = {n} samples"
+        for key in ("labels", "labels_coarse"):
+            if key in self.f and self.f[key].ndim != 1:
+                return f"/{key} must hold one label per sample, found shape {self.f[key].shape}"
         if "latents" in self.f:
             k = self.f["latents"].shape[1] if self.f["latents"].ndim == 2 else 1
             for attr in ("names", "content"):
