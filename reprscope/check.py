@@ -248,8 +248,16 @@ def baseline_context(base: pd.DataFrame) -> Dict[str, Any]:
         if c in base.columns:
             vals = base[c].dropna()
             vals = vals[vals.astype(str) != ""].unique()
-            if len(vals) == 1:
-                out[c] = int(vals[0]) if c == "n" else str(vals[0])
+            if len(vals) == 1 and c == "n":
+                try:
+                    out[c] = int(vals[0]) if float(vals[0]).is_integer() and float(vals[0]) > 0 else None
+                except (TypeError, ValueError):
+                    out[c] = None
+                if out[c] is None:
+                    raise ReprscopeError(f"the table's n column must hold the number of samples, got {vals[0]!r}; "
+                                         "rewrite it with `reprscope analyze`")
+            elif len(vals) == 1:
+                out[c] = str(vals[0])
     return out
 
 

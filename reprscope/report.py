@@ -164,6 +164,27 @@ def _step_text(g: pd.DataFrame) -> str:
     return f"step {int(steps.iloc[0])}" if len(steps) else ""
 
 
+def depth_order(df: pd.DataFrame) -> List[str]:
+    """The layers of ``df`` in an order that keeps every run's own (shallow-to-deep, as its table lists them):
+    runs of different architectures are merged so that no run's line steps back in depth; ties go to the
+    layer seen first."""
+    run = RUN if RUN in df.columns else "source"
+    seqs = [list(dict.fromkeys(g["layer"])) for _, g in df.groupby(run, sort=False)]
+    first = {layer: i for i, layer in enumerate(dict.fromkeys(df["layer"]))}
+    after: Dict[str, set] = {layer: set() for layer in first}  # layer → the layers that must come before it
+    for seq in seqs:
+        for i, layer in enumerate(seq):
+            after[layer].update(seq[:i])
+    order: List[str] = []
+    left = dict(first)
+    while left:
+        ready = [l for l in left if not (after[l] & set(left))] or list(left)  # a cycle: fall back to first seen
+        nxt = min(ready, key=first.get)
+        order.append(nxt)
+        del left[nxt]
+    return order
+
+
 def _reference_view(views: Sequence[str]) -> str:
     views = list(dict.fromkeys(views))
     return "clean" if "clean" in views else views[0]
@@ -382,7 +403,7 @@ def plot_profiles(df: pd.DataFrame, out: Path, formats: Sequence[str], notes: Op
     rows = scalar_rows(_last_step(df, by=[RUN, "analyzer"]))
     paths: List[Path] = []
     for analyzer, g in rows.groupby("analyzer", sort=False):
-        layers = list(dict.fromkeys(g["layer"]))
+        layers = depth_order(g)
         if len(layers) < 2:
             notes.append(f"profile_{analyzer} not drawn: {analyzer} reports on one layer only ({layers[0]}), so there "
                          "is no profile across layers (its values are in the table, and in trajectory_"

@@ -131,6 +131,6 @@ def read_table(path: os.PathLike | str) -> pd.DataFrame:
     df["index"] = df["index"].map(lambda v: str(v).split(".")[0] if _INT_LIKE.match(str(v)) else v)
     try:
         return normalize(df)
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:  # a non-finite value; a step that is not a whole number
         raise ReprscopeError(f"table '{path}' is damaged: {exc}; every value must be a finite number "
                              "(rewrite it with `reprscope analyze ... --out`)") from None

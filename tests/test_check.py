@@ -285,3 +285,18 @@ def test_boolean_parameter_columns_and_odd_tolerance_files(tmp_path):
     res = compare(_table([10.0, 6.0], step=30).assign(center=False), base, [Rule()])
     doc = result_json(res)
     assert doc["steps"] == [60, 30] and doc["failed"][0]["center"] is False
+
+
+def test_hand_edited_step_and_n_columns_are_input_errors(tmp_path):
+    from reprscope.check import baseline_context
+
+    t = _table([10.0, 5.0]).astype({"step": object})
+    t.loc[0, "step"] = 1.5
+    path = tmp_path / "t.csv"
+    t.to_csv(path, index=False)
+    with pytest.raises(ReprscopeError, match="damaged"):
+        read_table(path)
+    for bad in ("abc", 12.5, 0):
+        with pytest.raises(ReprscopeError, match="n column must hold the number of samples"):
+            baseline_context(_table([10.0, 5.0]).assign(n=bad))
+    assert baseline_context(_table([10.0, 5.0]).assign(n=300.0, data="dgp")) == {"data": "dgp", "n": 300}

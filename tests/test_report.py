@@ -356,3 +356,18 @@ def test_profiles_and_trajectories_are_readable(tmp_path, drawn):
     # lines differ by more than colour
     styles = {(m, c) for *_, _ls, m, c in traj["panels"][0]["lines"]}
     assert len(styles) == len(LAYERS) and len({m for m, _ in styles}) == len(LAYERS)
+
+
+def test_depth_order_keeps_every_runs_order():
+    """Runs with different layers share one x-axis in an order no run's line steps back on."""
+    import pandas as pd
+
+    from reprscope.report import depth_order
+
+    df = pd.DataFrame({"source": ["a/x.h5"] * 4 + ["b/y.h5"] * 7,
+                       "layer": ["encoder.layer1", "encoder.layer2", "encoder", "projector",
+                                 "encoder.layer1", "encoder.layer2", "encoder.layer3", "encoder", "projector.2",
+                                 "projector.5", "projector"]})
+    order = depth_order(df)
+    assert order == ["encoder.layer1", "encoder.layer2", "encoder.layer3", "encoder", "projector.2", "projector.5",
+                     "projector"]
