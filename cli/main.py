@@ -53,12 +53,6 @@ def handle_errors(fn: Callable) -> Callable:
     return wrapper
 
 
-def _split(value: Optional[str]) -> Optional[List[str]]:
-    if not value:
-        return None
-    return [v.strip() for v in value.split(",") if v.strip()]
-
-
 def _split_all(values: Optional[List[str]], option: str) -> Optional[List[str]]:
     """A repeatable comma-separated option: every name of every occurrence, in order (None when not given)."""
     if not values:
@@ -132,7 +126,7 @@ def extract(
     data: Optional[str] = typer.Option(None, "--data", help="Data set (default: the one the checkpoint was trained on)."),
     views: int = typer.Option(2, "--views", help="Number of augmented views (the clean view is added unless --no-clean)."),
     clean: bool = typer.Option(True, "--clean/--no-clean", help="Store the un-augmented input as view 0."),
-    layers: Optional[str] = typer.Option(None, "--layers", help="Comma-separated layer names (default: all)."),
+    layers: Optional[List[str]] = typer.Option(None, "--layers", help="Comma-separated layer names, repeatable (default: all)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N held-out samples."),
     batch_size: int = typer.Option(1024, "--batch-size", help="Inference batch size."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
@@ -163,7 +157,7 @@ def extract(
     if not spec:
         raise ReprscopeError(f"'{ckpt}' does not say which data it was trained on; give --data NAME")
     dataset, notes = dataset_for_model(model, spec, preprocess, explicit)
-    path = run_extract(model, dataset, out, views=views, clean=clean, layers=_split(layers), limit=limit,
+    path = run_extract(model, dataset, out, views=views, clean=clean, layers=_split_all(layers, "--layers"), limit=limit,
                        batch_size=batch_size, device=resolve_device(device), seed=seed, progress=not quiet)
     for note in notes:
         typer.echo(f"note: {note}")
@@ -263,7 +257,7 @@ def check(
         limit = baseline_context(selected).get("n")
     res = run_analyze([str(source)], data=data, analyzers=list(wanted), params=wanted, views=views,
                       limit=limit, device=str(resolve_device(device)), progress=False)
-    check_context(selected, res.table)
+    check_context(selected, res.table, store=source.suffix.lower() in (".h5", ".hdf5"))
     result = compare(res.table, base, rules, metrics=metrics, layers=layers)
     notes = condense_notes(res.notes)
     if result.compared == 0:

@@ -261,15 +261,17 @@ def baseline_context(base: pd.DataFrame) -> Dict[str, Any]:
     return out
 
 
-def check_context(base: pd.DataFrame, new: pd.DataFrame) -> None:
-    """Refuse to compare values computed on another data set or another number of samples (exit 2)."""
+def check_context(base: pd.DataFrame, new: pd.DataFrame, store: bool = False) -> None:
+    """Refuse to compare values computed on another data set or another number of samples (exit 2). ``store``:
+    the new source is an .h5 store, whose samples are fixed (the advice is then to extract it again)."""
     want, got = baseline_context(base), baseline_context(new)
     diff = [c for c in want if c in got and want[c] != got[c]]
     if diff:
         fmt = lambda d: ", ".join(f"{c}={d[c]}" for c in CONTEXT_COLUMNS if c in d)  # noqa: E731
+        opts = f"--data {want.get('data', got.get('data'))} --limit {want.get('n', got.get('n'))}"
+        todo = f"extract the store again with `reprscope extract ... {opts}`" if store else f"pass {opts}"
         raise ReprscopeError(f"the baseline was computed on {fmt(want)} and the new results on {fmt(got)}; compare like "
-                             f"with like: pass --data {want.get('data', got.get('data'))} --limit {want.get('n', got.get('n'))} "
-                             "or write a new baseline")
+                             f"with like: {todo}, or write a new baseline")
 
 
 def format_result(res: CheckResult, max_rows: int = 50, notes: Sequence[str] = ()) -> str:

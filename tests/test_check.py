@@ -223,6 +223,8 @@ def test_context_columns_refuse_other_data_or_sample_count():
         check_context(base, base.assign(data="blobs"))
     with pytest.raises(ReprscopeError, match="n=500"):
         check_context(base, base.assign(n=500))
+    with pytest.raises(ReprscopeError, match="extract the store again with `reprscope extract ... --data dgp --limit 2000`"):
+        check_context(base, base.assign(n=500), store=True)
     check_context(_table([10.0, 5.0]), base)  # an older baseline without the columns: nothing to compare
     assert compare(base.assign(n=500), base, [Rule()]).ok  # the columns are not parameters of the values
 

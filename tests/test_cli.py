@@ -305,6 +305,7 @@ ERRORS = {
     # --out and other options
     "analyze_out_suffix": (["analyze", "{h5}", "--out", "{tmp}/o.txt"], "--out must end in .csv or .parquet"),
     "analyze_out_is_folder": (["analyze", "{h5}", "--out", "{dir_csv}"], "is a folder"),
+    "analyze_out_under_a_file": (["analyze", "{h5}", "--out", "{text}/o.csv"], "is not a writable folder"),
     "analyze_same_source_twice": (["analyze", "{h5}", "{h5}", "--out", "{tmp}/o.csv"], "is given twice"),
     "analyze_checkpoint_of_a_given_run_dir": (["analyze", "{run}", "{run_ckpt}", "--out", "{tmp}/o.csv"], "is given twice"),
     "report_formats_empty": (["report", "{tmp}/none.csv", "--formats", ",", "--out", "{tmp}/figs"], "--formats names nothing"),
