@@ -30,6 +30,13 @@ PREPROCESS_HELP = ("source: feed image data the way the checkpoint's source did 
                    "through the data set's parameters; --set data.KEY=... still wins); data: the data set's own.")
 
 
+#: The flag of each library argument an error can name (the library speaks of ``views``, the CLI of --views).
+CLI_FLAGS = {"views": "--views", "batch_size": "--batch-size", "limit": "--limit", "data": "--data",
+             "preprocess": "--preprocess", "branch": "--branch", "arch": "--arch", "fmt": "--format",
+             "metrics": "--metrics/--layers", "layers": "--layers", "analyzers": "--analyzers", "params": "--param",
+             "out": "--out", "device": "--device", "set_data": "--set"}
+
+
 def _fail(msg: str, code: int = 2) -> None:
     typer.echo(f"error: {msg}", err=True)
     raise typer.Exit(code)
@@ -45,7 +52,8 @@ def handle_errors(fn: Callable) -> Callable:
         except ReprscopeError as exc:
             if _state["debug"]:
                 traceback.print_exc()
-            _fail(str(exc))
+            flag = CLI_FLAGS.get(getattr(exc, "arg", None) or "")
+            _fail(f"{exc} ({flag})" if flag else str(exc))
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130)
@@ -139,26 +147,16 @@ def extract(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Write the embedding store (HDF5) of CKPT's layers on the held-out set."""
-    from reprscope.data import parse_data_arg
-    from reprscope.extract import extract as run_extract
-    from reprscope.formats import LoadOptions, load_checkpoint
-    from reprscope.formats.preprocess import dataset_for_model
+    from reprscope.pipeline import extract_checkpoint
     from reprscope.train.trainer import resolve_device
 
     if out.suffix.lower() not in (".h5", ".hdf5"):
         raise ReprscopeError(f"--out must name an .h5 file, got '{out}'")
-    model = load_checkpoint(ckpt, fmt, LoadOptions(branch=branch, arch=arch))
-    spec = dict(model.dataset or {})
-    if data:
-        given = parse_data_arg(data)
-        spec = {**spec, **given} if spec.get("name") == given["name"] else given
-    explicit = _data_sets(sets)
-    spec.update(explicit)
-    if not spec:
-        raise ReprscopeError(f"'{ckpt}' does not say which data it was trained on; give --data NAME")
-    dataset, notes = dataset_for_model(model, spec, preprocess, explicit)
-    path = run_extract(model, dataset, out, views=views, clean=clean, layers=_split_all(layers, "--layers"), limit=limit,
-                       batch_size=batch_size, device=resolve_device(device), seed=seed, progress=not quiet)
+    notes: List[str] = []
+    path = extract_checkpoint(ckpt, data, out, layers=_split_all(layers, "--layers"), device=resolve_device(device),
+                              views=views, clean=clean, limit=limit, batch_size=batch_size, seed=seed,
+                              progress=not quiet, fmt=fmt, branch=branch, arch=arch, preprocess=preprocess,
+                              set_data=_data_sets(sets), notes=notes)
     for note in notes:
         typer.echo(f"note: {note}")
     typer.echo(f"wrote {path}")
@@ -241,31 +239,12 @@ def check(
     otherwise; values computed on another data set or sample count are refused (exit 2), not compared."""
     import json
 
-    from reprscope.check import (baseline_analyzers, baseline_context, check_context, compare, format_result,
-                                 load_rules, result_json, select_rows)
-    from reprscope.pipeline import analyze as run_analyze, condense_notes
-    from reprscope.table import read_table
+    from reprscope.check import check as run_check, format_result, result_json
     from reprscope.train.trainer import resolve_device
 
-    rules = load_rules(tolerances, rtol, atol)
-    base = read_table(baseline)
-    selected = select_rows(base, metrics, layers)
-    if selected.empty:
-        raise ReprscopeError("no baseline rows match --metrics/--layers; nothing to check")
-    wanted = baseline_analyzers(selected)  # only what the selected rows need is recomputed
-    if limit is None:
-        limit = baseline_context(selected).get("n")
-    res = run_analyze([str(source)], data=data, analyzers=list(wanted), params=wanted, views=views,
-                      limit=limit, device=str(resolve_device(device)), progress=False)
-    check_context(selected, res.table, store=source.suffix.lower() in (".h5", ".hdf5"))
-    result = compare(res.table, base, rules, metrics=metrics, layers=layers)
-    notes = condense_notes(res.notes)
-    if result.compared == 0:
-        skipped = [n for n in notes if "skipped" in n]
-        why = f" ({skipped[0]})" if skipped else ""
-        raise ReprscopeError(f"none of the {len(result.missing)} selected baseline rows has a counterpart in the new "
-                             f"results{why}: the baseline comes from other layers, views, analyzers or parameters; "
-                             "write a new baseline with `reprscope analyze`")
+    result = run_check(source, baseline, rtol=rtol, atol=atol, tolerances=tolerances, metrics=metrics, layers=layers,
+                       data=data, views=views, limit=limit, device=str(resolve_device(device)))
+    notes = result.notes
     typer.echo(json.dumps(result_json(result, str(source), str(baseline)), indent=2, default=str) if json_out
                else format_result(result, notes=notes))
     if not result.ok:

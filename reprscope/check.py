@@ -29,6 +29,7 @@ The same in YAML (``.yaml``/``.yml``): ``default: {rtol: 0.01}`` and ``rule: [{m
 from __future__ import annotations
 
 import fnmatch
+import os
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -152,6 +153,7 @@ class CheckResult:
     extra: int
     steps: Optional[List[str]] = None  # [baseline step, new step] when single checkpoints were compared
     ok: bool = field(init=False)
+    notes: List[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.ok = self.failures.empty and self.missing.empty
@@ -320,3 +322,46 @@ def result_json(res: CheckResult, source: Optional[str] = None, baseline: Option
     steps = None if res.steps is None else [_json_value("step", s) for s in res.steps]
     return {"ok": res.ok, "source": source, "baseline": baseline, "compared": res.compared,
             "failed": recs(res.failures), "missing": recs(res.missing), "extra": res.extra, "steps": steps}
+
+
+def check(source: str | os.PathLike, baseline: str | os.PathLike | pd.DataFrame, *, rtol: Optional[float] = None,
+          atol: Optional[float] = None, tolerances: Optional[str | os.PathLike] = None, metrics: Optional[str] = None,
+          layers: Optional[str] = None, data: Optional[str] = None, views: int = 2, limit: Optional[int] = None,
+          device: str = "cpu", progress: bool = False) -> CheckResult:
+    """Recompute ``source``'s table and compare it with a baseline table: the CI gate as a function.
+
+    Args:
+        source: a checkpoint, ``.h5`` store or run directory.
+        baseline: a table written by ``analyze`` (a path, or the DataFrame itself).
+        rtol, atol: default tolerances (1e-3, 1e-6); tolerances: a TOML/YAML file of rules.
+        metrics, layers: comma-separated globs selecting the baseline rows to check.
+        data, views, limit: extraction settings for a checkpoint (``limit`` defaults to the baseline's n).
+
+    Returns:
+        A :class:`CheckResult`: ``ok`` (no failure, no missing row), ``failures`` and ``missing`` rows,
+        ``compared`` and ``notes``. Inputs that cannot be compared (another data set or sample count, no row in
+        common) raise :class:`~reprscope.errors.ReprscopeError`.
+    """
+    from .pipeline import analyze as run_analyze, condense_notes
+    from .table import read_table
+
+    rules = load_rules(Path(tolerances) if tolerances is not None else None, rtol, atol)
+    base = baseline if isinstance(baseline, pd.DataFrame) else read_table(Path(baseline))
+    selected = select_rows(base, metrics, layers)
+    if selected.empty:
+        raise ReprscopeError("no baseline rows match the metrics/layers globs; nothing to check", arg="metrics")
+    wanted = baseline_analyzers(selected)  # only what the selected rows need is recomputed
+    if limit is None:
+        limit = baseline_context(selected).get("n")
+    res = run_analyze([str(source)], data=data, analyzers=list(wanted), params=wanted, views=views, limit=limit,
+                      device=device, progress=progress)
+    check_context(selected, res.table, store=Path(source).suffix.lower() in (".h5", ".hdf5"))
+    result = compare(res.table, base, rules, metrics=metrics, layers=layers)
+    result.notes = condense_notes(res.notes)
+    if result.compared == 0:
+        skipped = [n for n in result.notes if "skipped" in n]
+        why = f" ({skipped[0]})" if skipped else ""
+        raise ReprscopeError(f"none of the {len(result.missing)} selected baseline rows has a counterpart in the new "
+                             f"results{why}: the baseline comes from other layers, views, analyzers or parameters; "
+                             "write a new baseline with `reprscope analyze`")
+    return result

@@ -11,13 +11,13 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import pandas as pd
 from tqdm.auto import tqdm
 
 from .analyzers import ANALYZERS, run_analyzer
-from .analyzers.base import ENCODER_ONLY
+from .analyzers.base import ENCODER_ONLY, LayerData
 from .data.base import parse_data_arg
 from .errors import ReprscopeError
 from .extract import Store, extract
@@ -117,18 +117,30 @@ def analyze_store(store: Store, analyzers: Sequence[str], params: Mapping[str, M
         for l in layers:
             store.embeddings(l)  # raises with the list of layers
         names = [n for n in names if n in set(layers)]
+    seed = int(store.attrs.get("seed", 0))
+    return analyze_layers([(n, lambda n=n: store.layer_data(n, seed=seed, device=device)) for n in names], analyzers,
+                          params, base, progress=progress, desc=f"analyze {Path(base['source']).name}")
+
+
+def analyze_layers(layers: Sequence[Tuple[str, Callable[[], LayerData]]], analyzers: Sequence[str],
+                   params: Mapping[str, Mapping[str, Any]] | None, base: Mapping[str, Any], progress: bool = False,
+                   desc: str = "analyze") -> Tuple[List[Dict[str, Any]], List[str]]:
+    """Run ``analyzers`` on every layer (name, a function giving its LayerData), one layer in memory at a time;
+    every row carries ``base`` (the source, step, method and context columns) and its layer."""
+    params = params or {}
+    names = [n for n, _ in layers]
     rows: List[Dict[str, Any]] = []
     notes: List[str] = []
     encoder_only: Dict[str, List[str]] = {}  # analyzer → its skip notes on the non-encoder layers
-    for layer in tqdm(names, desc=f"analyze {Path(base['source']).name}", disable=not progress, leave=False):
-        data = store.layer_data(layer, seed=int(store.attrs.get("seed", 0)), device=device)
+    for layer, make in tqdm(layers, desc=desc, disable=not progress, leave=False):
+        data = make()
         for a in analyzers:
             res = run_analyzer(a, data, params.get(a))
             for note in res.notes:
                 (encoder_only.setdefault(a, []) if note.endswith(ENCODER_ONLY) else notes).append(note)
             rows.extend({**base, "layer": layer, **r} for r in res.rows)
     # an encoder-only analyzer is silent on the other layers when it ran on the encoder layer; when it ran on
-    # no layer at all (--layers without the encoder, a store without one) its skips say why there is nothing
+    # no layer at all (layers without the encoder, a source without one) its skips say why there is nothing
     ran = {r["analyzer"] for r in rows}
     for a, skipped in encoder_only.items():
         if a not in ran and len(skipped) == len(names):
@@ -154,7 +166,7 @@ def store_for_checkpoint(path: Path, data: Optional[str], set_data: Optional[Dic
     if set_data:
         spec.update(set_data)
     if not spec:
-        raise ReprscopeError(f"'{path}' does not say which data it was trained on; give --data NAME")
+        raise ReprscopeError(f"'{path}' does not say which data it was trained on; give data=NAME", arg="data")
     dataset, applied = dataset_for_model(model, spec, preprocess, set_data or {})
     if notes is not None:
         notes.extend(applied)
@@ -168,6 +180,29 @@ def store_for_checkpoint(path: Path, data: Optional[str], set_data: Optional[Dic
                    progress=progress)
 
 
+def extract_checkpoint(path: Path, data: Optional[str], out: Path, *, layers: Optional[Sequence[str]] = None,
+                       device: str = "cpu", views: int = 2, clean: bool = True, limit: Optional[int] = None,
+                       batch_size: int = 1024, seed: int = 0, progress: bool = True, fmt: Optional[str] = None,
+                       branch: Optional[str] = None, arch: Optional[str] = None, preprocess: str = "source",
+                       set_data: Optional[Mapping[str, Any]] = None, notes: Optional[List[str]] = None) -> Path:
+    """Extract a checkpoint into the store ``out`` (the core of ``reprscope extract``): ``data`` a data set name
+    (default: the one it was trained on; its parameters kept when the name is the same), ``set_data`` data set
+    parameters; ``notes`` collects what the preprocessing did."""
+    model = load_checkpoint(path, fmt, LoadOptions(branch=branch, arch=arch))
+    spec = dict(model.dataset or {})
+    if data:
+        given = parse_data_arg(data)
+        spec = {**spec, **given} if spec.get("name") == given["name"] else given
+    spec.update(dict(set_data or {}))
+    if not spec:
+        raise ReprscopeError(f"'{path}' does not say which data it was trained on; give data=NAME", arg="data")
+    dataset, applied = dataset_for_model(model, spec, preprocess, dict(set_data or {}))
+    if notes is not None:
+        notes.extend(applied)
+    return extract(model, dataset, out, views=views, clean=clean, layers=layers, limit=limit, batch_size=batch_size,
+                   device=device, seed=seed, progress=progress)
+
+
 def analyze(sources: Sequence[str | os.PathLike], *, data: Optional[str] = None, analyzers: Optional[Sequence[str]] = None,
             params: Optional[Mapping[str, Mapping[str, Any]]] = None, layers: Optional[Sequence[str]] = None,
             views: int = 2, limit: Optional[int] = None, batch_size: int = 1024, device: str = "cpu",
@@ -178,7 +213,7 @@ def analyze(sources: Sequence[str | os.PathLike], *, data: Optional[str] = None,
     :func:`store_for_checkpoint`)."""
     options = LoadOptions(branch=branch, arch=arch)
     if preprocess not in PREPROCESS_MODES:
-        raise ReprscopeError(f"--preprocess must be one of {', '.join(PREPROCESS_MODES)}; got '{preprocess}'")
+        raise ReprscopeError(f"preprocess must be one of {', '.join(PREPROCESS_MODES)}; got '{preprocess}'", arg="preprocess")
     chosen = select_analyzers(analyzers)
     for a in chosen:  # bad --param values fail before any extraction or progress output
         resolve_params(f"analyzer {a}", ANALYZERS.get(a).params, dict((params or {}).get(a) or {}))
@@ -192,7 +227,7 @@ def analyze(sources: Sequence[str | os.PathLike], *, data: Optional[str] = None,
             path = store_for_checkpoint(item.path, data, set_data, views, limit, batch_size, device, seed, progress,
                                         fmt=fmt, options=options, preprocess=preprocess, notes=notes)
         elif data or set_data:
-            notes.append(f"--data/--set do not apply to the store {item.path.name}: its embeddings were extracted "
+            notes.append(f"--data/--set (data=/set_data= in Python) do not apply to the store {item.path.name}: its embeddings were extracted "
                          "already (on the data set its attributes name)")
         with Store(path) as st:
             r, n = analyze_store(st, chosen, params, layers, source=str(item.path), progress=progress, device=device)

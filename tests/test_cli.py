@@ -396,4 +396,4 @@ def test_analyze_repeated_options_and_mixed_parameter_types_in_parquet(cli_h5, t
     df = read_table(out)
     assert set(df["layer"]) == {"encoder", "projector"} and set(df["analyzer"]) == {"tangent", "matrix_information"}
     assert set(df["batch_size"].astype(str)) == {"512", "all"}
-    assert "--data/--set do not apply to the store" in res.stdout
+    assert "(data=/set_data= in Python) do not apply to the store" in res.stdout

@@ -103,7 +103,7 @@ def test_missing_branch_lists_the_available_ones(tmp_path):
         load_checkpoint(p, options=LoadOptions(branch="momentum"))
     # a name finds its counterpart: the student of a MoCo file is its online (query) network
     assert load_checkpoint(_save(tmp_path, _mocov3_case()[1], "m3.pth"), options=LoadOptions(branch="student")).branch == "online"
-    with pytest.raises(ReprscopeError, match="--branch must be one of teacher, student, online, momentum; got 'ema'"):
+    with pytest.raises(ReprscopeError, match="branch must be one of teacher, student, online, momentum; got 'ema'"):
         LoadOptions(branch="ema")
 
 
@@ -190,7 +190,7 @@ def test_apply_preprocess_rules():
     assert pp.apply_preprocess({"name": "dgp"}, imagenet) == ({"name": "dgp"}, [])  # not an image set
     out, _ = pp.apply_preprocess({"name": "imagefolder", "path": "/x"}, pp.cifar("test"))
     assert (out["resolution"], out["resize"]) == (32, 32)
-    with pytest.raises(ReprscopeError, match="--preprocess must be one of source, data"):
+    with pytest.raises(ReprscopeError, match="preprocess must be one of source, data"):
         pp.apply_preprocess(spec, imagenet, mode="model")
 
 

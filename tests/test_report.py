@@ -87,7 +87,9 @@ import warnings  # noqa: E402
 
 import pandas as pd  # noqa: E402
 
-from reprscope import report  # noqa: E402
+import importlib  # noqa: E402
+
+report = importlib.import_module("reprscope.report")  # the module (reprscope.report is the function)
 from reprscope.report import assign_runs, short_labels  # noqa: E402
 from reprscope.table import make_table, write_table  # noqa: E402
 

@@ -337,9 +337,9 @@ def test_extract_batching_does_not_change_clean_view(tmp_path, tiny_model):
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"layers": ["encoder.nope"]}, "unknown layer 'encoder.nope'"),
-    ({"views": 0, "clean": False}, "--views"),
-    ({"limit": 0}, "--limit"),
-    ({"batch_size": 0}, "--batch-size"),
+    ({"views": 0, "clean": False}, "views must be >= 1"),
+    ({"limit": 0}, "limit must be >= 1"),
+    ({"batch_size": 0}, "batch_size must be >= 1"),
 ])
 def test_extract_bad_options(tmp_path, tiny_model, kwargs, match):
     with pytest.raises(ReprscopeError, match=match):

@@ -66,7 +66,7 @@ def test_moments_stay_float64_for_large_float32_stores(monkeypatch):
     """Large float32 stores give other analyzers float32 products (stats.product_dtype); the moments the
     spectrum reads stay float64 (its small singular values would be noise otherwise); float64 stores never
     get float32 products."""
-    from reprscope.analyzers import stats
+    from reprscope.metrics import stats
 
     rng = np.random.default_rng(3)
     emb = (rng.normal(size=(2, 3000, 16)) * 3 + 50).astype(np.float32)  # a large offset: shifting matters
@@ -86,7 +86,7 @@ def test_torch_moments_equal_numpy():
     """The accelerator path of the moments (torch), run on the CPU, against the numpy path."""
     import torch
 
-    from reprscope.analyzers import stats
+    from reprscope.metrics import stats
 
     emb = np.random.default_rng(5).normal(size=(2, 777, 6)) * np.array([0.5, 2.0])[:, None, None] + 1e3
     data = dataclasses.replace(make_data(emb, views=["aug1", "aug2"]), chunk_size=200, cache={})
@@ -103,7 +103,7 @@ def test_moments_in_blocks_equal_the_direct_sums(monkeypatch, block):
     """Count, mean, scatter and Gram from the shifted blocks (their sums from the ones column of the product)
     equal the direct float64 computation, with blocks of one row, blocks that cut the chunks unevenly, and one
     block larger than n; a large common offset loses nothing to cancellation."""
-    from reprscope.analyzers import stats
+    from reprscope.metrics import stats
 
     monkeypatch.setattr(stats, "MOMENT_BLOCK_ROWS", block)
     emb = np.random.default_rng(4).normal(size=(2, 1037, 9)) * np.array([0.5, 2.0])[:, None, None] + 1e4

@@ -1,8 +1,20 @@
-"""Analyzers: pure functions on embedding arrays, registered with what they need (SPEC §6)."""
-from .base import ANALYZERS, AnalyzerSpec, HeadModule, LayerData, Result, register_analyzer, run_analyzer
-from . import center, identifiability, spectrum  # noqa: F401  (registers)
-from . import vicreg, uniformity, knn, linear_probe  # noqa: F401
-from . import weights, tangent  # noqa: F401
-from . import matrix_information  # noqa: F401
+"""The analyzer registry: the computations of :mod:`reprscope.metrics`, each run on every layer of a source.
 
-__all__ = ["ANALYZERS", "AnalyzerSpec", "HeadModule", "LayerData", "Result", "register_analyzer", "run_analyzer"]
+An analyzer is a row-producing computation ``fn(data: LayerData, **params) -> Result`` of the functional core
+(:mod:`reprscope.metrics`) registered under its declaration: its parameters (validated and stamped on every
+row), what it needs (two views, labels, latents, a stored projector …: a source without them is skipped with
+a stated reason) and a one-line summary. The public array functions of :mod:`reprscope.metrics` and these
+analyzers call the same code, so every number has one implementation.
+"""
+from ..metrics import (center, identifiability, knn, linear_probe, matrix_information, spectrum, tangent,
+                       align_uniform, vicreg, weights)
+from .base import ANALYZERS, AnalyzerSpec, HeadModule, LayerData, Result, register_analyzer, register_declared, run_analyzer
+
+for _fn in (center.center, identifiability.identifiability, spectrum.spectrum, vicreg.vicreg, align_uniform.uniformity,
+            knn.knn, linear_probe.linear_probe, weights.weights, tangent.tangent,
+            matrix_information.matrix_information):
+    register_declared(_fn)
+del _fn
+
+__all__ = ["ANALYZERS", "AnalyzerSpec", "HeadModule", "LayerData", "Result", "register_analyzer", "register_declared",
+           "run_analyzer"]

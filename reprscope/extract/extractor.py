@@ -39,11 +39,11 @@ def extract(model: LoadedModel, dataset: GeneratedDataset, out: os.PathLike | st
         The path of the finished ``.h5``.
     """
     if views < 0 or (views == 0 and not clean):
-        raise ReprscopeError("--views must be >= 1 (or >= 0 with the clean view)")
+        raise ReprscopeError("views must be >= 1 (or >= 0 with the clean view)", arg="views")
     if batch_size < 1:
-        raise ReprscopeError(f"--batch-size must be >= 1, got {batch_size}")
+        raise ReprscopeError(f"batch_size must be >= 1, got {batch_size}", arg="batch_size")
     if limit is not None and limit < 1:
-        raise ReprscopeError(f"--limit must be >= 1, got {limit}")
+        raise ReprscopeError(f"limit must be >= 1, got {limit}", arg="limit")
     bundle = model.bundle.to(device).eval()
     infos = bundle.resolve_layers(layers)
     samples = dataset.eval_set()
@@ -58,8 +58,8 @@ def extract(model: LoadedModel, dataset: GeneratedDataset, out: os.PathLike | st
         raise ReprscopeError(
             f"the model cannot take the samples of data set '{dataset.name}' (shape {tuple(samples.x.shape[1:])}): "
             f"{str(exc).splitlines()[0]}; use the data it was trained on"
-            + (f" (its checkpoint says '{trained}': leave out --data or pass --data {trained})" if trained else "")
-        ) from None
+            + (f" (its checkpoint says '{trained}': leave out data or pass data='{trained}')" if trained else ""),
+            arg="data") from None
     dims = {k: int(v.shape[1]) for k, v in probe.items()}
     attrs: Dict[str, Any] = {
         "source": str(model.source), "source_sha256": model.sha256, "source_format": model.format,

@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 
 from .. import __version__
-from ..analyzers.base import HeadModule, LayerData
+from ..metrics._core import HeadModule, LayerData
 from ..errors import ReprscopeError
 
 SPACES = ("encoder", "intermediate", "projector", "predictor")
@@ -35,8 +35,9 @@ class StoreWriter:
     """
 
     def __init__(self, path: os.PathLike | str, n: int, views: Sequence[str], layers: Sequence[tuple],
-                 attrs: Dict[str, Any], chunk: int = 4096):
+                 attrs: Dict[str, Any], chunk: int = 4096, growable: bool = False):
         self.path = Path(path)
+        self.growable, self.written = bool(growable), 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial")
         self.n, self.views = int(n), list(views)
@@ -45,14 +46,17 @@ class StoreWriter:
                 "n": self.n, "views": self.views}
         for k, v in {**base, **attrs}.items():
             self.f.attrs[k] = json.dumps(v) if isinstance(v, (dict, list, tuple)) or v is None else v
-        self.f.create_dataset("index", shape=(self.n,), dtype="int64")
+        grow = (None,) if growable else (self.n,)
+        self.f.create_dataset("index", shape=(self.n,), dtype="int64", maxshape=grow,
+                              chunks=(max(1, min(chunk, self.n)),) if growable else None)
         grp = self.f.create_group("embeddings")
         self.layers: Dict[str, h5py.Dataset] = {}
         for name, space, order, dim in layers:
             if space not in SPACES:
                 raise ValueError(f"space {space!r} not in {SPACES}")
             ds = grp.create_dataset(name, shape=(len(self.views), self.n, int(dim)), dtype="float32",
-                                    chunks=(1, max(1, min(chunk, self.n)), int(dim)))
+                                    chunks=(1, max(1, min(chunk, self.n)), int(dim)),
+                                    maxshape=(len(self.views), None if growable else self.n, int(dim)))
             ds.attrs.update({"dim": int(dim), "space": space, "order": int(order)})
             self.layers[name] = ds
 
@@ -83,8 +87,47 @@ class StoreWriter:
         for name, arr in outputs.items():
             self.layers[name][:, start : start + arr.shape[1], :] = arr
 
+    def append(self, outputs: Dict[str, np.ndarray], labels: Optional[np.ndarray] = None,
+               latents: Optional[np.ndarray] = None) -> None:
+        """Growable stores (a data loader of unknown length): ``outputs[layer]`` (V, b, d) of the next b samples,
+        with their labels (b,) and latents (b, k) when the batches carry them (every batch, or none)."""
+        b = next(iter(outputs.values())).shape[1]
+        start, end = self.written, self.written + b
+        extra = {"labels": labels, "latents": latents}
+        for key, val in extra.items():
+            have = key in self.f
+            if (val is not None) != have and start > 0:
+                raise ReprscopeError(f"the batches disagree: some carry {key}, others do not (batch at sample {start})")
+            if val is not None and not have:
+                arr = np.asarray(val)
+                self.f.create_dataset(key, shape=(0,) + arr.shape[1:], maxshape=(None,) + arr.shape[1:],
+                                      dtype="int64" if key == "labels" else "float32",
+                                      chunks=(4096,) + arr.shape[1:])
+        if end > self.n:
+            self.n = max(end, 2 * self.n)
+            for ds in list(self.layers.values()) + [self.f["index"]]:
+                ds.resize(self.n, axis=1 if ds.ndim == 3 else 0)
+        self.write_batch(start, outputs)
+        self.f["index"][start:end] = np.arange(start, end, dtype=np.int64)
+        for key, val in extra.items():
+            if val is not None:
+                ds = self.f[key]
+                if ds.shape[1:] != np.shape(val)[1:]:
+                    raise ReprscopeError(f"the batches disagree on the shape of {key}: {ds.shape[1:]} and "
+                                         f"{np.shape(val)[1:]}")
+                ds.resize(end, axis=0)
+                ds[start:end] = val
+        self.written = end
+
     def close(self) -> Path:
         """Finish the file and move it into place."""
+        if self.growable:
+            if self.written < 2:
+                raise ReprscopeError(f"the data gave {self.written} sample(s); an embedding store needs at least 2")
+            for ds in list(self.layers.values()) + [self.f["index"]]:
+                ds.resize(self.written, axis=1 if ds.ndim == 3 else 0)
+            self.n = self.written
+            self.f.attrs["n"] = self.n
         self.f.close()
         os.replace(self.tmp, self.path)
         return self.path
@@ -101,7 +144,11 @@ class StoreWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
-            self.close()
+            try:
+                self.close()
+            except BaseException:
+                self.abort()
+                raise
         else:
             self.abort()
 

@@ -47,7 +47,7 @@ class LoadOptions:
 
     def __post_init__(self):
         if self.branch is not None and self.branch not in BRANCHES:
-            raise ReprscopeError(f"--branch must be one of {', '.join(BRANCHES)}; got '{self.branch}'")
+            raise ReprscopeError(f"branch must be one of {', '.join(BRANCHES)}; got '{self.branch}'", arg="branch")
         if self.arch is not None:
             parse_arch(self.arch)  # fail early on a malformed --arch
 
@@ -171,7 +171,7 @@ def pick_branch(fmt: str, available: Dict[str, str], default: str, requested: Op
     if requested is None:
         return default
     if requested not in BRANCHES:
-        raise ReprscopeError(f"--branch must be one of {', '.join(BRANCHES)}; got '{requested}'")
+        raise ReprscopeError(f"branch must be one of {', '.join(BRANCHES)}; got '{requested}'", arg="branch")
     for name in (requested, BRANCH_COUNTERPART[requested]):
         if name in available:
             return name

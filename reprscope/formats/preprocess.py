@@ -114,7 +114,7 @@ def apply_preprocess(spec: Dict[str, Any], preprocess: Optional[Preprocess], mod
         ``(spec, notes)``; notes say what was applied and what the data set could not take.
     """
     if mode not in MODES:
-        raise ReprscopeError(f"--preprocess must be one of {', '.join(MODES)}; got '{mode}'")
+        raise ReprscopeError(f"preprocess must be one of {', '.join(MODES)}; got '{mode}'", arg="preprocess")
     spec = dict(spec)
     if preprocess is None or mode == "data" or not spec.get("name"):
         return spec, []

@@ -133,3 +133,45 @@ def head_spec_from_config(cfg: Optional[Dict[str, Any]], in_dim: int, part: str)
     fn = HEADS.get(kind)
     params = resolve_params(f"{part} head '{kind}'", HEADS.meta(kind)["params"], cfg)
     return fn(in_dim, **params)
+
+
+def spec_of_module(module: nn.Module) -> Optional[tuple]:
+    """The layer-spec list and ``nn.Sequential``-named float parameters of a user's head, or None when it is
+    not made only of the layer types above (``nn.Linear``, ``nn.BatchNorm1d``, ReLU/GELU/LeakyReLU,
+    :class:`L2Norm`, ``nn.Identity`` and nested ``nn.Sequential``s of them; a single such layer is a head too).
+
+    The inverse of :func:`build_head`: ``build_head(spec)`` loaded with the returned parameters computes what
+    ``module`` computes (in eval mode), so the ``weights`` and ``tangent`` analyzers work on a user's projector.
+    """
+    flat: List[nn.Module] = []
+
+    def walk(m: nn.Module) -> bool:
+        if isinstance(m, nn.Sequential):
+            return all(walk(c) for c in m)
+        if isinstance(m, nn.Identity):
+            return True
+        flat.append(m)
+        return True
+
+    walk(module)
+    spec: List[Dict[str, Any]] = []
+    state: Dict[str, Any] = {}
+    for i, m in enumerate(flat):
+        if type(m) is nn.Linear:
+            spec.append({"type": "linear", "in": m.in_features, "out": m.out_features, "bias": m.bias is not None})
+        elif type(m) is nn.BatchNorm1d and m.track_running_stats and m.eps == 1e-5:  # build_layer's eps
+            spec.append({"type": "batchnorm", "in": m.num_features, "affine": m.affine})
+        elif type(m) is nn.ReLU:
+            spec.append({"type": "relu"})
+        elif type(m) is nn.GELU and m.approximate == "none":
+            spec.append({"type": "gelu"})
+        elif type(m) is nn.LeakyReLU:
+            spec.append({"type": "leaky_relu", "slope": float(m.negative_slope)})
+        elif type(m) is L2Norm:
+            spec.append({"type": "l2norm"})
+        else:
+            return None
+        for k, v in m.state_dict().items():
+            if not k.endswith("num_batches_tracked"):
+                state[f"{i}.{k}"] = v.detach().cpu().numpy()
+    return spec, state

@@ -147,7 +147,7 @@ class MetricsLog:
 def knn_monitor(bundle: ModelBundle, dataset, device: torch.device, samples: int, seed: int) -> Optional[float]:
     """Top-1 weighted k-NN accuracy (k = 20, T = 0.07, cosine) of the encoder on the held-out set: 80% of
     ``samples`` held-out points as the bank, 20% as queries. None when the data set has no labels."""
-    from ..analyzers.knn import knn_predict, split_indices
+    from ..metrics.knn import knn_predict, split_indices
 
     ev = dataset.eval_set()
     if ev.labels is None:

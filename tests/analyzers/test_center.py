@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-import reprscope.analyzers.center as center_mod
+import reprscope.metrics.center as center_mod
 from reprscope.analyzers.base import LayerData, run_analyzer
 
 
@@ -181,7 +181,7 @@ def test_unknown_parameter_raises():
 def test_float32_products_of_a_large_store(monkeypatch):
     """A large float32 store takes the float32 einsum branches (no float64 copy): same values to float32
     rounding as the float64 computation of the same numbers."""
-    import reprscope.analyzers.stats as stats
+    import reprscope.metrics.stats as stats
 
     rng = np.random.default_rng(4)
     emb = (rng.normal(size=(3, 300, 16)) + 0.7).astype(np.float32)

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-import reprscope.analyzers.identifiability  # noqa: F401  (registers the analyzer)
+import reprscope.metrics.identifiability  # noqa: F401  (registers the analyzer)
 from reprscope.analyzers.base import LayerData, run_analyzer
 from reprscope.errors import ReprscopeError
 
@@ -93,7 +93,7 @@ def test_matches_naive(dtype, n, d, ridge):
 def test_float32_products_of_a_large_store(monkeypatch):
     """A large float32 store forms the ridge's chunk products in float32 (stats.product_dtype); R² still
     matches the float64 reference to float32 accuracy, and a constant feature stays exactly out."""
-    import reprscope.analyzers.stats as stats
+    import reprscope.metrics.stats as stats
 
     x, y = _problem(400, 12, 3, seed=4)
     x[:, 5] = 3.25

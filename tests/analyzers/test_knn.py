@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-import reprscope.analyzers.knn as knn_mod
+import reprscope.metrics.knn as knn_mod
 from reprscope.analyzers.base import LayerData, run_analyzer
 from reprscope.errors import ReprscopeError
 

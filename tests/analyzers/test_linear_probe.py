@@ -5,7 +5,7 @@ import torch
 from scipy.optimize import minimize
 from scipy.special import logsumexp
 
-import reprscope.analyzers.linear_probe as lp_mod
+import reprscope.metrics.linear_probe as lp_mod
 from reprscope.analyzers.base import LayerData, run_analyzer
 
 VIEWS = ["clean", "aug1", "aug2"]
@@ -116,7 +116,7 @@ def test_deterministic():
 
 
 def test_same_split_as_knn():
-    from reprscope.analyzers.knn import split_indices
+    from reprscope.metrics.knn import split_indices
 
     tr, te = split_indices(300, 0.2, 4)
     assert len(tr) == 240 and len(te) == 60 and not set(tr) & set(te)

@@ -257,7 +257,7 @@ def test_tcr_is_a_kl_divergence_from_the_identity(mu):
     """Prop. 4.10, second equality: TCR_μ(K) = d log(1 + μ) − KL(I_d ‖ (μI_d + K)/(1 + μ)), K unit-diagonal."""
     import torch
 
-    from reprscope.analyzers.matrix_information import PSD, matrix_kl
+    from reprscope.metrics.matrix_information import PSD, matrix_kl
 
     rng = np.random.default_rng(5)
     d, m = 6, 9
@@ -463,7 +463,7 @@ def test_n_smaller_than_d_and_two_samples():
 def test_batches_side_by_side_equal_one_after_another(monkeypatch):
     """On the CPU the batches run on several worker threads; gathered in batch order, the rows and notes are
     exactly those of the sequential run."""
-    import reprscope.analyzers.stats as stats
+    import reprscope.metrics.stats as stats
 
     rng = np.random.default_rng(11)
     z1 = rng.normal(size=(70, 9))

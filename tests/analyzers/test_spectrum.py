@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-import reprscope.analyzers.spectrum  # noqa: F401  (registers the analyzer)
+import reprscope.metrics.spectrum  # noqa: F401  (registers the analyzer)
 from reprscope.analyzers.base import LayerData, run_analyzer
 from reprscope.errors import ReprscopeError
 
@@ -155,7 +155,7 @@ def test_small_centred_values_under_a_large_offset_are_kept(n, d):
 def test_float32_store_spectrum_tail_is_resolved(monkeypatch):
     """Products of a large float32 store are float32 for some analyzers (stats.product_dtype); the moments the
     spectrum reads stay float64, so σ_k/σ_1 down to ~1e-5 keep their value (float32 products: noise there)."""
-    import reprscope.analyzers.stats as stats
+    import reprscope.metrics.stats as stats
 
     monkeypatch.setattr(stats, "FLOAT32_PRODUCTS_ABOVE", 0)  # every float32 store counts as large
     rng = np.random.default_rng(1)
@@ -242,7 +242,7 @@ def test_side_by_side_helper_keeps_order_and_threads(monkeypatch):
 
     import torch
 
-    import reprscope.analyzers.stats as stats
+    import reprscope.metrics.stats as stats
 
     monkeypatch.setattr(stats, "cores", lambda: 4)
     seen = []
@@ -262,7 +262,7 @@ def test_side_by_side_helper_keeps_order_and_threads(monkeypatch):
 
 
 def _blas_threads():
-    import reprscope.analyzers.stats as stats
+    import reprscope.metrics.stats as stats
 
     return {lib["num_threads"] for lib in stats._numpy_blas().info()}
 
@@ -270,7 +270,7 @@ def _blas_threads():
 def test_blas_held_to_one_thread_side_by_side_and_restored(monkeypatch):
     """numpy's BLAS on one thread in every worker of a side-by-side section, also while eigvalsh/eigh enter and
     leave their own one-thread blocks inside the workers; the number before the section comes back after it."""
-    import reprscope.analyzers.stats as stats
+    import reprscope.metrics.stats as stats
 
     assert stats._numpy_blas() is not None  # numpy's wheels bring OpenBLAS; threadpoolctl is a dependency
     monkeypatch.setattr(stats, "cores", lambda: 4)
@@ -294,7 +294,7 @@ def test_blas_held_to_one_thread_side_by_side_and_restored(monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_symmetric_decompositions_equal_torch_with_and_without_numpy_lapack(monkeypatch, dtype):
-    import reprscope.analyzers.stats as stats
+    import reprscope.metrics.stats as stats
 
     x = torch.from_numpy(np.random.default_rng(3).normal(size=(60, 25))).to(dtype)
     m = x.T @ x

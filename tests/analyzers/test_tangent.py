@@ -7,7 +7,7 @@ import torch
 
 import reprscope.analyzers  # noqa: F401  (registers the analyzers)
 from reprscope.analyzers.base import HeadModule, LayerData, run_analyzer
-from reprscope.analyzers.tangent import contrastive_batch, contrastive_batch_np, normalise
+from reprscope.metrics.tangent import contrastive_batch, contrastive_batch_np, normalise
 from reprscope.errors import ReprscopeError
 from reprscope.models.heads import build_head
 
@@ -176,8 +176,8 @@ def test_linear_matches_naive(batch_size):
 def test_linear_batches_side_by_side_equal_one_after_another(monkeypatch, group):
     """The numpy path's batches computed side by side (groups of ``group``, four workers) add up to exactly the
     values of one batch after another: contributions are summed in batch order."""
-    import reprscope.analyzers.stats as stats
-    import reprscope.analyzers.tangent as tangent
+    import reprscope.metrics.stats as stats
+    import reprscope.metrics.tangent as tangent
 
     rng = np.random.default_rng(5)
     h1, h2 = views(203, 7, seed=5)
@@ -557,7 +557,7 @@ CHAIN_SPECS = [
 @pytest.mark.parametrize("spec", CHAIN_SPECS, ids=lambda s: "-".join(x["type"] for x in s) or "identity")
 def test_chain_jacobian_equals_autograd(spec, monkeypatch):
     """The product of the layers' derivatives equals jacrev's per-sample Jacobians, in blocks of a few samples."""
-    import reprscope.analyzers.tangent as tangent_mod
+    import reprscope.metrics.tangent as tangent_mod
 
     torch.manual_seed(12)
     head = build_head(spec).double().eval()
@@ -582,7 +582,7 @@ def test_chain_jacobian_equals_autograd(spec, monkeypatch):
 def test_chain_jacobian_declines_other_layers_and_the_analyzer_falls_back(monkeypatch):
     """A layer the product does not know gives None (autograd is used); forcing autograd for an MLP head
     gives the same rows as the product."""
-    import reprscope.analyzers.tangent as tangent_mod
+    import reprscope.metrics.tangent as tangent_mod
 
     class Square(torch.nn.Module):
         def forward(self, x):

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-import reprscope.analyzers.uniformity as uni_mod
+import reprscope.metrics.align_uniform as uni_mod
 from reprscope.analyzers.base import LayerData, run_analyzer
 
 VIEWS = ["clean", "aug1", "aug2"]

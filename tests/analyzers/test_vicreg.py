@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import reprscope.analyzers.vicreg  # noqa: F401  (registers the analyzer)
+import reprscope.metrics.vicreg  # noqa: F401  (registers the analyzer)
 from reprscope.analyzers.base import LayerData, run_analyzer
 
 VIEWS = ["clean", "aug1", "aug2"]

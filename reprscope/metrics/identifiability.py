@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import ReprscopeError
 from ..params import Param
-from .base import LayerData, Result, register_analyzer
+from ._core import LayerData, Result, declare
 from .stats import product_dtype
 
 #: Test rows per block of the kernel prediction, bounding the (block, n_fit) kernel matrix.
@@ -62,7 +62,7 @@ def _streaming_ridge(data: LayerData, ref: int, tr: np.ndarray, te: np.ndarray, 
     primal ridge system (DS_xxD + αI)β = DS_xy needs only d×d and d×k sums (accumulated around the first
     chunk's mean to avoid cancellation). A second pass predicts the test samples. As for the shared moments,
     a large float32 store forms each chunk's products in float32 (accumulated in float64), see
-    :func:`~reprscope.analyzers.stats.product_dtype`.
+    :func:`~reprscope.metrics.stats.product_dtype`.
 
     Returns:
         (n_test, k) predictions in the order of ``te``.
@@ -134,7 +134,7 @@ def _mean_rows(res: Result, metric: str, values: Dict[int, float], mask: Optiona
             res.add(f"{metric}_{group}_mean", float(np.mean(sel)), view=view)
 
 
-@register_analyzer(
+@declare(
     "identifiability",
     params=[
         Param("test_fraction", 0.2, "float", "held-out fraction of the samples, in (0, 1)", low=0, low_open=True, high=1,

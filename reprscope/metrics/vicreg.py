@@ -8,7 +8,7 @@ With Z, Z' the (n, d) embeddings of the first two augmented views:
   Eq. 5 divided by d), and ℓ = λ·s + μ·(v(Z) + v(Z')) + ν·(c(Z) + c(Z')) (SPEC §7: the two hinge terms add);
 * the average correlation coefficient of Eq. 10 (appendix C.3).
 
-Every second-order quantity comes from the per-layer cached :func:`~reprscope.analyzers.stats.moments`; one
+Every second-order quantity comes from the per-layer cached :func:`~reprscope.metrics.stats.moments`; one
 extra streaming pass over the two views gives the invariance term and the std of the ℓ2-normalised embeddings.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import List, Tuple
 import numpy as np
 
 from ..params import Param
-from .base import LayerData, Result, register_analyzer
+from ._core import LayerData, Result, declare
 from .stats import Moments, moments
 
 _EPS64 = float(np.finfo(np.float64).eps)
@@ -101,7 +101,7 @@ def _stream_pair(data: LayerData, a: int, b: int) -> Tuple[float, List[np.ndarra
     return sq, [x / max(1, n - 1) for x in m2]
 
 
-@register_analyzer(
+@declare(
     "vicreg",
     params=[
         Param("gamma", 1.0, "float", "target std γ of the variance hinge (paper 003 Eq. 1)", low=0),

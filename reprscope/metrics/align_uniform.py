@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..params import Param
-from .base import LayerData, Result, register_analyzer
+from ._core import LayerData, Result, declare
 from .stats import product_dtype, single_torch_thread
 
 #: Rows of one block of the pairwise computation; a block holds (_BLOCK, _BLOCK) kernel values (32 MiB in
@@ -157,7 +157,7 @@ def log_mean_exp_pairs(x: torch.Tensor, t: float, block: int = _BLOCK, product_d
     return total - math.log(m * (m - 1))
 
 
-@register_analyzer(
+@declare(
     "uniformity",
     params=[
         Param("t", 2.0, "float", "t of L_uniform = log E exp(−t‖ẑ_i − ẑ_j‖²) (Wang & Isola 2020)", low=0, low_open=True),

@@ -6,11 +6,12 @@ towards 1 and the residuals towards 0; a healthy one keeps ‖s‖ small (paper 
 """
 from __future__ import annotations
 
-from typing import List
+from dataclasses import dataclass
+from typing import List, Optional
 
 import numpy as np
 
-from .base import LayerData, Result, register_analyzer
+from ._core import LayerData, Result, declare
 from .stats import product_dtype
 
 #: Elements (samples × used views × d) per chunk read from the store.
@@ -39,29 +40,27 @@ def _times(z: np.ndarray, s: np.ndarray) -> np.ndarray:
     return z @ s if z.dtype == np.float64 else np.einsum("ij,j->i", z, s, dtype=np.float64)
 
 
-@register_analyzer(
-    "center",
-    summary="center vector norm ‖s‖, residual norms ‖µ_i − s‖ and view alignment of ℓ2-normalised embeddings",
-    paper="000 §2.1",
-)
-def center(data: LayerData) -> Result:
-    """Center vector s = E_x[E_ω[ẑ]] and residual norms (paper 000 §2.1, Eq. 1 and 4).
+@dataclass
+class CenterStatistics:
+    """What :func:`center_statistics` computes from the used views of one layer.
 
-    Uses the augmented views (every view except ``clean``); with a single augmented view µ_i = ẑ_i and
-    ``alignment`` is skipped; with no augmented view all stored views are used.
-
-    Args:
-        data: (V, n, d) embeddings; only the used views are read, in chunks of samples.
-
-    Returns:
-        Scalar rows with ``view`` = the used view names joined by ``|``:
-        ``center_norm`` ‖s‖; ``residual_norm_mean`` / ``residual_norm_std`` mean and population std
-        (ddof = 0) of ‖µ_i − s‖ over the n samples; ``alignment`` the mean over samples and over all view
-        pairs (a < b) of cos(z_i^a, z_i^b) (a zero row has cosine 0 with everything).
+    Attributes:
+        views: the used view names; ``s``: (d,) the center vector; ``residuals``: (n,) ‖µ_i − s‖;
+        alignment: mean cosine over samples and view pairs (None with one view); ``zero_rows``: zero
+        embedding rows met (kept as ẑ = 0).
     """
-    res = Result()
+
+    views: List[str]
+    s: np.ndarray
+    residuals: np.ndarray
+    alignment: Optional[float]
+    zero_rows: int
+
+
+def center_statistics(data: LayerData) -> CenterStatistics:
+    """Center vector and residuals of the augmented views of ``data`` (all views when none is augmented), in
+    two streaming passes over chunks of samples (memory: the (n,) per-sample sums, never a normalised copy)."""
     ids: List[int] = data.aug_view_ids() or list(range(len(data.views)))
-    view = "|".join(data.views[i] for i in ids)
     n, d, v = data.n, data.dim, len(ids)
     step = max(1, _CHUNK_ELEMS // max(1, v * d))
 
@@ -116,17 +115,43 @@ def center(data: LayerData) -> Result:
             r2[close] = _row_dots(diff, diff)
         resid[sl] = np.sqrt(r2) / v
         pos += b
-    s = s_v / v
-    res.add("center_norm", float(np.linalg.norm(s)), view=view)
-    res.add("residual_norm_mean", float(resid.mean()), view=view)
-    res.add("residual_norm_std", float(resid.std()), view=view)
-    if v >= 2:
-        res.add("alignment", pair_sum / (n * v * (v - 1) / 2), view=view)
+    return CenterStatistics(views=[data.views[i] for i in ids], s=s_v / v, residuals=resid,
+                            alignment=pair_sum / (n * v * (v - 1) / 2) if v >= 2 else None, zero_rows=zeros)
+
+
+@declare(
+    "center",
+    summary="center vector norm ‖s‖, residual norms ‖µ_i − s‖ and view alignment of ℓ2-normalised embeddings",
+    paper="000 §2.1",
+)
+def center(data: LayerData) -> Result:
+    """Center vector s = E_x[E_ω[ẑ]] and residual norms (paper 000 §2.1, Eq. 1 and 4).
+
+    Uses the augmented views (every view except ``clean``); with a single augmented view µ_i = ẑ_i and
+    ``alignment`` is skipped; with no augmented view all stored views are used.
+
+    Args:
+        data: (V, n, d) embeddings; only the used views are read, in chunks of samples.
+
+    Returns:
+        Scalar rows with ``view`` = the used view names joined by ``|``:
+        ``center_norm`` ‖s‖; ``residual_norm_mean`` / ``residual_norm_std`` mean and population std
+        (ddof = 0) of ‖µ_i − s‖ over the n samples; ``alignment`` the mean over samples and over all view
+        pairs (a < b) of cos(z_i^a, z_i^b) (a zero row has cosine 0 with everything).
+    """
+    st = center_statistics(data)
+    view, n, v = "|".join(st.views), data.n, len(st.views)
+    res = Result()
+    res.add("center_norm", float(np.linalg.norm(st.s)), view=view)
+    res.add("residual_norm_mean", float(st.residuals.mean()), view=view)
+    res.add("residual_norm_std", float(st.residuals.std()), view=view)
+    if st.alignment is not None:
+        res.add("alignment", st.alignment, view=view)
     else:
         res.notes.append(f"alignment skipped: only one view ({view}) to compare")
     if not data.aug_view_ids():
         res.notes.append(f"no augmented views stored; used all views ({view})")
-    if zeros:
-        res.notes.append(f"{zeros} zero embedding row(s) over {v} view(s) × {n} samples were kept as zero "
+    if st.zero_rows:
+        res.notes.append(f"{st.zero_rows} zero embedding row(s) over {v} view(s) × {n} samples were kept as zero "
                          "vectors (ẑ = 0) instead of being normalised")
     return res

@@ -39,7 +39,7 @@ from torch import nn
 from ..errors import ReprscopeError
 from ..models.heads import L2Norm, build_head
 from ..params import Param
-from .base import HeadModule, LayerData, Result, register_analyzer
+from ._core import HeadModule, LayerData, Result, declare
 from .stats import map_side_by_side, single_torch_thread
 from .weights import is_linear_head
 
@@ -300,7 +300,7 @@ def jacobian_residual(head: nn.Sequential, h: torch.Tensor, dh: torch.Tensor, bl
     The Jacobians come from :func:`head_jacobian` (the product of the layers' derivatives for the usual heads,
     autograd otherwise). The projection on the row space of J_i uses Jᵀ = QR and the SVD of the small R,
     keeping σ > max(d_proj, d_enc)·eps₆₄·σ_1. Blocks of samples are independent and run side by side on the
-    CPU, each on one thread (:func:`~reprscope.analyzers.stats.map_side_by_side`; 1.8× faster than torch's
+    CPU, each on one thread (:func:`~reprscope.metrics.stats.map_side_by_side`; 1.8× faster than torch's
     two threads inside each batched QR and SVD here).
 
     Args:
@@ -318,7 +318,7 @@ def jacobian_residual(head: nn.Sequential, h: torch.Tensor, dh: torch.Tensor, bl
     return torch.cat(parts) if parts else h.new_zeros(0)
 
 
-@register_analyzer(
+@declare(
     "tangent",
     params=[
         Param("batch_size", 512, "int", "samples per batch for the hardest negatives and InfoNCE (2B−2 negatives)", low=2),

@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Type
 import numpy as np
 import torch
 
-from .base import LayerData
+from ._core import LayerData
 
 #: n·d from which a float32 store's chunk products are formed in float32 (accumulated in float64).
 FLOAT32_PRODUCTS_ABOVE = 1 << 26

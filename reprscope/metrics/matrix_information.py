@@ -28,9 +28,9 @@ unit diagonal; a zero embedding row (Gram form) or a zero-norm column (covarianc
 normalising by the trace keeps the entropies defined (a note says so).
 
 The linear algebra runs in float64 torch on ``data.device``; on the CPU each eigendecomposition on one thread
-(:func:`~reprscope.analyzers.stats.single_torch_thread`): a symmetric eigendecomposition is a long chain of
+(:func:`~reprscope.metrics.stats.single_torch_thread`): a symmetric eigendecomposition is a long chain of
 small steps that, split across threads, waits for a busy core at every step on a shared machine. The cores are
-used instead by computing several batches side by side (:func:`~reprscope.analyzers.stats.map_side_by_side`).
+used instead by computing several batches side by side (:func:`~reprscope.metrics.stats.map_side_by_side`).
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from ..params import Param
-from .base import LayerData, Result, register_analyzer
+from ._core import LayerData, Result, declare
 from .stats import eigh, eigvalsh, map_side_by_side
 
 #: MCR² quantisation error ε² of Yu et al. (2020), used by ``tcr_mcr2`` = ½ log det(I + d/(m ε²) ẐᵀẐ).
@@ -364,7 +364,7 @@ def _plan(n: int, m: int, max_batches: Optional[int], seed: int) -> Tuple[List[i
     return chosen, full, notes
 
 
-@register_analyzer(
+@declare(
     "matrix_information",
     params=[
         Param("batch_size", 512, "int_or_all", "samples per batch (the Gram matrix is batch_size × batch_size); "

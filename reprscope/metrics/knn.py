@@ -16,7 +16,7 @@ import torch
 
 from ..errors import ReprscopeError
 from ..params import Param
-from .base import LayerData, Result, register_analyzer
+from ._core import LayerData, Result, declare
 from .stats import single_torch_thread
 
 #: Elements of one (queries × bank) similarity block (float32): bounds the memory of the search.
@@ -181,7 +181,7 @@ def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Te
     return {k: torch.cat(v) if v else empty for k, v in out.items()}
 
 
-@register_analyzer(
+@declare(
     "knn",
     params=[
         Param("ks", "20,200", "ints", "comma list of neighbour counts k (ints >= 1); one row per k, in column k", low=1),

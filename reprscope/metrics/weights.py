@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from ..params import Param
-from .base import HeadModule, LayerData, Result, register_analyzer
+from ._core import HeadModule, LayerData, Result, declare
 from .spectrum import entropy_rank, singular_values
 
 #: Layer types that carry a weight matrix.
@@ -121,7 +121,7 @@ def _report(res: Result, key: str, w: np.ndarray, tau: float, tau_abs: float) ->
     res.add("effective_rank", entropy_rank(sv / sv.sum()), index=key)
 
 
-@register_analyzer(
+@declare(
     "weights",
     params=[
         Param("tau", 0.01, "float", "relative threshold of rank_tau: count σ_k ≥ tau·σ_1", low=0, low_open=True,

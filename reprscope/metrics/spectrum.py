@@ -13,13 +13,13 @@ import numpy as np
 import torch
 
 from ..params import Param
-from .base import LayerData, Result, register_analyzer
+from ._core import LayerData, Result, declare
 from .stats import eigvalsh, map_side_by_side, moments, svdvals
 
 
 def singular_values(z: np.ndarray) -> np.ndarray:
     """Descending singular values of (n, d) float64 ``z``: min(n, d) of them, from the smaller side (LAPACK's
-    divide-and-conquer SVD on one thread, :func:`~reprscope.analyzers.stats.svdvals`)."""
+    divide-and-conquer SVD on one thread, :func:`~reprscope.metrics.stats.svdvals`)."""
     a = z if z.shape[0] >= z.shape[1] else z.T
     return svdvals(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64))).numpy()
 
@@ -32,7 +32,7 @@ def entropy_rank(p: np.ndarray) -> float:
 
 def _sv_from_psd(m: np.ndarray, device: str) -> np.ndarray:
     """Square roots of the eigenvalues of a PSD matrix, descending (negative rounding clipped to 0); one
-    thread on the CPU (:func:`~reprscope.analyzers.stats.eigvalsh`)."""
+    thread on the CPU (:func:`~reprscope.metrics.stats.eigvalsh`)."""
     ev = eigvalsh(torch.from_numpy(np.ascontiguousarray(m)).to(device)).cpu().numpy()[::-1]
     return np.sqrt(np.clip(ev, 0.0, None))
 
@@ -48,7 +48,7 @@ def spectra_of_views(data: LayerData) -> "list[tuple[np.ndarray, np.ndarray]]":
     Uses the d×d scatter and Gram matrices from the shared streaming moments when n ≥ d (memory bounded by
     d², one pass over the layer for every analyzer), and the n×n Gram of the in-memory view when n < d —
     the n×n ↔ d×d duality: both sides have the same non-zero eigenvalues σ². The 2V eigendecompositions are
-    independent and run side by side on the CPU (:func:`~reprscope.analyzers.stats.map_side_by_side`).
+    independent and run side by side on the CPU (:func:`~reprscope.metrics.stats.map_side_by_side`).
 
     Numerical zeros. The eigenvalues of a matrix of products AᵀA carry an absolute error of about
     max(n, d)·eps₆₄·σ_max(A)², so a σ_k ≤ √(max(n, d)·eps₆₄)·σ_max(A) is rounding noise of the product:
@@ -96,7 +96,7 @@ def spectra_of_views(data: LayerData) -> "list[tuple[np.ndarray, np.ndarray]]":
     return out
 
 
-@register_analyzer(
+@declare(
     "spectrum",
     params=[
         Param("tau", 0.01, "float", "relative threshold of rank_tau: count σ_k ≥ tau·σ_1", low=0, low_open=True,

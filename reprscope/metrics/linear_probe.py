@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ..errors import ReprscopeError
 from ..params import Param
-from .base import LayerData, Result, register_analyzer
+from ._core import LayerData, Result, declare
 from .knn import reference_features, split_indices
 from .stats import single_torch_thread
 
@@ -185,7 +185,7 @@ def fit_logistic_np(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float, max
     return w, opt.x[d * n_classes:], float(opt.fun), int(opt.nit), opt.nit < max_iter
 
 
-@register_analyzer(
+@declare(
     "linear_probe",
     params=[
         Param("l2", 1e-4, "float", "L2 penalty (l2/2)·‖W‖² added to the mean cross-entropy", low=0),
@@ -205,7 +205,7 @@ def linear_probe(data: LayerData, l2: float = 1e-4, test_fraction: float = 0.2, 
     Args:
         data: (V, n, d) embeddings (the reference view, ``clean`` when stored) and (n,) labels.
         l2: penalty weight: objective = mean CE + (l2/2)·‖W‖²_F (bias unpenalised).
-        test_fraction, seed: the split of :func:`~reprscope.analyzers.knn.split_indices`.
+        test_fraction, seed: the split of :func:`~reprscope.metrics.knn.split_indices`.
         max_iter: most L-BFGS iterations (each one full-batch step); a fit stopped by it is noted.
 
     The features are standardised with the train split's mean and std; the fit runs in float64 on
