@@ -382,7 +382,7 @@ def _plan(n: int, m: int, max_batches: Optional[int], seed: int) -> Tuple[List[i
     needs=("two_views",),
     summary="matrix Rényi entropies, mutual information, joint entropy, TCR and matrix KL/JS of two views "
             "(Gram and covariance forms)",
-    paper="004 §3–4",
+    paper="Tan et al. 2024, arXiv:2309.17281, §3–4",
 )
 def matrix_information(data: LayerData, batch_size=512, alpha: float = 1.0, mu: float = 1.0, center: bool = False,
                        max_batches: Optional[int] = 16, seed: int = 0, kl_eps: float = 1e-6) -> Result:

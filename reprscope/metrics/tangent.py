@@ -328,7 +328,7 @@ def jacobian_residual(head: nn.Sequential, h: torch.Tensor, dh: torch.Tensor, bl
     ],
     needs=("encoder_layer", "two_views", "projector"),
     summary="hardest negatives, InfoNCE and its Prop. 3.1 upper bound, FVU of δh by the projector's column space (encoder layer only)",
-    paper="002 Prop. 3.1, Eq. 3–10, Fig. 5–7",
+    paper="Cosentino et al. 2022, arXiv:2205.06926, Prop. 3.1, Eq. 3–10",
 )
 def tangent(data: LayerData, batch_size: int = 512, temperature: float = 0.5, max_jacobian_samples: int = 1024,
             seed: int = 0) -> Result:

@@ -131,7 +131,7 @@ def _report(res: Result, key: str, w: np.ndarray, tau: float, tau_abs: float) ->
     needs=("encoder_layer", "projector"),
     reads_embeddings=False,
     summary="singular values and ranks of every stored head weight (and a linear head's product map); once per source, on the encoder layer",
-    paper="002 Eq. 2, Fig. 1; Roy & Vetterli 2007",
+    paper="Cosentino et al. 2022, arXiv:2205.06926, Eq. 2; Roy & Vetterli 2007",
 )
 def weights(data: LayerData, tau: float = 0.01, tau_abs: float = 0.01) -> Result:
     """Spectra and ranks of the weight matrices of every stored head (paper 002 Eq. 2).
