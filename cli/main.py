@@ -7,12 +7,53 @@ import traceback
 from pathlib import Path
 from typing import Callable, List, Optional
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from reprscope import __version__
 from reprscope.errors import ReprscopeError
 
+def _exception_types(name: str) -> tuple:
+    """``name`` from click and from the click that typer vendors (typer ≥ 0.20 has its own copy)."""
+    try:  # typer's vendored click (private, so looked up defensively)
+        import importlib
+
+        vendored = importlib.import_module("typer._click.exceptions")
+    except ImportError:
+        vendored = None
+    mods = [click.exceptions, vendored]
+    return tuple({getattr(m, name) for m in mods if m is not None and hasattr(m, name)})
+
+
+_NO_ARGS, _CLICK_ERROR, _ABORT = (_exception_types(n) for n in ("NoArgsIsHelpError", "ClickException", "Abort"))
+
+
+class OneLineErrors(TyperGroup):
+    """Usage errors (an unknown option, a missing argument, a value of the wrong type) as one line starting with
+    ``error:`` and exit 2, as every other input error, instead of click's boxed usage text."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _NO_ARGS as e:
+            typer.echo(e.ctx.get_help())
+            sys.exit(0)
+        except _CLICK_ERROR as e:
+            msg = " ".join(e.format_message().split()).rstrip(".")
+            hint = f"; see `{e.ctx.command_path} --help`" if getattr(e, "ctx", None) is not None else ""
+            typer.echo(f"error: {msg}{hint}", err=True)
+            sys.exit(2)
+        except _ABORT:
+            typer.echo("interrupted", err=True)
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
 app = typer.Typer(
+    cls=OneLineErrors,
     add_completion=False,
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -34,7 +75,8 @@ PREPROCESS_HELP = ("source: feed image data the way the checkpoint's source did 
 CLI_FLAGS = {"views": "--views", "batch_size": "--batch-size", "limit": "--limit", "data": "--data",
              "preprocess": "--preprocess", "branch": "--branch", "arch": "--arch", "fmt": "--format",
              "metrics": "--metrics/--layers", "layers": "--layers", "analyzers": "--analyzers", "params": "--param",
-             "out": "--out", "device": "--device", "set_data": "--set"}
+             "out": "--out", "device": "--device", "set_data": "--set", "config": "--set/--config", "resume": "--resume",
+             "scale": "--scale"}
 
 
 def _fail(msg: str, code: int = 2) -> None:

@@ -204,7 +204,7 @@ def compare(new: pd.DataFrame, base: pd.DataFrame, rules: Sequence[Rule], metric
     """Compare two tables row by row; see the module docstring for the rules."""
     base = select_rows(base, metrics, layers)
     if base.empty:
-        raise ReprscopeError("no baseline rows match --metrics/--layers; nothing to check")
+        raise ReprscopeError("no baseline rows match the metrics/layers globs; nothing to check", arg="metrics")
     new = select_rows(new, metrics, layers)
     params = sorted(c for c in set(base.columns) & set(new.columns) if c not in COLUMNS + CONTEXT_COLUMNS)
     b, n = _key_frame(base, params), _key_frame(new, params)
@@ -270,8 +270,10 @@ def check_context(base: pd.DataFrame, new: pd.DataFrame, store: bool = False) ->
     diff = [c for c in want if c in got and want[c] != got[c]]
     if diff:
         fmt = lambda d: ", ".join(f"{c}={d[c]}" for c in CONTEXT_COLUMNS if c in d)  # noqa: E731
-        opts = f"--data {want.get('data', got.get('data'))} --limit {want.get('n', got.get('n'))}"
-        todo = f"extract the store again with `reprscope extract ... {opts}`" if store else f"pass {opts}"
+        d, n = want.get("data", got.get("data")), want.get("n", got.get("n"))
+        opts = f"--data {d} --limit {n}"
+        todo = (f"extract the store again with `reprscope extract ... {opts}`" if store
+                else f"pass data='{d}' and limit={n} ({opts} on the command line)")
         raise ReprscopeError(f"the baseline was computed on {fmt(want)} and the new results on {fmt(got)}; compare like "
                              f"with like: {todo}, or write a new baseline")
 

@@ -38,8 +38,10 @@ applies the call fails with a :class:`ReprscopeError`.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path, PurePath
@@ -285,10 +287,20 @@ def _line_styles(keys: Sequence[Tuple[str, str]], names: Tuple[Dict[str, str], D
     return style, entries, " · ".join(dims[i] for i in (0, 1) if many[i])
 
 
+def safe_stem(stem: str, limit: int = 100) -> str:
+    """A file name from text that may come from a table (an analyzer's name): letters, digits, ``_``, ``-`` and
+    ``.`` only, no leading dot, at most ``limit`` characters (the rest replaced by a short hash), so a name
+    read from a file never escapes the output folder or exceeds the file system's name length."""
+    clean = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).lstrip(".") or "figure"
+    if len(clean) > limit:
+        clean = clean[:limit - 9] + "-" + hashlib.sha256(stem.encode()).hexdigest()[:8]
+    return clean
+
+
 def _save(fig, out: Path, stem: str, formats: Sequence[str]) -> List[Path]:
     paths = []
     for fmt in formats:
-        p = out / f"{stem}.{fmt}"
+        p = out / f"{safe_stem(stem)}.{fmt}"
         fig.savefig(p, dpi=120, bbox_inches="tight")
         paths.append(p)
     _plt().close(fig)
@@ -499,12 +511,12 @@ def plot_trajectories(df: pd.DataFrame, out: Path, formats: Sequence[str], notes
 def _staging_parent(out: Path) -> Path:
     """The folder the temporary folder goes in: ``out``'s parent, or its nearest existing ancestor."""
     if out.exists() and not out.is_dir():
-        raise ReprscopeError(f"--out must be a folder, but '{out}' is a file; give a folder name (it is created if missing)")
+        raise ReprscopeError(f"out must be a folder, but '{out}' is a file; give a folder name (it is created if missing)", arg="out")
     parent = out.absolute().parent
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
-        raise ReprscopeError(f"--out '{out}' cannot be created: '{parent}' is a file, not a folder")
+        raise ReprscopeError(f"out '{out}' cannot be created: '{parent}' is a file, not a folder", arg="out")
     return parent
 
 
@@ -566,7 +578,7 @@ def make_report(tables: Sequence[str], out: Path | str, formats: Sequence[str] =
             raise ReprscopeError("no figure can be drawn from these tables: " + "; ".join(notes))
         clash = [p.name for p in staged if (out / p.name).is_dir()]
         if clash:
-            raise ReprscopeError(f"'{out / clash[0]}' is a folder; remove it or choose another --out")
+            raise ReprscopeError(f"'{out / clash[0]}' is a folder; remove it or choose another out folder", arg="out")
         try:
             out.mkdir(parents=True, exist_ok=True)
             paths = Report()

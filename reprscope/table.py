@@ -103,7 +103,7 @@ def check_writable(path: os.PathLike | str) -> None:
     --out fails at once rather than after the analysis)."""
     path = Path(path)
     if path.is_dir():
-        raise ReprscopeError(f"--out '{path}' is a folder; give a file name such as {path / 'table.csv'}")
+        raise ReprscopeError(f"out '{path}' is a folder; give a file name such as {path / 'table.csv'}", arg="out")
     parent = path.parent
     while not parent.exists():
         parent = parent.parent
@@ -115,7 +115,7 @@ def read_table(path: os.PathLike | str) -> pd.DataFrame:
     """Read a table that ``write_table`` (or ``reprscope analyze``) wrote."""
     path = Path(path)
     if not path.is_file():
-        raise ReprscopeError(f"table '{path}' does not exist; write one with `reprscope analyze ... --out {path.name}`")
+        raise ReprscopeError(f"table '{path}' does not exist; write one with `reprscope analyze` (reprscope.analyze(...).to_csv)")
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
             df = pd.read_parquet(path)
@@ -133,4 +133,4 @@ def read_table(path: os.PathLike | str) -> pd.DataFrame:
         return normalize(df)
     except (ValueError, TypeError) as exc:  # a non-finite value; a step that is not a whole number
         raise ReprscopeError(f"table '{path}' is damaged: {exc}; every value must be a finite number "
-                             "(rewrite it with `reprscope analyze ... --out`)") from None
+                             "(write it again with `reprscope analyze`)") from None

@@ -219,7 +219,7 @@ def test_context_columns_refuse_other_data_or_sample_count():
 
     base = _table([10.0, 5.0]).assign(data="dgp", n=2000)
     check_context(base, base.copy())
-    with pytest.raises(ReprscopeError, match="data=dgp, n=2000.*data=blobs, n=2000.*--data dgp --limit 2000"):
+    with pytest.raises(ReprscopeError, match="data=dgp, n=2000.*data=blobs, n=2000.*data=.dgp. and limit=2000 .--data dgp --limit 2000 on the command line"):
         check_context(base, base.assign(data="blobs"))
     with pytest.raises(ReprscopeError, match="n=500"):
         check_context(base, base.assign(n=500))

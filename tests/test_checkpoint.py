@@ -173,7 +173,7 @@ def test_resume_with_other_config_refused(tmp_path, tiny_run, tiny_config_factor
 
 
 def test_resume_without_checkpoint_refused(tmp_path, tiny_config):
-    with pytest.raises(ReprscopeError, match="--resume"):
+    with pytest.raises(ReprscopeError, match="resume: no last.pt"):
         train(tiny_config, tmp_path / "empty", resume=True, progress=False)
 
 

@@ -89,7 +89,7 @@ def test_dino_branch_names(tmp_path):
     assert load_checkpoint(p, options=LoadOptions(branch="momentum")).branch == "teacher"
     s = load_checkpoint(p, options=LoadOptions(branch="student"))
     assert s.branch == "student" and s.config["branch"] == "student"
-    with pytest.raises(ReprscopeError, match="dino_student reads the student; --branch teacher contradicts it"):
+    with pytest.raises(ReprscopeError, match="dino_student reads the student; branch 'teacher' contradicts it"):
         load_checkpoint(p, "dino_student", LoadOptions(branch="teacher"))
 
 
@@ -120,13 +120,13 @@ def test_arch_override_resnet(tmp_path):
     with pytest.raises(ReprscopeError, match=r"do not fit the architecture 'resnet34' given with --arch: .*missing "
                                              r"weights: .*layer1\.2\."):
         load_checkpoint(p, options=LoadOptions(arch="resnet34"))
-    with pytest.raises(ReprscopeError, match=r"--arch 'resnt18' is not a timm model name; close names: .*resnet18"):
+    with pytest.raises(ReprscopeError, match=r"arch 'resnt18' is not a timm model name; close names: .*resnet18"):
         load_checkpoint(p, options=LoadOptions(arch="resnt18"))
     with pytest.raises(ReprscopeError, match="builds a timm VisionTransformer, but this checkpoint holds a ResNet"):
         load_checkpoint(p, options=LoadOptions(arch="vit_tiny_patch16_224"))
-    with pytest.raises(ReprscopeError, match="--arch does not apply to a reprscope checkpoint"):
+    with pytest.raises(ReprscopeError, match="arch does not apply to a reprscope checkpoint"):
         load_checkpoint(FIX / "tiny_simclr.pt", options=LoadOptions(arch="resnet18"))
-    with pytest.raises(ReprscopeError, match="--arch takes NAME or NAME:key=value"):
+    with pytest.raises(ReprscopeError, match="arch takes NAME or NAME:key=value"):
         LoadOptions(arch="vit:num_heads")
 
 

@@ -217,7 +217,7 @@ def test_output_is_atomic(tmp_path, monkeypatch):
 def test_out_naming_a_file_is_refused(tmp_path):
     table = _write(tmp_path / "t.csv", _sv_rows("a.h5", 10))
     (tmp_path / "figs").write_text("x")
-    with pytest.raises(ReprscopeError, match="--out must be a folder"):
+    with pytest.raises(ReprscopeError, match="out must be a folder"):
         make_report([str(table)], tmp_path / "figs", formats=["png"])
     r = CliRunner().invoke(app, ["report", str(table), "--out", str(tmp_path / "figs" / "sub")])
     assert r.exit_code == 2 and "is a file" in r.stderr

@@ -179,7 +179,7 @@ class GeneratedDataset(abc.ABC):
 def parse_data_arg(arg: str) -> Dict[str, Any]:
     """``NAME`` or ``NAME:PATH`` → ``{"name": NAME[, "path": PATH]}``."""
     if not arg:
-        raise ReprscopeError("--data needs a data-set name, e.g. --data dgp (see `reprscope list datasets`)")
+        raise ReprscopeError("data needs a data-set name, e.g. 'dgp' (see `reprscope list datasets`)", arg="data")
     name, _, path = arg.partition(":")
     spec: Dict[str, Any] = {"name": name}
     if path:

@@ -96,7 +96,7 @@ class _ImageSet(GeneratedDataset):
         if any(s <= 0 for s in self.std):
             raise ReprscopeError(f"The 'std' parameter of {owner} must be positive. Got {self.cfg['std']!r} instead.")
         if not self.cfg.get("path"):
-            raise ReprscopeError(f"{self.name} needs a path: --data {self.name}:/path/to/{self._expected_short()}")
+            raise ReprscopeError(f"{self.name} needs a path: data='{self.name}:/path/to/{self._expected_short()}'", arg="data")
 
     @property
     def preset(self) -> AugmentationPreset:

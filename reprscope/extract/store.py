@@ -166,6 +166,43 @@ def _json_attr(v: Any) -> Any:
     return v
 
 
+#: Most objects (groups and datasets) a store may hold; a store has a few dozen (one dataset per layer).
+MAX_OBJECTS = 100_000
+
+
+def outside_storage(f: h5py.File) -> Optional[str]:
+    """What in ``f`` points outside it or cannot be read as plain data, or None.
+
+    Walks the file by its links without following any: an external link, a soft link (reprscope writes
+    none; a soft link can name itself), a virtual dataset (its data are other files' datasets, or zeros when
+    they are missing) and a dataset with raw external storage (its bytes are another file, e.g. the system's
+    password file) are refused. The walk is bounded by MAX_OBJECTS, so hard-link cycles cannot make it hang.
+    """
+    seen = 0
+    stack = [("", f)]
+    while stack:
+        path, group = stack.pop()
+        for name in group.keys():
+            seen += 1
+            if seen > MAX_OBJECTS:
+                return f"it holds more than {MAX_OBJECTS} objects (or hard links that form a cycle)"
+            link = group.get(name, getlink=True)
+            where = f"{path}/{name}"
+            if isinstance(link, h5py.ExternalLink):
+                return f"{where} is an external link to '{link.filename}'"
+            if isinstance(link, h5py.SoftLink):
+                return f"{where} is a soft link to '{link.path}'"
+            obj = group.get(name)
+            if isinstance(obj, h5py.Group):
+                stack.append((where, obj))
+            elif isinstance(obj, h5py.Dataset):
+                if obj.is_virtual:
+                    return f"{where} is a virtual dataset (its data live in other files)"
+                if obj.external:
+                    return f"{where} keeps its data in external file(s) {', '.join(str(e[0]) for e in obj.external)}"
+    return None
+
+
 class Store:
     """Read access to an embedding store, schema-checked on open."""
 
@@ -177,6 +214,11 @@ class Store:
             self.f = h5py.File(self.path, "r")
         except OSError:
             raise ReprscopeError(f"'{self.path}' is not an HDF5 file; expected an embedding store written by `reprscope extract`") from None
+        foreign = outside_storage(self.f)
+        if foreign:
+            self.f.close()
+            raise ReprscopeError(f"'{self.path}' is not a self-contained embedding store: {foreign}; reprscope reads "
+                                 "only data inside the file it is given")
         missing = [a for a in REQUIRED_ATTRS if a not in self.f.attrs]
         if "embeddings" not in self.f or "index" not in self.f or missing:
             what = f"attributes {missing}" if missing else "the /embeddings and /index datasets"

@@ -65,12 +65,12 @@ def parse_arch(text: str) -> Tuple[str, Dict[str, Any]]:
     name, _, rest = str(text).partition(":")
     name = name.strip()
     if not name:
-        raise ReprscopeError(f"--arch needs a timm model name, e.g. --arch resnet50 or --arch vit_small_patch16_224; got '{text}'")
+        raise ReprscopeError(f"arch needs a timm model name, e.g. resnet50 or vit_small_patch16_224; got '{text}'", arg="arch")
     kwargs: Dict[str, Any] = {}
     for item in filter(None, (x.strip() for x in rest.split(","))):
         key, eq, value = item.partition("=")
         if not eq or not key.strip():
-            raise ReprscopeError(f"--arch takes NAME or NAME:key=value,...; '{item}' in '{text}' is not key=value")
+            raise ReprscopeError(f"arch takes NAME or NAME:key=value,...; '{item}' in '{text}' is not key=value", arg="arch")
         try:
             kwargs[key.strip()] = json.loads(value)
         except ValueError:
@@ -319,9 +319,9 @@ def load_checkpoint(path: os.PathLike | str, fmt: Optional[str] = None,
     except ReprscopeError as exc:
         if not forced:
             raise
-        raise ReprscopeError(f"'{path}' does not fit the format '{fmt}' given with --format: {exc}") from None
+        raise ReprscopeError(f"'{path}' does not fit the format '{fmt}' that was asked for: {exc}", arg="fmt") from None
     if built.get("branch") is None and options.branch is not None:
-        raise ReprscopeError(f"format '{fmt}' did not resolve --branch {options.branch}")
+        raise ReprscopeError(f"format '{fmt}' did not resolve branch '{options.branch}'", arg="branch")
     return LoadedModel(source=str(path), sha256=sha256_file(path), format=fmt, file_type=file_type,
                        options=options, **built)
 

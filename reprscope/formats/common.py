@@ -204,15 +204,15 @@ def check_timm_name(name: str, family: Optional[str] = None) -> None:
 
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
-        raise ReprscopeError(f"--arch '{name}' is not a timm model name"
-                             + (f"; close names: {', '.join(close)}" if close else "; see timm.list_models()"))
+        raise ReprscopeError(f"arch '{name}' is not a timm model name"
+                             + (f"; close names: {', '.join(close)}" if close else "; see timm.list_models()"), arg="arch")
     if family is None:
         return
     with torch.device("meta"):
         model = timm.create_model(name, pretrained=False)
     kind = type(model).__name__
     if kind != family:
-        raise ReprscopeError(f"--arch '{name}' builds a timm {kind}, but this checkpoint holds a {family} backbone")
+        raise ReprscopeError(f"arch '{name}' builds a timm {kind}, but this checkpoint holds a {family} backbone", arg="arch")
 
 
 def resnet_arch(state: Mapping[str, Any], options: Optional[LoadOptions] = None) -> ResNetArch:

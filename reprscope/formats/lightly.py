@@ -117,7 +117,7 @@ def _roles(groups: Mapping[Optional[str], Mapping[str, str]]) -> Dict[str, Optio
         main = "teacher" if "student" in roles else "momentum" if roles == {"online"} else "online"
         if main in out:
             raise ReprscopeError(f"lightly checkpoint has two '{main}' networks ({', '.join(sorted(groups[None].values()))} "
-                                 f"and the '{out[main]}_' ones); pick one with --format and a cleaner file")
+                                 f"and the '{out[main]}_' ones); pick one with a format name and a cleaner file", arg="fmt")
         out[main] = None
     return out
 

@@ -46,8 +46,8 @@ def build_native(payload: Dict[str, Any], options: LoadOptions) -> Dict[str, Any
     cfg = payload["config"]
     model_cfg = cfg.get("model", {})
     if options.arch is not None:
-        raise ReprscopeError(f"--arch does not apply to a reprscope checkpoint: its config names the backbone "
-                             f"('{model_cfg.get('backbone')}') and rebuilds it exactly")
+        raise ReprscopeError(f"arch does not apply to a reprscope checkpoint: its config names the backbone "
+                             f"('{model_cfg.get('backbone')}') and rebuilds it exactly", arg="arch")
     branches = {"online": "state_dict.* (the trained model)"}
     mstate = payload.get("method_state") or {}
     momentum = _momentum_prefix(mstate)

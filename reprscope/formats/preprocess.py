@@ -160,6 +160,6 @@ def dataset_for_model(model: LoadedModel, spec: Dict[str, Any], mode: str = "sou
             "set has that parameter, or use a data set at that size")
     if len(shape) != 3 and model.preprocess is not None and getattr(model.bundle.encoder, "image_input", False):
         raise ReprscopeError(f"the checkpoint holds an image model ({model.preprocess.describe()}) but dataset "
-                             f"{spec.get('name')} is not an image data set; give --data imagefolder:/path, "
-                             "cifar10:/path or another image set")
+                             f"{spec.get('name')} is not an image data set; give data='imagefolder:/path', "
+                             "'cifar10:/path' or another image set", arg="data")
     return dataset, notes

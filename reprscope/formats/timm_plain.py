@@ -140,7 +140,7 @@ def build_timm(payload: Dict[str, Any], options: LoadOptions) -> Dict[str, Any]:
     saved = _saved_arch(payload)
     name = options.arch_name or saved
     if not name:
-        raise ReprscopeError("timm checkpoint names no architecture (no 'arch', no args.model); give --arch NAME")
+        raise ReprscopeError("timm checkpoint names no architecture (no 'arch', no args.model); give arch=NAME", arg="arch")
     check_timm_name(name)
     encoder = TimmEncoder(name, **options.arch_kwargs)
     clf = _classifier_prefixes(encoder.model)

@@ -340,7 +340,7 @@ def _split_vit(state: Mapping[str, Any], origin: Mapping[str, str], prefix: str 
     if odd:
         p = f"{prefix}." if prefix else ""
         raise ReprscopeError(f"ViT has an indexed head ({', '.join(origin.get(p + k, p + k) for k in odd[:4])}): that "
-                             "is a projector, not a classifier (MoCo v3 ViTs: --format moco_v3_vit)")
+                             "is a projector, not a classifier (MoCo v3 ViTs: format moco_v3_vit)", arg="fmt")
     return {k: v for k, v in sub.items() if k not in head}, head
 
 
@@ -478,8 +478,8 @@ def build_dino(payload: Dict[str, Any], options: LoadOptions) -> Dict[str, Any]:
                          "--format dino --branch student)")
 def build_dino_student(payload: Dict[str, Any], options: LoadOptions) -> Dict[str, Any]:
     if options.branch not in (None, "student", "online"):
-        raise ReprscopeError(f"format dino_student reads the student; --branch {options.branch} contradicts it "
-                             "(use --format dino --branch teacher)")
+        raise ReprscopeError(f"format dino_student reads the student; branch '{options.branch}' contradicts it "
+                             "(use format dino with branch teacher)", arg="branch")
     return _build_dino(payload, options, "student")
 
 

@@ -62,14 +62,14 @@ def check_predictor(method: str, heads: Dict[str, Any], encoder_dim: int, requir
         if required:
             raise ReprscopeError(
                 f"Method {method} needs a predictor head (its online branch predicts the target's projection); "
-                f"got none. Remove '--set predictor=none' or set e.g. --set predictor.kind=mlp."
+                f"got none. Remove predictor=none from the config or set e.g. predictor.kind=mlp.", arg="config"
             )
         return
     p_dim = head_out_dim(heads["predictor"], z_dim)
     if p_dim != z_dim:
         raise ReprscopeError(
             f"The predictor of method {method} must output the projector's width {z_dim} (its output is compared "
-            f"with the projection); got {p_dim}. Set --set predictor.out_dim={z_dim}."
+            f"with the projection); got {p_dim}. Set predictor.out_dim={z_dim} in the config.", arg="config"
         )
 
 

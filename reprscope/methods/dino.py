@@ -175,13 +175,13 @@ class DINO(Method):
         if last not in ("linear", "weightnorm_linear"):
             raise ReprscopeError(
                 "method dino needs a projector that ends with its prototypes layer (linear or weightnorm_linear); "
-                f"got {'no projector' if last is None else repr(last)} — use --set projector.kind=dino"
-            )
+                f"got {'no projector' if last is None else repr(last)} — set projector.kind=dino in the config",
+                arg="config")
         if self.cfg["norm_last_layer"] and last != "weightnorm_linear":
             raise ReprscopeError(
                 "The 'norm_last_layer' parameter of method dino needs a weight-normalised last layer "
-                f"(projector.kind=dino); this projector ends with {last!r}. Use --set method.norm_last_layer=false."
-            )
+                f"(projector.kind=dino); this projector ends with {last!r}. Set method.norm_last_layer=false in the config.",
+                arg="config")
 
     def _last_layer(self, bundle: nn.Module) -> nn.Module:
         return bundle.projector[-1]

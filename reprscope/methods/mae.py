@@ -324,15 +324,15 @@ class MaskedImageModel(Method):
     def check_model(self, heads: Dict[str, Any], encoder_dim: int) -> None:
         if heads:
             raise ReprscopeError(f"method {self.name} trains the encoder and its own decoder only; got a "
-                                 f"{' and a '.join(heads)} (drop it with --set {next(iter(heads))}=none)")
+                                 f"{' and a '.join(heads)} (drop it with {next(iter(heads))}=none in the config)", arg="config")
 
     def setup(self, bundle: nn.Module) -> None:
         enc = bundle.encoder
         if not getattr(enc, "supports_token_masking", False):
             raise ReprscopeError(
-                f"method {self.name} needs a ViT backbone (a timm VisionTransformer), e.g. --backbone "
-                f"vit_tiny_patch16_224 --set backbone.patch_size=4 for 32×32 images; got "
-                f"{type(getattr(enc, 'model', enc)).__name__}")
+                f"method {self.name} needs a ViT backbone (a timm VisionTransformer), e.g. model.backbone = "
+                f"vit_tiny_patch16_224 with backbone.patch_size=4 for 32×32 images; got "
+                f"{type(getattr(enc, 'model', enc)).__name__}", arg="config")
         layout = enc.patch_layout()
         self.patch_size: Tuple[int, int] = layout["patch_size"]
         self.grid_size: Tuple[int, int] = layout["grid_size"]

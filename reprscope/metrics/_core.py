@@ -44,7 +44,7 @@ def declare(name: str, *, params: Sequence[Param] = (), needs: Sequence[str] = (
 
 @dataclass
 class HeadModule:
-    """A stored head: its layer-spec list and parameters by ``nn.Sequential`` name (SPEC §4 ``/modules``)."""
+    """A stored head: its layer-spec list and parameters by ``nn.Sequential`` name ( ``/modules``)."""
 
     spec: List[Dict[str, Any]]
     params: Dict[str, np.ndarray]

@@ -1,9 +1,9 @@
-"""How well a layer identifies the ground-truth latents: held-out R² of a readout (paper 001, Fig. 1).
+"""How well a layer identifies the ground-truth latents: held-out R² of a readout (Rusak, Reizinger, Zimmermann et al. 2022, 'Content suppresses style', Fig. 1).
 
 Samples are split once (fixed seed) into train and test; features are standardised with the train split's
 mean and std; a ridge regression with an unpenalised intercept (or an RBF kernel ridge) is fitted per latent
 on the train split and scored on the test split by R² and the adjusted R²
-1 − (1 − R²)(n_test − 1)/(n_test − p − 1) with p = d the number of *features* (SPEC §6 *identifiability*).
+1 − (1 − R²)(n_test − 1)/(n_test − p − 1) with p = d the number of *features* ().
 """
 from __future__ import annotations
 
@@ -153,7 +153,7 @@ def _mean_rows(res: Result, metric: str, values: Dict[int, float], mask: Optiona
 def identifiability(data: LayerData, test_fraction: float = 0.2, ridge: float = 1e-3, seed: int = 0,
                     readout: str = "linear", kernel_gamma: Optional[float] = None,
                     max_kernel_samples: int = 4000) -> Result:
-    """Held-out R² of a readout of every latent from the reference view's embeddings (paper 001).
+    """Held-out R² of a readout of every latent from the reference view's embeddings (Rusak et al. 2022).
 
     Args:
         data: (V, n, d) embeddings (the reference view, ``clean`` when stored, is used) and (n, k) latents.

@@ -1,6 +1,6 @@
-"""Weighted k-nearest-neighbour classification on frozen features (SPEC §6 *knn*).
+"""Weighted k-nearest-neighbour classification on frozen features (Wu et al. 2018, arXiv:1805.01978).
 
-The protocol of Wu et al. 2018 (InstDisc, §3.4) used by DINO's ``eval_knn`` and by paper 003 (App. C.1, Table 5:
+The protocol of Wu et al. 2018 (InstDisc, §3.4) used by DINO's ``eval_knn`` and by Bardes, Ponce & LeCun 2022, arXiv:2105.04906 (App. C.1, Table 5:
 20-NN and 200-NN): features are ℓ2-normalised, the k training samples most cosine-similar to a query vote for
 their class with weight exp(sim/T), and the class with the largest summed weight is predicted.
 

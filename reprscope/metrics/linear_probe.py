@@ -1,6 +1,7 @@
-"""Linear probe: multinomial logistic regression on frozen features (SPEC §6 *knn and linear_probe*).
+"""Linear probe: multinomial logistic regression on frozen features (the linear evaluation of Bardes, Ponce & LeCun
+2022, arXiv:2105.04906, §4.1).
 
-The linear evaluation protocol (paper 003 §4.1, after Zhang et al. 2016 / SimCLR) reduced to its deterministic
+The linear evaluation protocol (Bardes, Ponce & LeCun 2022, arXiv:2105.04906 §4.1, after Zhang et al. 2016 / SimCLR) reduced to its deterministic
 core: standardised features of the reference view, a softmax classifier fitted full-batch by L-BFGS from a
 zero initialisation, top-1 accuracy on the held-out split (the same seeded split as ``knn``).
 

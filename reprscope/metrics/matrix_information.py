@@ -1,12 +1,12 @@
-"""Matrix information quantities of two augmented views (paper 004 §3–4, SPEC §6 *matrix_information*).
+"""Matrix information quantities of two augmented views (Tan et al. 2024, arXiv:2309.17281 §3–4).
 
 Two positive semi-definite matrices with unit diagonal are built from a batch of m samples of each view:
 
-* **Gram form** (paper 004 §4.1, the matrix of the spectral contrastive loss, Eq. 2): K = Ẑ Ẑᵀ (m×m), Ẑ the
+* **Gram form** (Tan et al. 2024 §4.1, the matrix of the spectral contrastive loss, Eq. 2): K = Ẑ Ẑᵀ (m×m), Ẑ the
   (m, d) batch with ℓ2-normalised rows.
 * **Covariance form** (the matrix of the Barlow Twins loss, Eq. 3): the columns of the batch Z (optionally
   centred first) scaled to unit norm over the batch, Z̄_{·j} = Z_{·j}/‖Z_{·j}‖, and K = Z̄ᵀ Z̄ (d×d). As in
-  SPEC §6 the columns of the raw Z are scaled (paper 004 §3.2 scales those of the ℓ2-normalised rows; the
+  the columns of the raw Z are scaled (Tan et al. 2024 §3.2 scales those of the ℓ2-normalised rows; the
   theorems only use the unit column norms, so both satisfy them).
 
 Both are K = F Fᵀ for a factor F (p, q): F = Ẑ (p = m, q = d) or F = Z̄ᵀ (p = d, q = m). Everything below is
@@ -19,7 +19,7 @@ computed from F without forming the larger of the p×p and q×q Gram matrices:
   the covariance form the column-wise Khatri–Rao product of Z̄₁ and Z̄₂ (m² rows of Cᵀ). When q₁q₂ < p the
   q₁q₂ × q₁q₂ side is used, otherwise K₁ ⊙ K₂ is formed and decomposed directly (then, for α ≠ 2, one p×p
   eigendecomposition per batch and form is unavoidable: K₁ ⊙ K₂ can have full rank);
-* the Rényi entropy of order 2 needs no eigendecomposition (paper 004 Prop. 4.1, 4.12):
+* the Rényi entropy of order 2 needs no eigendecomposition (Tan et al. 2024 Prop. 4.1, 4.12):
   H₂(K) = 2 log tr K − log ‖K‖²_F, and ‖F Fᵀ‖_F = ‖Fᵀ F‖_F.
 
 Eigenvalues are normalised by the trace: λ = eig(K)/tr K. The trace is m' (the size of K) whenever K has a
@@ -167,14 +167,14 @@ class PSD:
 
 
 def renyi_entropy(lam: np.ndarray, alpha: float) -> float:
-    """H_α = log(Σ λ^α)/(1 − α); H₁ = −Σ λ log λ (paper 004 Def. 3.1), λ > 0 summing to 1."""
+    """H_α = log(Σ λ^α)/(1 − α); H₁ = −Σ λ log λ (Tan et al. 2024 Def. 3.1), λ > 0 summing to 1."""
     if alpha == 1.0:
         return float(-np.sum(lam * np.log(lam)))
     return float(np.log(np.sum(lam ** alpha)) / (1.0 - alpha))
 
 
 def renyi2(k: PSD) -> float:
-    """H₂(K) = 2 log tr K − log ‖K‖²_F without an eigendecomposition (paper 004 Prop. 4.1, 4.12)."""
+    """H₂(K) = 2 log tr K − log ‖K‖²_F without an eigendecomposition (Tan et al. 2024 Prop. 4.1, 4.12)."""
     return 2.0 * math.log(k.trace) - math.log(k.fro2())
 
 
@@ -220,7 +220,7 @@ def logdet_shift(k: PSD, mu: float) -> float:
 
 
 def matrix_kl(k1: PSD, k2: PSD, eps: float) -> Optional[float]:
-    """KL(K₁‖K₂) = tr[K₁(log K₁ − log K₂)] (paper 004 Def. 4.9), the eigenvalues of each K clipped below at
+    """KL(K₁‖K₂) = tr[K₁(log K₁ − log K₂)] (Tan et al. 2024 Def. 4.9), the eigenvalues of each K clipped below at
     ``eps``·tr K.
 
     With ρ = K/tr K and t = tr K, log K = (log t) I + log ρ on the support, so KL(K₁‖K₂) =
@@ -280,7 +280,7 @@ def row_normalise(z: torch.Tensor) -> Tuple[torch.Tensor, int]:
 
 
 def column_normalise(z: torch.Tensor, center: bool) -> Tuple[torch.Tensor, int]:
-    """Z̄: (m, d) columns (centred first when ``center``) scaled to unit norm over the batch (paper 004 §3.2);
+    """Z̄: (m, d) columns (centred first when ``center``) scaled to unit norm over the batch (Tan et al. 2024 §3.2);
     a zero-norm column stays zero. Returns (Z̄, number of zero-norm columns)."""
     if center:
         # an exactly constant column would keep the mean's rounding noise after centring: make it exactly 0
@@ -303,7 +303,7 @@ def form_values(form: str, f1: torch.Tensor, f2: torch.Tensor, alpha: float, mu:
     Returns:
         (values by metric name, None where undefined; notes). Besides FORM_METRICS, form ``gram`` gives
         ``tcr`` and ``tcr_mcr2`` of view 1 (:func:`coding_rates`), form ``cov`` gives ``tcr_joint`` =
-        log det(μ I_d + K₁ ⊙ K₂) (paper 004 Thm. 4.17).
+        log det(μ I_d + K₁ ⊙ K₂) (Tan et al. 2024 Thm. 4.17).
     """
     k1, k2 = PSD.of_factor(f1), PSD.of_factor(f2)
     out: Dict[str, Optional[float]] = {m: None for m in FORM_METRICS}
@@ -332,7 +332,7 @@ def form_values(form: str, f1: torch.Tensor, f2: torch.Tensor, alpha: float, mu:
 
 
 def coding_rates(k: PSD, mu: float) -> Dict[str, float]:
-    """Total coding rates of a batch Ẑ (m, d) with ℓ2-normalised rows, K = ẐẐᵀ (paper 004 Def. 4.8, Eq. 6).
+    """Total coding rates of a batch Ẑ (m, d) with ℓ2-normalised rows, K = ẐẐᵀ (Tan et al. 2024 Def. 4.8, Eq. 6).
 
     ``tcr`` = log det(μ I_d + ẐᵀẐ) = (d − r) log μ + Σ log(μ + eᵢ) over the r = min(m, d) eigenvalues of the
     smaller Gram (Sylvester: log det(μI_d + ẐᵀẐ) = (d − m) log μ + log det(μI_m + ẐẐᵀ)); ``tcr_mcr2`` =
@@ -386,7 +386,7 @@ def _plan(n: int, m: int, max_batches: Optional[int], seed: int) -> Tuple[List[i
 )
 def matrix_information(data: LayerData, batch_size=512, alpha: float = 1.0, mu: float = 1.0, center: bool = False,
                        max_batches: Optional[int] = 16, seed: int = 0, kl_eps: float = 1e-6) -> Result:
-    """Matrix information between the first two augmented views, per batch, averaged (paper 004 §3–4).
+    """Matrix information between the first two augmented views, per batch, averaged (Tan et al. 2024 §3–4).
 
     Args:
         data: (V, n, d) embeddings; the views ``data.aug_view_ids()[:2]`` are read in batches of m samples.

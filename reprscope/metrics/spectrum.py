@@ -1,9 +1,9 @@
-"""Singular-value spectrum of one layer's embeddings and the rank measures built on it (SPEC §6 *spectrum*).
+"""Singular-value spectrum of one layer's embeddings and the rank measures built on it.
 
 * ``effective_rank`` — Roy & Vetterli (2007): exp(H(p)), p_k = σ_k / Σ_j σ_j, σ of the column-centred Z.
 * ``rankme`` — Garrido et al. (2023), "RankMe": exp(−Σ_k p_k log p_k), p_k = σ_k/‖σ‖₁ + ε, σ of the
   *uncentred* Z.
-* ``rank_tau`` — #{σ_k ≥ τ·σ_1} (relative threshold), ``rank_abs`` — #{σ_k ≥ τ_abs} (paper 002 Eq. 2).
+* ``rank_tau`` — #{σ_k ≥ τ·σ_1} (relative threshold), ``rank_abs`` — #{σ_k ≥ τ_abs} (Cosentino et al. 2022, arXiv:2205.06926 Eq. 2).
 """
 from __future__ import annotations
 

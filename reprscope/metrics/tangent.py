@@ -1,4 +1,4 @@
-"""Hardest negatives, the InfoNCE upper bound and the projector's alignment with δh (paper 002 §3–5, Eq. 3–10).
+"""Hardest negatives, the InfoNCE upper bound and the projector's alignment with δh (Cosentino et al. 2022, arXiv:2205.06926 §3–5, Eq. 3–10).
 
 Paper 002 bounds the InfoNCE loss of a batch of N pairs by its hardest negatives (Prop. 3.1, Eq. 3–5):
 
@@ -7,7 +7,7 @@ Paper 002 bounds the InfoNCE loss of a batch of N pairs by its hardest negatives
     L_repulsion  =  (1/N) Σ_i Sim(g(h_i⁽¹⁾), g(h̃*_i)),  h̃*_i = argmax_{l ∈ B₋ᵢ} Sim(g(h_i⁽¹⁾), g(h̃_l)),
 
 where B₋ᵢ are both views of the other N − 1 samples (2N − 2 candidates). The bound follows from
-Σ_{l ∈ B₋ᵢ} exp(β s_il) ≤ 2(N − 1)·exp(β max_l s_il), so it holds for the loss of paper 002 Eq. 1, whose
+Σ_{l ∈ B₋ᵢ} exp(β s_il) ≤ 2(N − 1)·exp(β max_l s_il), so it holds for the loss of Cosentino et al. 2022 Eq. 1, whose
 denominator runs over the 2N − 2 *negatives only* (not over the positive, as the NT-Xent cross-entropy of
 :func:`reprscope.methods.losses.info_nce` does; with the positive in the denominator the bound can fail).
 Symmetrised over the two view orders (each anchor with its own hardest negative), the per-anchor bounds
@@ -109,7 +109,7 @@ def normalise(x: torch.Tensor) -> torch.Tensor:
 
 def contrastive_batch(z1: torch.Tensor, z2: torch.Tensor, beta: float, use_numpy: Optional[bool] = None
                       ) -> Dict[str, torch.Tensor]:
-    """InfoNCE (paper 002 Eq. 1, symmetrised), its Prop. 3.1 terms and the hardest negatives of one batch.
+    """InfoNCE (Cosentino et al. 2022 Eq. 1, symmetrised), its Prop. 3.1 terms and the hardest negatives of one batch.
 
     Args:
         z1, z2: (B, p) ℓ2-normalised projector outputs of the two views, B ≥ 2.
@@ -332,7 +332,7 @@ def jacobian_residual(head: nn.Sequential, h: torch.Tensor, dh: torch.Tensor, bl
 )
 def tangent(data: LayerData, batch_size: int = 512, temperature: float = 0.5, max_jacobian_samples: int = 1024,
             seed: int = 0) -> Result:
-    """Hardest-negative geometry of the encoder output under the stored projector (paper 002 §3–5).
+    """Hardest-negative geometry of the encoder output under the stored projector (Cosentino et al. 2022 §3–5).
 
     The kept samples are cut, in order, into batches of ``batch_size`` (a last batch of ≥ 2 is used, one
     left-over sample is not). In each batch, with h⁽¹⁾, h⁽²⁾ the (B, d_enc) first two augmented views and
@@ -343,7 +343,7 @@ def tangent(data: LayerData, batch_size: int = 512, temperature: float = 0.5, ma
     Args:
         data: the encoder layer (``space == "encoder"``, the ``encoder_layer`` need).
         batch_size: B (≥ 2).
-        temperature: β = 1/temperature (paper 002 uses β = 2).
+        temperature: β = 1/temperature (Cosentino et al. 2022 uses β = 2).
         max_jacobian_samples: for a non-linear projector, fvu uses the Jacobians at a subset of this many
             samples (drawn with ``seed``; all samples when there are fewer).
         seed: seed of that subset.
@@ -354,7 +354,7 @@ def tangent(data: LayerData, batch_size: int = 512, temperature: float = 0.5, ma
         linear projector's weights, transposed, or per sample the transposed Jacobian of g at h_i⁽¹⁾);
         ``hardest_negative_label_agreement`` (``index`` ``fine``, and ``coarse`` when coarse labels exist) the
         fraction of i whose h̃*_i comes from a sample with i's label; ``hardest_negative_distance``
-        mean_i ‖h_i⁽¹⁾ − h̃*_i‖ / mean_i ‖h_i⁽¹⁾‖; and, as means over batches, ``infonce`` (paper 002 Eq. 1
+        mean_i ‖h_i⁽¹⁾ − h̃*_i‖ / mean_i ‖h_i⁽¹⁾‖; and, as means over batches, ``infonce`` (Cosentino et al. 2022 Eq. 1
         symmetrised over the 2B anchors, 2B − 2 negatives in the denominator), ``invariance`` −mean Sim of
         positive pairs, ``repulsion`` mean Sim of each anchor with its hardest negative (both view orders), and
         ``upper_bound`` = β·invariance + β·repulsion + log(2(B − 1)) ≥ infonce (Prop. 3.1, Eq. 3).

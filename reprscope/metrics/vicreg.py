@@ -1,11 +1,11 @@
-"""VICReg statistics of two augmented views (paper 003, Bardes, Ponce & LeCun, ICLR 2022).
+"""VICReg statistics of two augmented views (Bardes, Ponce & LeCun, ICLR 2022, arXiv:2105.04906).
 
 With Z, Z' the (n, d) embeddings of the first two augmented views:
 
-* per-dimension unbiased std (paper 003 Eq. 2) → ``std_mean``, ``collapsed_dims``, ``std_target_ratio``;
+* per-dimension unbiased std (Bardes et al. 2022 Eq. 2) → ``std_mean``, ``collapsed_dims``, ``std_target_ratio``;
 * the loss terms of Eq. 1, 3–6: v(Z) = (1/d) Σ_j max(0, γ − sqrt(Var(Z_{:,j}) + ε)),
   c(Z) = (1/d) Σ_{i≠j} C(Z)_{ij}², s(Z, Z') = (1/(n·d)) Σ_i ‖Z_i − Z'_i‖² (``F.mse_loss`` of Algorithm 1, i.e.
-  Eq. 5 divided by d), and ℓ = λ·s + μ·(v(Z) + v(Z')) + ν·(c(Z) + c(Z')) (SPEC §7: the two hinge terms add);
+  Eq. 5 divided by d), and ℓ = λ·s + μ·(v(Z) + v(Z')) + ν·(c(Z) + c(Z')) (: the two hinge terms add);
 * the average correlation coefficient of Eq. 10 (appendix C.3).
 
 Every second-order quantity comes from the per-layer cached :func:`~reprscope.metrics.stats.moments`; one
@@ -25,7 +25,7 @@ _EPS64 = float(np.finfo(np.float64).eps)
 
 
 def numerical_std(m: Moments) -> Tuple[np.ndarray, np.ndarray]:
-    """Unbiased per-dimension variance (paper 003 Eq. 2) and std of one view, rounding noise set to 0.
+    """Unbiased per-dimension variance (Bardes et al. 2022 Eq. 2) and std of one view, rounding noise set to 0.
 
     A dimension whose std is ≤ n·eps₆₄·|µ_j| is constant up to the rounding of the streamed moments (the
     mean of n identical values is not always exact) and gets std exactly 0.
@@ -40,12 +40,12 @@ def numerical_std(m: Moments) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def variance_term(var: np.ndarray, gamma: float = 1.0, eps: float = 1e-4) -> float:
-    """v(Z) of paper 003 Eq. 1 from the (d,) unbiased variances: mean_j max(0, γ − sqrt(Var_j + ε))."""
+    """v(Z) of Bardes et al. 2022 Eq. 1 from the (d,) unbiased variances: mean_j max(0, γ − sqrt(Var_j + ε))."""
     return float(np.mean(np.maximum(0.0, gamma - np.sqrt(var + eps)))) if var.size else 0.0
 
 
 def covariance_term(cov: np.ndarray) -> float:
-    """c(Z) of paper 003 Eq. 4 from the (d, d) unbiased covariance: (1/d) Σ_{i≠j} C_ij²."""
+    """c(Z) of Bardes et al. 2022 Eq. 4 from the (d, d) unbiased covariance: (1/d) Σ_{i≠j} C_ij²."""
     d = cov.shape[0]
     if d == 0:
         return 0.0
@@ -54,7 +54,7 @@ def covariance_term(cov: np.ndarray) -> float:
 
 
 def mean_squared_correlation(m: Moments, std: np.ndarray) -> Tuple[float, int]:
-    """(1/(d'(d'−1))) Σ_{i≠j} C(Y)_ij² of one view, Y the standardised embeddings (paper 003 Eq. 10).
+    """(1/(d'(d'−1))) Σ_{i≠j} C(Y)_ij² of one view, Y the standardised embeddings (Bardes et al. 2022 Eq. 10).
 
     C of the standardised view is the correlation matrix (the 1/(n−1) of Eq. 3 cancels against the unbiased
     std). Constant dimensions (std 0) have no correlation and are left out, so d' ≤ d.
@@ -104,11 +104,11 @@ def _stream_pair(data: LayerData, a: int, b: int) -> Tuple[float, List[np.ndarra
 @declare(
     "vicreg",
     params=[
-        Param("gamma", 1.0, "float", "target std γ of the variance hinge (paper 003 Eq. 1)", low=0),
-        Param("eps", 1e-4, "float", "ε inside sqrt(Var + ε) of the variance hinge (paper 003 Eq. 1)", low=0),
-        Param("lam", 25.0, "float", "λ, weight of the invariance term in the loss (paper 003 Eq. 6)", low=0),
-        Param("mu", 25.0, "float", "μ, weight of the variance terms in the loss (paper 003 Eq. 6)", low=0),
-        Param("nu", 1.0, "float", "ν, weight of the covariance terms in the loss (paper 003 Eq. 6)", low=0),
+        Param("gamma", 1.0, "float", "target std γ of the variance hinge (Bardes et al. 2022 Eq. 1)", low=0),
+        Param("eps", 1e-4, "float", "ε inside sqrt(Var + ε) of the variance hinge (Bardes et al. 2022 Eq. 1)", low=0),
+        Param("lam", 25.0, "float", "λ, weight of the invariance term in the loss (Bardes et al. 2022 Eq. 6)", low=0),
+        Param("mu", 25.0, "float", "μ, weight of the variance terms in the loss (Bardes et al. 2022 Eq. 6)", low=0),
+        Param("nu", 1.0, "float", "ν, weight of the covariance terms in the loss (Bardes et al. 2022 Eq. 6)", low=0),
     ],
     needs=("two_views",),
     summary="VICReg per-dimension std, collapsed dimensions, average correlation and loss terms of two views",
@@ -116,7 +116,7 @@ def _stream_pair(data: LayerData, a: int, b: int) -> Tuple[float, List[np.ndarra
 )
 def vicreg(data: LayerData, gamma: float = 1.0, eps: float = 1e-4, lam: float = 25.0, mu: float = 25.0,
            nu: float = 1.0) -> Result:
-    """VICReg statistics and loss terms of the first two augmented views (paper 003).
+    """VICReg statistics and loss terms of the first two augmented views (Bardes et al. 2022).
 
     Args:
         data: (V, n, d) embeddings; the first two augmented views Z, Z' (each (n, d)) are used, read through
@@ -128,7 +128,7 @@ def vicreg(data: LayerData, gamma: float = 1.0, eps: float = 1e-4, lam: float = 
         Per view (``view`` = its name):
         ``std_mean`` mean_j of the unbiased std of dimension j (Eq. 2); ``collapsed_dims``
         #{j : std_j < 1e-4·max_k std_k or std_j = 0}; ``std_target_ratio`` = std_mean(Ẑ)·√d with Ẑ the
-        ℓ2-normalised rows — 1 when the embeddings spread evenly over the unit sphere (paper 003 App. C.3:
+        ℓ2-normalised rows — 1 when the embeddings spread evenly over the unit sphere (Bardes et al. 2022 App. C.3:
         the std of normalised projections reaches 1/√d), meaningful for spaces the method normalises;
         ``variance`` v(Z) (Eq. 1), ``covariance`` c(Z) (Eq. 4), ``avg_corr`` the view's half of Eq. 10.
         For the pair (``view`` = ``aug1|aug2``): ``invariance`` mean_i ‖z_i − z'_i‖²/d (Algorithm 1's

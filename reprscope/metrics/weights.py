@@ -1,9 +1,9 @@
-"""Singular values and ranks of the stored heads' weight matrices (paper 002 §2 Eq. 2, Fig. 1; SPEC §6 *weights*).
+"""Singular values and ranks of the stored heads' weight matrices (Cosentino et al. 2022, arXiv:2205.06926 §2 Eq. 2, Fig. 1).
 
 Paper 002 reads the dimensional collapse of a contrastive model off its *projector* rather than off the
 embeddings: the number of singular values of the projector weights W above a threshold,
 
-    Rank_τ(W) = Σ_j 1{|σ_j| ≥ τ}                                            (paper 002, Eq. 2)
+    Rank_τ(W) = Σ_j 1{|σ_j| ≥ τ}                                            (Cosentino et al. 2022, Eq. 2)
 
 falls during training, the more so the stronger the augmentations. For every weight matrix of every stored
 head (``/modules/<part>``: projector, predictor, teacher.projector …) this analyzer reports
@@ -126,7 +126,7 @@ def _report(res: Result, key: str, w: np.ndarray, tau: float, tau_abs: float) ->
     params=[
         Param("tau", 0.01, "float", "relative threshold of rank_tau: count σ_k ≥ tau·σ_1", low=0, low_open=True,
               high=1),
-        Param("tau_abs", 0.01, "float", "absolute threshold of rank_abs: count σ_k ≥ tau_abs (paper 002 Eq. 2)", low=0),
+        Param("tau_abs", 0.01, "float", "absolute threshold of rank_abs: count σ_k ≥ tau_abs (Cosentino et al. 2022 Eq. 2)", low=0),
     ],
     needs=("encoder_layer", "projector"),
     reads_embeddings=False,
@@ -134,7 +134,7 @@ def _report(res: Result, key: str, w: np.ndarray, tau: float, tau_abs: float) ->
     paper="Cosentino et al. 2022, arXiv:2205.06926, Eq. 2; Roy & Vetterli 2007",
 )
 def weights(data: LayerData, tau: float = 0.01, tau_abs: float = 0.01) -> Result:
-    """Spectra and ranks of the weight matrices of every stored head (paper 002 Eq. 2).
+    """Spectra and ranks of the weight matrices of every stored head (Cosentino et al. 2022 Eq. 2).
 
     Args:
         data: a layer of a source with stored heads (``data.modules``: part → HeadModule); only the heads are

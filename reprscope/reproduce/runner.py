@@ -50,7 +50,7 @@ def _train_once(cfg: Dict[str, Any], run_dir: Path, progress: bool) -> "tuple[Pa
         ck = torch.load(last, map_location="cpu", weights_only=True)
         if ck.get("config") == cfg:
             return last, False
-        raise ReprscopeError(f"'{run_dir}' holds a run with other settings; use another --out or remove it")
+        raise ReprscopeError(f"'{run_dir}' holds a run with other settings; use another out folder or remove it", arg="out")
     resume = any(run_dir.glob("ckpt-*.pt"))
     return train(cfg, run_dir, resume=resume, progress=progress).last, True
 
@@ -75,7 +75,7 @@ def reproduce(name: str, scale: str = "cpu", out: Optional[str | Path] = None, d
     """Run recipe ``name`` at ``scale`` into ``out`` (default ``reproduce/NAME-SCALE``); ``data_root`` is where
     the gpu scale finds its data sets on disk (``DATA_ROOT/cifar10`` …)."""
     if scale not in SCALES:
-        raise ReprscopeError(f"--scale must be one of {', '.join(SCALES)}; got '{scale}'")
+        raise ReprscopeError(f"scale must be one of {', '.join(SCALES)}; got '{scale}'", arg="scale")
     recipe: Recipe = RECIPES.get(name)()
     recipe.data_root = data_root
     out = Path(out or Path("reproduce") / f"{name}-{scale}")

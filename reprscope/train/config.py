@@ -124,7 +124,7 @@ def apply_sets(cfg: Dict[str, Any], sets: Iterable[Tuple[List[str], Any]]) -> Di
         value = _parse_value(raw) if isinstance(raw, str) else raw
         head, rest = path[0], path[1:]
         if head not in SECTIONS:
-            raise ReprscopeError(f"--set key '{'.'.join(path)}' must start with one of: {', '.join(SECTIONS[:-1])}")
+            raise ReprscopeError(f"config key '{'.'.join(path)}' must start with one of: {', '.join(SECTIONS[:-1])}", arg="config")
         if head == "backbone" and not rest:
             cfg["model"]["backbone"] = value
             continue
@@ -150,7 +150,7 @@ def apply_sets(cfg: Dict[str, Any], sets: Iterable[Tuple[List[str], Any]]) -> Di
         for key in rest[:-1]:
             target = target.setdefault(key, {})
         if not rest:
-            raise ReprscopeError(f"--set key '{head}' needs a field, e.g. {head}.KEY=VALUE")
+            raise ReprscopeError(f"config key '{head}' needs a field, e.g. {head}.KEY=VALUE", arg="config")
         target[rest[-1]] = value
     return cfg
 

@@ -47,7 +47,7 @@ def resolve_device(name: str) -> torch.device:
     except RuntimeError:
         raise ReprscopeError(f"unknown device '{name}'; use cpu, cuda, cuda:N or auto") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ReprscopeError(f"device '{name}' was asked for but no CUDA GPU is available; use --device cpu")
+        raise ReprscopeError(f"device '{name}' was asked for but no CUDA GPU is available; use device 'cpu'", arg="device")
     return dev
 
 
@@ -208,7 +208,7 @@ def _train(config, out_dir, resume, progress, on_log, device, di: dist.DistInfo)
     data_rng = np.random.default_rng([seed, 0] if di.rank == 0 else [seed, 0, di.rank])
     batch = int(tcfg["batch_size"])
     if batch % di.world_size:
-        raise ReprscopeError(f"--batch-size {batch} is the global batch and must divide by the {di.world_size} processes")
+        raise ReprscopeError(f"batch_size {batch} is the global batch and must divide by the {di.world_size} processes", arg="batch_size")
     local_batch = batch // di.world_size
 
     dataset = build_dataset(config["data"])
@@ -244,15 +244,15 @@ def _train(config, out_dir, resume, progress, on_log, device, di: dist.DistInfo)
         # last.pt is only written when a run finishes; an interrupted run resumes from its newest ckpt-*.pt
         src = last if last.is_file() else max(out_dir.glob("ckpt-*.pt"), default=None)
         if src is None:
-            raise ReprscopeError(f"--resume: no last.pt or ckpt-*.pt in '{out_dir}'; train without --resume first")
+            raise ReprscopeError(f"resume: no last.pt or ckpt-*.pt in '{out_dir}'; train without resume first", arg="resume")
         ck = read_checkpoint_file(src)
         if not isinstance(ck, dict) or ck.get("format") != FORMAT:
-            raise ReprscopeError(f"--resume: '{src}' is not a reprscope checkpoint")
+            raise ReprscopeError(f"resume: '{src}' is not a reprscope checkpoint", arg="resume")
         if ck["config"] != config:
-            raise ReprscopeError("--resume: the run dir was trained with a different config; use a new --out or the same settings")
+            raise ReprscopeError("resume: the run dir was trained with a different config; use a new run folder or the same settings", arg="resume")
         if int(ck.get("world_size", 1)) != di.world_size:
-            raise ReprscopeError(f"--resume: the run was trained on {ck.get('world_size', 1)} processes, this is "
-                                 f"{di.world_size}; resume with the same number to continue exactly")
+            raise ReprscopeError(f"resume: the run was trained on {ck.get('world_size', 1)} processes, this is "
+                                 f"{di.world_size}; resume with the same number to continue exactly", arg="resume")
         bundle.load_state_dict(ck["state_dict"])
         method.load_state_dict(ck.get("method_state", {}))
         optimizer.load_state_dict(ck["optimizer"])
