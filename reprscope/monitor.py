@@ -28,7 +28,7 @@ from torch import nn
 
 from .errors import ReprscopeError
 from .extract.module import Batch, ModuleLayers, embed, split_batch
-from .table import make_table
+from .table import escape_csv, make_table
 
 
 @contextmanager
@@ -158,7 +158,7 @@ class Monitor:
         if self.csv_path is not None and len(new):
             header = not self.csv_path.exists() or self.csv_path.stat().st_size == 0
             try:
-                new.to_csv(self.csv_path, mode="a", header=header, index=False, quoting=csv.QUOTE_MINIMAL)
+                escape_csv(new).to_csv(self.csv_path, mode="a", header=header, index=False, quoting=csv.QUOTE_MINIMAL)
             except OSError as exc:
                 raise ReprscopeError(f"cannot append to csv_path '{self.csv_path}': {exc.strerror}") from None
         if self._tb is not None:

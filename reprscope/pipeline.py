@@ -45,7 +45,21 @@ class AnalysisResult:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("REPRSCOPE_CACHE", Path.home() / ".cache" / "reprscope"))
+    """``$REPRSCOPE_CACHE``, or ``~/.cache/reprscope`` when it is unset or empty (never the current folder)."""
+    value = os.environ.get("REPRSCOPE_CACHE", "").strip()
+    return Path(value) if value else Path.home() / ".cache" / "reprscope"
+
+
+def writable_cache(folder: Path) -> Path:
+    """``folder`` created if needed; a cache that is a file or cannot be written is one clear error."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReprscopeError(f"the cache folder '{folder}' cannot be created ({exc.strerror or exc}); set "
+                             "REPRSCOPE_CACHE to a writable folder") from None
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise ReprscopeError(f"the cache folder '{folder}' is not a writable folder; set REPRSCOPE_CACHE to one")
+    return folder
 
 
 def resolve_sources(sources: Sequence[str | os.PathLike]) -> List[Source]:
@@ -174,6 +188,8 @@ def store_for_checkpoint(path: Path, data: Optional[str], set_data: Optional[Dic
                       "format": model.format, "branch": model.branch, "arch": model.options.arch}, sort_keys=True)
     name = f"{model.sha256[:16]}-{hashlib.sha256(key.encode()).hexdigest()[:10]}.h5"
     target = cache_dir() / "extract" / name
+    if not (cache and target.is_file()):
+        writable_cache(target.parent)
     if cache and target.is_file():
         return target
     return extract(model, dataset, target, views=views, limit=limit, batch_size=batch_size, device=device, seed=seed,

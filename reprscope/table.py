@@ -77,6 +77,27 @@ def validate(df: pd.DataFrame) -> None:
         raise ReprscopeError(f"not a reprscope table: expected columns {COLUMNS} first, found {list(df.columns)}")
 
 
+#: First characters that make a spreadsheet read a cell as a formula (and the escape character itself).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def escape_csv(df: pd.DataFrame) -> pd.DataFrame:
+    """Text cells that a spreadsheet would run as a formula (``=HYPERLINK(…)`` from a file name) get a leading
+    ``'``; :func:`read_table` removes it again, so a table round-trips exactly."""
+    out = df.copy()
+    for c in out.columns:
+        if out[c].dtype == object or pd.api.types.is_string_dtype(out[c]):
+            out[c] = out[c].map(lambda v: "'" + v if isinstance(v, str) and v.startswith(_FORMULA_START) else v)
+    return out
+
+
+def _unescape_csv(df: pd.DataFrame) -> pd.DataFrame:
+    for c in df.columns:
+        if df[c].dtype == object or pd.api.types.is_string_dtype(df[c]):
+            df[c] = df[c].map(lambda v: v[1:] if isinstance(v, str) and v.startswith("'") else v)
+    return df
+
+
 def write_table(df: pd.DataFrame, path: os.PathLike | str) -> Path:
     """Write CSV (default) or Parquet (``.parquet``), atomically."""
     path = Path(path)
@@ -92,7 +113,7 @@ def write_table(df: pd.DataFrame, path: os.PathLike | str) -> Path:
             if parquet:
                 df.to_parquet(tmp, index=False)
             else:
-                df.to_csv(tmp, index=False)
+                escape_csv(df).to_csv(tmp, index=False)
     except OSError as exc:
         raise ReprscopeError(f"cannot write the table '{path}': {exc.strerror or exc}") from None
     return path
@@ -126,6 +147,8 @@ def read_table(path: os.PathLike | str) -> pd.DataFrame:
                              na_values={c: [""] for c in header if c not in _STR_COLS})
     except Exception as exc:  # pandas raises many types for unreadable files
         raise ReprscopeError(f"cannot read table '{path}': {exc}") from None
+    if path.suffix.lower() not in (".parquet", ".pq"):
+        df = _unescape_csv(df)
     validate(df)
     # a table round-tripped through plain pandas has its integer indices (rank positions, dimensions) as floats
     df["index"] = df["index"].map(lambda v: str(v).split(".")[0] if _INT_LIKE.match(str(v)) else v)

@@ -187,6 +187,24 @@ def parse_data_arg(arg: str) -> Dict[str, Any]:
     return spec
 
 
+#: Data-set parameters that choose files, folders or downloads: they come from the user, never from a file.
+LOCATION_PARAMS = ("path", "download", "root", "data_root")
+
+
+def data_spec_from_file(spec: Any) -> Dict[str, Any]:
+    """The data set a checkpoint says it was trained on, as far as a file may decide it: the name and the
+    declared parameters of that data set, without any location (``path``) or ``download`` (a checkpoint from a
+    stranger must not make reprscope read a folder or fetch anything); unknown or non-plain entries are dropped.
+    Empty when the file names no registered data set."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or spec["name"] not in DATASETS:
+        return {}
+    declared = {p.name for p in DATASETS.get(spec["name"]).all_params()}
+    ok = lambda v: isinstance(v, (str, int, float, bool, type(None))) or (  # noqa: E731
+        isinstance(v, list) and len(v) <= 1000 and all(isinstance(x, (str, int, float, bool)) for x in v))
+    return {"name": spec["name"], **{k: v for k, v in spec.items()
+                                     if k in declared and k not in LOCATION_PARAMS and ok(v)}}
+
+
 def build_dataset(spec: Dict[str, Any] | str, **overrides: Any) -> GeneratedDataset:
     """Instantiate a registered data set from a spec dict (``{"name": ..., **params}``) or a ``--data`` string."""
     if isinstance(spec, str):

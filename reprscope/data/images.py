@@ -17,6 +17,7 @@ default unpickler, is never called.
 from __future__ import annotations
 
 import abc
+import io
 import os
 import pickle
 from pathlib import Path
@@ -127,11 +128,17 @@ class _ImageSet(GeneratedDataset):
 # -- ImageFolder ---------------------------------------------------------------------------------------------
 
 
+#: Most folders an ImageFolder scan walks (a bound on a tree that is not a data set, e.g. '/').
+MAX_FOLDERS = 1_000_000
+
+
 def scan_image_folder(root: os.PathLike | str) -> Tuple[List[str], List[str], np.ndarray]:
     """``(classes, paths, labels)`` of a torchvision-style ImageFolder tree.
 
     Classes are the sorted sub-directory names; files are walked recursively within each class, sorted, and
-    kept when their extension is an image extension (as ``torchvision.datasets.ImageFolder``).
+    kept when their extension is an image extension (as ``torchvision.datasets.ImageFolder``). Symbolic links
+    are followed inside the root only: a link that leads outside it is neither walked nor opened, and every
+    real folder is walked once (a symlink loop cannot make the walk hang or repeat).
     """
     root = Path(root)
     if not root.exists():
@@ -140,15 +147,28 @@ def scan_image_folder(root: os.PathLike | str) -> Tuple[List[str], List[str], np
     if not root.is_dir():
         raise ReprscopeError(f"imagefolder path '{root}' is not a directory; expected a directory with one "
                              "sub-directory of images per class (root/CLASS/IMAGE.jpg)")
-    classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
+    real_root = os.path.realpath(root)
+    inside = lambda p: os.path.commonpath([real_root, os.path.realpath(p)]) == real_root  # noqa: E731
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and inside(e.path))
     paths: List[str] = []
     labels: List[int] = []
+    seen_dirs: set = set()
     for ci, cls in enumerate(classes):
-        for dirpath, dirnames, files in sorted(os.walk(root / cls, followlinks=True)):
-            dirnames.sort()
+        for dirpath, dirnames, files in os.walk(root / cls, followlinks=True):
+            real = os.path.realpath(dirpath)
+            if real in seen_dirs:  # a symlink loop or a second link to the same folder: walked once
+                dirnames[:] = []
+                continue
+            seen_dirs.add(real)
+            if len(seen_dirs) > MAX_FOLDERS:
+                raise ReprscopeError(f"imagefolder path '{root}' holds more than {MAX_FOLDERS:,} folders; give the "
+                                     "folder of one data set")
+            # links that leave the root are neither walked nor opened
+            dirnames[:] = sorted(d for d in dirnames if inside(os.path.join(dirpath, d)))
             for f in sorted(files):
-                if f.lower().endswith(IMG_EXTENSIONS):
-                    paths.append(os.path.join(dirpath, f))
+                full = os.path.join(dirpath, f)
+                if f.lower().endswith(IMG_EXTENSIONS) and inside(full):
+                    paths.append(full)
                     labels.append(ci)
     if not paths:
         raise ReprscopeError(f"imagefolder path '{root}' holds no images; expected one sub-directory per class with "
@@ -266,7 +286,33 @@ def _numpy_global(name: str) -> Any:
         except ImportError:  # numpy < 2
             from numpy.core.multiarray import scalar
         return scalar
-    return {"ndarray": np.ndarray, "dtype": np.dtype}[name]
+    return {"ndarray": _CheckedArray, "dtype": np.dtype}[name]
+
+
+#: Largest CIFAR/STL batch file read (the real ones are about 30 MB; the file is read whole into memory).
+MAX_PICKLE_BYTES = 1 << 30
+
+
+class _CheckedArray(np.ndarray):
+    """The ndarray a pickle rebuilds: its state is checked before numpy allocates it, so a tiny file that claims
+    a shape of 2**40 elements is refused instead of allocating (the state must carry exactly the bytes of the
+    shape it declares)."""
+
+    def __setstate__(self, state: Any) -> None:
+        try:
+            _, shape, dtype, _, raw = state
+            count = 1
+            for x in shape:
+                count *= int(x)
+            need = count * np.dtype(dtype).itemsize
+        except (TypeError, ValueError):
+            raise ReprscopeError("a pickled array has a malformed state") from None
+        if isinstance(raw, (bytes, bytearray)) and len(raw) != need:
+            raise ReprscopeError(f"a pickled array declares shape {tuple(shape)} ({need:,} bytes) but holds "
+                                 f"{len(raw):,} bytes")
+        if not isinstance(raw, (bytes, bytearray)) and count > MAX_PICKLE_BYTES:
+            raise ReprscopeError(f"a pickled array declares shape {tuple(shape)}, more than the file can hold")
+        super().__setstate__(state)
 
 
 class ArrayOnlyUnpickler(pickle.Unpickler):
@@ -295,14 +341,31 @@ class ArrayOnlyUnpickler(pickle.Unpickler):
         raise ReprscopeError("refusing to unpickle a persistent id: only numpy arrays are allowed in a CIFAR batch file")
 
 
+def _plain_arrays(x: Any, depth: int = 0) -> Any:
+    """The unpickled object with every checked array as a plain ndarray view."""
+    if isinstance(x, _CheckedArray):
+        return x.view(np.ndarray)
+    if depth < 8 and isinstance(x, dict):
+        return {k: _plain_arrays(v, depth + 1) for k, v in x.items()}
+    if depth < 8 and isinstance(x, list):
+        return [_plain_arrays(v, depth + 1) for v in x]
+    return x
+
+
 def load_pickle_safely(path: os.PathLike | str) -> Any:
     """Unpickle ``path`` with :class:`ArrayOnlyUnpickler` (``encoding="bytes"``, as the Python-2 CIFAR files)."""
+    size = os.path.getsize(path)
+    if size > MAX_PICKLE_BYTES:
+        raise ReprscopeError(f"{path} is {size:,} bytes, more than a CIFAR/STL batch ({MAX_PICKLE_BYTES:,} at most)")
     try:
-        with open(path, "rb") as f:
-            return ArrayOnlyUnpickler(f, encoding="bytes").load()
+        with open(path, "rb") as f:  # read whole: a length field in the pickle cannot make a read allocate more
+            data = io.BytesIO(f.read())
+        out = ArrayOnlyUnpickler(data, encoding="bytes").load()
+        return _plain_arrays(out)
     except ReprscopeError as e:
         raise ReprscopeError(f"{path}: {e}") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, OverflowError,
+            MemoryError, KeyError, RecursionError) as e:
         raise ReprscopeError(f"{path} is not a readable CIFAR batch (pickle of numpy arrays): {e}") from None
 
 

@@ -6,7 +6,6 @@ import json
 import os
 import pickle
 import warnings
-import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -202,13 +201,12 @@ def _sniff_safetensors(head: bytes, size: int) -> bool:
 
 def _read_safetensors(path: Path) -> Any:
     try:
-        from safetensors import SafetensorError
         from safetensors.torch import load_file
     except ImportError:  # a declared dependency; only a broken install lacks it
         raise ReprscopeError(f"'{path}' is a safetensors file; install the 'safetensors' package to read it") from None
     try:
         return dict(load_file(str(path), device="cpu"))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError, MemoryError …: all one line
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ReprscopeError(f"'{path}' is not a readable safetensors file ({msg[:200]}); it may be truncated or "
                              "corrupt") from None
@@ -274,7 +272,7 @@ def _torch_load(path: Path) -> Any:
                 f"'{path}' needs arbitrary unpickling, which reprscope refuses (it could run code): {msg.strip()[:200]}"
             ) from None
         raise ReprscopeError(f"'{path}' is not a readable PyTorch checkpoint ({_short(msg)}); {_EXPECTED}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, IndexError, TypeError, AttributeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - torch.load raises anything (zip, pickle, safetensors, memory errors)
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ReprscopeError(f"'{path}' is not a readable PyTorch checkpoint ({_short(msg)}); {_EXPECTED}") from None
 
@@ -320,6 +318,14 @@ def load_checkpoint(path: os.PathLike | str, fmt: Optional[str] = None,
         if not forced:
             raise
         raise ReprscopeError(f"'{path}' does not fit the format '{fmt}' that was asked for: {exc}", arg="fmt") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged file in a known layout: wrong types, shapes, missing keys
+        what = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise ReprscopeError(f"'{path}' looks like a '{fmt}' checkpoint but its contents are damaged "
+                             f"({type(exc).__name__}: {what})") from None
+    if built.get("dataset") is not None:  # a file never chooses data locations or downloads
+        from ..data.base import data_spec_from_file
+
+        built["dataset"] = data_spec_from_file(built["dataset"]) or None
     if built.get("branch") is None and options.branch is not None:
         raise ReprscopeError(f"format '{fmt}' did not resolve branch '{options.branch}'", arg="branch")
     return LoadedModel(source=str(path), sha256=sha256_file(path), format=fmt, file_type=file_type,
