@@ -99,6 +99,10 @@ def handle_errors(fn: Callable) -> Callable:
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130)
+        except MemoryError:  # a last resort: inputs are bounded before large allocations wherever we can
+            if _state["debug"]:
+                traceback.print_exc()
+            _fail("out of memory: the input asks for more memory than this machine has; use smaller settings")
 
     return wrapper
 

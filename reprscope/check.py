@@ -29,8 +29,9 @@ The same in YAML (``.yaml``/``.yml``): ``default: {rtol: 0.01}`` and ``rule: [{m
 from __future__ import annotations
 
 import fnmatch
-import os
 import math
+import os
+import reprlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -59,6 +60,16 @@ class Rule:
         return m and fnmatch.fnmatch(layer, self.layer)
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 2, 4, 4, 60, 60
+
+
+def _short(v: Any) -> str:
+    """A bounded repr of a value read from a file: YAML aliases can make a small file a huge nested value
+    ("billion laughs"), which a plain repr would expand in full."""
+    return _REPR.repr(v)
+
+
 def _number(v: Any) -> Any:
     """A tolerance as a float: numbers, and strings that spell one (PyYAML reads ``1e-6`` as a string)."""
     if isinstance(v, str):
@@ -72,7 +83,7 @@ def _number(v: Any) -> Any:
 def _rule_from(d: Any, base: Rule, where: str) -> Rule:
     if not isinstance(d, dict):
         raise ReprscopeError(f"{where} must be a table of keys (metric, layer, rtol, atol, direction), got "
-                             f"{type(d).__name__} {d!r}; in TOML write each rule as [[rule]]")
+                             f"{type(d).__name__} {_short(d)}; in TOML write each rule as [[rule]]")
     allowed = {"metric", "layer", "rtol", "atol", "direction"}
     unknown = set(d) - allowed
     if unknown:
@@ -81,13 +92,13 @@ def _rule_from(d: Any, base: Rule, where: str) -> Rule:
     r = Rule(**{**asdict(base), **d})
     for k in ("metric", "layer", "direction"):
         if not isinstance(getattr(r, k), str):
-            raise ReprscopeError(f"{where}: {k} must be a string (a glob such as \"spectrum/*\"), got {getattr(r, k)!r}")
+            raise ReprscopeError(f"{where}: {k} must be a string (a glob such as \"spectrum/*\"), got {_short(getattr(r, k))}")
     if r.direction not in DIRECTIONS:
         raise ReprscopeError(f"{where}: direction must be one of {', '.join(DIRECTIONS)}, got '{r.direction}'")
     for k in ("rtol", "atol"):
         v = getattr(r, k)
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0 or math.isinf(v):
-            raise ReprscopeError(f"{where}: {k} must be a finite number >= 0, got {v!r}")
+            raise ReprscopeError(f"{where}: {k} must be a finite number >= 0, got {_short(v)}")
     return r
 
 
@@ -256,7 +267,7 @@ def baseline_context(base: pd.DataFrame) -> Dict[str, Any]:
                 except (TypeError, ValueError):
                     out[c] = None
                 if out[c] is None:
-                    raise ReprscopeError(f"the table's n column must hold the number of samples, got {vals[0]!r}; "
+                    raise ReprscopeError(f"the table's n column must hold the number of samples, got {_short(vals[0])}; "
                                          "rewrite it with `reprscope analyze`")
             elif len(vals) == 1:
                 out[c] = str(vals[0])

@@ -48,8 +48,9 @@ class Param:
     def describe(self) -> str:
         if self.kind == "choice":
             return "one of " + ", ".join(repr(c) for c in self.choices)
-        lo = "" if self.low is None else (f" > {self.low:g}" if self.low_open else f" >= {self.low:g}")
-        hi = "" if self.high is None else (f" < {self.high:g}" if self.high_open else f" <= {self.high:g}")
+        num = lambda x: str(int(x)) if float(x).is_integer() and abs(x) < 1e16 else f"{x:g}"  # noqa: E731
+        lo = "" if self.low is None else (f" > {num(self.low)}" if self.low_open else f" >= {num(self.low)}")
+        hi = "" if self.high is None else (f" < {num(self.high)}" if self.high_open else f" <= {num(self.high)}")
         bounds = lo + ("," if lo and hi else "") + hi
         names = {"int": "an int", "float": "a float", "bool": "a bool (true/false)", "str": "a string",
                  "floats": "a float or a list of floats", "ints": "a comma list of ints",

@@ -572,8 +572,12 @@ def make_report(tables: Sequence[str], out: Path | str, formats: Sequence[str] =
     notes: List[str] = []
     try:
         staged: List[Path] = []
-        for fn in (plot_spectra, plot_r2, plot_profiles, plot_trajectories):
-            staged += fn(df, staging, formats, notes)
+        try:
+            for fn in (plot_spectra, plot_r2, plot_profiles, plot_trajectories):
+                staged += fn(df, staging, formats, notes)
+        except OSError as exc:  # a full or read-only disk while drawing
+            raise ReprscopeError(f"cannot write figures into '{out}': {exc.strerror or exc}; nothing was written",
+                                 arg="out") from None
         if not staged:
             raise ReprscopeError("no figure can be drawn from these tables: " + "; ".join(notes))
         clash = [p.name for p in staged if (out / p.name).is_dir()]

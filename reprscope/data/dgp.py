@@ -13,9 +13,14 @@ from typing import List
 import numpy as np
 import torch
 
+from ..errors import ReprscopeError
 from ..params import Param
 from .base import DATASETS, GeneratedDataset, Samples
 
+
+#: Most rounds of a rejection sampler (each accepts a fixed fraction of what is left, so this is never reached
+#: within the parameters' ranges).
+_MAX_ROUNDS = 100_000
 
 def sample_vmf(mu: np.ndarray, kappa: float, rng: np.random.Generator) -> np.ndarray:
     """Draw one von Mises–Fisher sample around each row of ``mu`` (Wood 1994), vectorised.
@@ -33,13 +38,17 @@ def sample_vmf(mu: np.ndarray, kappa: float, rng: np.random.Generator) -> np.nda
     c = kappa * x0 + (m - 1) * np.log(1 - x0**2)
     w = np.empty(n)
     todo = np.arange(n)
-    while todo.size:
+    for _ in range(_MAX_ROUNDS):
+        if not todo.size:
+            break
         z = rng.beta((m - 1) / 2, (m - 1) / 2, size=todo.size)
         cand = (1 - (1 + b) * z) / (1 - (1 - b) * z)
         u = rng.uniform(size=todo.size)
         ok = kappa * cand + (m - 1) * np.log(1 - x0 * cand) - c >= np.log(u)
         w[todo[ok]] = cand[ok]
         todo = todo[~ok]
+    if todo.size:
+        raise ReprscopeError(f"the von Mises-Fisher sampler did not converge for κ = {kappa}; use a style_spread in range")
     v = rng.standard_normal((n, m))
     v -= np.sum(v * mu, axis=1, keepdims=True) * mu
     v /= np.linalg.norm(v, axis=1, keepdims=True)
@@ -64,8 +73,9 @@ class ContentStyleDGP(GeneratedDataset):
         Param("latent_dim", 10, "int", "d: number of latents = observation dimension", low=1),
         Param("content_dims", 5, "int", "d_c: the first d_c latents are content (shared within a pair)", low=0),
         Param("space", "box", "choice", "latent space: hyperbox [0,1]^d or hypersphere S^{d-1}", choices=("box", "sphere")),
-        Param("style_spread", 0.1, "float", "std of the style conditional (box: Gaussian σ; sphere: vMF κ = 1/σ²)",
-              low=0, low_open=True),
+        Param("style_spread", 0.1, "float", "std of the style conditional (box: Gaussian σ; sphere: vMF κ = 1/σ²), "
+              "in [1e-4, 10] (beyond, the box's rejection sampler or the sphere's κ stop being finite work)",
+              low=1e-4, high=10.0),
         Param("mixing", "mlp", "choice", "g: invertible MLP or a single linear map", choices=("mlp", "linear")),
         Param("mix_layers", 3, "int", "number of layers of the mixing MLP", low=1),
         Param("slope", 0.2, "float", "LeakyReLU slope between mixing layers", low=0, low_open=True, high=1),
@@ -135,9 +145,13 @@ class ContentStyleDGP(GeneratedDataset):
             style = z[:, dc:]
             new = style + sigma * rng.standard_normal(style.shape)
             bad = (new < 0) | (new > 1)
-            while bad.any():  # truncate to the box by resampling the offending entries
+            for _ in range(_MAX_ROUNDS):  # truncate to the box by resampling the offending entries
+                if not bad.any():
+                    break
                 new[bad] = style[bad] + sigma * rng.standard_normal(int(bad.sum()))
                 bad = (new < 0) | (new > 1)
+            else:
+                raise ReprscopeError(f"style_spread {sigma} leaves the box too often to sample; use a smaller one")
             out[:, dc:] = new
             return out
         kappa = 1.0 / sigma**2

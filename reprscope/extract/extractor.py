@@ -20,6 +20,10 @@ from ..formats.base import LoadedModel
 from .store import StoreWriter
 
 
+#: Most augmented views of one extraction (every view is a full forward pass over the data set).
+MAX_VIEWS = 1024
+
+
 def view_names(n_aug: int, clean: bool = True) -> List[str]:
     """``["clean", "aug1", …, "augK"]``."""
     return (["clean"] if clean else []) + [f"aug{i + 1}" for i in range(n_aug)]
@@ -38,6 +42,8 @@ def extract(model: LoadedModel, dataset: GeneratedDataset, out: os.PathLike | st
     Returns:
         The path of the finished ``.h5``.
     """
+    if views > MAX_VIEWS:
+        raise ReprscopeError(f"views must be at most {MAX_VIEWS}, got {views}", arg="views")
     if views < 0 or (views == 0 and not clean):
         raise ReprscopeError("views must be >= 1 (or >= 0 with the clean view)", arg="views")
     if batch_size < 1:

@@ -6,8 +6,15 @@ turns every problem into one clear line.
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
+import shutil
+
+try:
+    import resource
+except ImportError:  # not on POSIX
+    resource = None
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -18,10 +25,44 @@ import numpy as np
 from .. import __version__
 from ..metrics._core import HeadModule, LayerData
 from ..errors import ReprscopeError
+from ..models.heads import spec_problem
 
 SPACES = ("encoder", "intermediate", "projector", "predictor")
 REQUIRED_ATTRS = ("reprscope_version", "created", "source", "method", "dataset", "n", "views", "seed", "step")
 JSON_ATTRS = ("dataset", "views", "augmentation")
+
+
+def remove_stale_partials(path: Path) -> List[Path]:
+    """Remove the ``.partial`` files of ``path`` left by extractions whose process is gone (killed, crashed);
+    a partial of a running process is left alone. Returns what was removed."""
+    removed = []
+    for p in path.parent.glob(f".{glob.escape(path.name)}.*.partial"):
+        try:
+            pid = int(p.name[len(path.name) + 2:-len(".partial")])
+        except ValueError:
+            continue
+        if pid == os.getpid() or _alive(pid):
+            continue
+        try:
+            p.unlink()
+            removed.append(p)
+        except OSError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+#: Bytes kept free beyond a write's own size (HDF5's metadata, chunk index and superblock updates).
+ROOM_MARGIN = 1 << 20
 
 
 class StoreWriter:
@@ -38,10 +79,19 @@ class StoreWriter:
                  attrs: Dict[str, Any], chunk: int = 4096, growable: bool = False):
         self.path = Path(path)
         self.growable, self.written = bool(growable), 0
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_dir():
+            raise ReprscopeError(f"out '{self.path}' is a folder; give the .h5 file to write", arg="out")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ReprscopeError(f"cannot create the folder of '{self.path}': {exc.strerror or exc}", arg="out") from None
+        remove_stale_partials(self.path)
         self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial")
         self.n, self.views = int(n), list(views)
-        self.f = h5py.File(self.tmp, "w")
+        try:
+            self.f = h5py.File(self.tmp, "w")
+        except OSError as exc:
+            raise ReprscopeError(f"cannot write '{self.path}': {exc.strerror or exc}", arg="out") from None
         base = {"reprscope_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "n": self.n, "views": self.views}
         for k, v in {**base, **attrs}.items():
@@ -60,9 +110,28 @@ class StoreWriter:
             ds.attrs.update({"dim": int(dim), "space": space, "order": int(order)})
             self.layers[name] = ds
 
+    def ensure_room(self, nbytes: int) -> None:
+        """Refuse, before writing, ``nbytes`` that would not fit: the free space of the output's file system and
+        the process's file-size limit, with a margin for HDF5's own metadata. HDF5 cannot recover from a write
+        that fails half-way (the library crashes the process at exit), so a full disk is caught here instead."""
+        need = int(nbytes * 1.1) + ROOM_MARGIN
+        try:
+            room = shutil.disk_usage(self.tmp.parent).free
+        except OSError:
+            return
+        soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0] if resource is not None else -1
+        if soft not in (-1, getattr(resource, "RLIM_INFINITY", -1)):
+            used = self.tmp.stat().st_size if self.tmp.exists() else 0
+            room = min(room, soft - used)
+        if need > room:
+            raise ReprscopeError(f"cannot write '{self.path}': not enough space ({need:,} more bytes needed, "
+                                 f"{max(room, 0):,} available); nothing was written", arg="out")
+
     def write_meta(self, index: np.ndarray, latents: Optional[np.ndarray] = None, latent_names: Sequence[str] = (),
                    content_mask: Optional[Sequence[bool]] = None, labels: Optional[np.ndarray] = None,
                    labels_coarse: Optional[np.ndarray] = None) -> None:
+        extra = sum(np.asarray(a).nbytes for a in (latents, labels, labels_coarse) if a is not None)
+        self.ensure_room(np.asarray(index).size * 8 + extra)
         self.f["index"][:] = np.asarray(index, dtype=np.int64)
         if latents is not None:
             ds = self.f.create_dataset("latents", data=np.asarray(latents, dtype=np.float32))
@@ -75,6 +144,7 @@ class StoreWriter:
 
     def write_module(self, part: str, spec: List[Dict[str, Any]], state: Dict[str, np.ndarray]) -> None:
         """A head under ``/modules/<part>``: its spec as JSON and its float32 parameters/buffers."""
+        self.ensure_room(sum(np.asarray(v).size * 4 for v in state.values()))
         grp = self.f.require_group("modules").create_group(part)
         grp.attrs["spec"] = json.dumps(spec)
         for k, v in state.items():
@@ -84,6 +154,7 @@ class StoreWriter:
 
     def write_batch(self, start: int, outputs: Dict[str, np.ndarray]) -> None:
         """``outputs[layer]`` is (V, b, d) for samples ``start:start+b``."""
+        self.ensure_room(sum(a.size * 4 for a in outputs.values()))
         for name, arr in outputs.items():
             self.layers[name][:, start : start + arr.shape[1], :] = arr
 
@@ -135,6 +206,8 @@ class StoreWriter:
     def abort(self) -> None:
         try:
             self.f.close()
+        except Exception:  # noqa: BLE001 - a file that failed to write may fail to close; it is removed anyway
+            pass
         finally:
             if self.tmp.exists():
                 self.tmp.unlink()
@@ -146,11 +219,19 @@ class StoreWriter:
         if exc_type is None:
             try:
                 self.close()
+            except (OSError, RuntimeError) as err:  # the disk filled up or went read-only while finishing
+                self.abort()
+                raise ReprscopeError(f"cannot write '{self.path}': {getattr(err, 'strerror', None) or err}; nothing "
+                                     "was written",
+                                     arg="out") from None
             except BaseException:
                 self.abort()
                 raise
         else:
             self.abort()
+            if isinstance(exc, OSError):  # h5py reports a failed write as an OSError
+                raise ReprscopeError(f"cannot write '{self.path}': {exc.strerror or exc}; nothing was written",
+                                     arg="out") from None
 
 
 def _json_attr(v: Any) -> Any:
@@ -287,6 +368,9 @@ class Store:
                 return f"/modules/{part} lacks a JSON 'spec' attribute"
             if not isinstance(spec, list) or not all(isinstance(layer, dict) for layer in spec):
                 return f"/modules/{part} 'spec' must be a JSON list of layer mappings"
+            bad = spec_problem(spec)
+            if bad:
+                return f"/modules/{part} 'spec': {bad}"
         return None
 
     def close(self) -> None:

@@ -10,6 +10,7 @@ import torch
 from ..errors import ReprscopeError
 from ..io_utils import atomic_path
 from ..models.bundle import build_bundle
+from ..models.heads import spec_problem
 from . import preprocess as pp
 from .base import LoadOptions, pick_branch, register_format
 
@@ -73,6 +74,10 @@ def model_section(payload: Dict[str, Any]) -> Dict[str, Any]:
     if not isinstance(heads, dict) or not all(
             isinstance(v, list) and all(isinstance(layer, dict) for layer in v) for v in heads.values() if v is not None):
         raise ReprscopeError("config model.heads must map head names to lists of layer mappings")
+    for part, spec in heads.items():
+        bad = spec_problem(spec) if spec is not None else None
+        if bad:
+            raise ReprscopeError(f"config model.heads.{part}: {bad}")
     return model
 
 

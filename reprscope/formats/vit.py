@@ -131,6 +131,17 @@ def infer_vit(state: Mapping[str, Any], num_heads: Optional[int] = None, heads_h
     if not idx or idx != set(range(max(idx) + 1)):
         raise ReprscopeError(f"ViT blocks {sorted(idx)[:8]}: expected 'blocks.0' … 'blocks.<n-1>'")
     depth = max(idx) + 1
+    # the depth read from the key names must be backed by the file's own values: depth × block 0's size may be
+    # at most twice what the blocks store (a small file naming blocks.0 … blocks.29999 cannot build a huge model;
+    # a block of the wrong shape is left to the strict load, which names the key)
+    sizes: Dict[int, int] = {}
+    for k, v in state.items():
+        m = re.match(r"blocks\.(\d+)\.", k)
+        if m and hasattr(v, "numel"):
+            sizes[int(m.group(1))] = sizes.get(int(m.group(1)), 0) + int(v.numel())
+    if depth * sizes.get(0, 0) > 2 * sum(sizes.values()) + 1_000_000:
+        raise ReprscopeError(f"the key names describe a {depth}-block ViT ({depth * sizes.get(0, 0):,} values in its "
+                             f"blocks) but the file stores {sum(sizes.values()):,}; refused before building it")
     fc1, fc2 = _shape(state, "blocks.0.mlp.fc1.weight"), _shape(state, "blocks.0.mlp.fc2.weight")
     if fc1 is None:
         have = sorted({k.split(".")[3] for k in state if k.startswith("blocks.0.mlp.") and k.count(".") >= 4})

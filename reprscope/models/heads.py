@@ -53,6 +53,28 @@ def build_layer(spec: Dict[str, Any]) -> nn.Module:
     raise ReprscopeError(f"unknown head layer type {t!r}; valid: linear, weightnorm_linear, batchnorm, relu, gelu, leaky_relu, l2norm")
 
 
+#: Most units of one head layer read from a file (a width beyond is refused before anything is built).
+MAX_WIDTH = 1 << 20
+
+_NEEDS = {"linear": ("in", "out"), "weightnorm_linear": ("in", "out"), "batchnorm": ("in",), "relu": (), "gelu": (),
+          "leaky_relu": (), "l2norm": ()}
+
+
+def spec_problem(spec: Any) -> Optional[str]:
+    """What is wrong with a layer-spec list read from a file (None when nothing): a known type for every
+    layer and whole-number widths in [1, MAX_WIDTH] where the type needs them."""
+    if not isinstance(spec, list):
+        return "a head spec must be a list of layer mappings"
+    for i, layer in enumerate(spec):
+        if not isinstance(layer, dict) or layer.get("type") not in _NEEDS:
+            return f"layer {i} has no known type (valid: {', '.join(_NEEDS)})"
+        for k in _NEEDS[layer["type"]]:
+            v = layer.get(k)
+            if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= MAX_WIDTH:
+                return f"layer {i} ({layer['type']}) needs '{k}' as a whole number in [1, {MAX_WIDTH}], got {v!r:.40}"
+    return None
+
+
 def build_head(spec: List[Dict[str, Any]]) -> nn.Sequential:
     """``nn.Sequential`` from a layer-spec list (empty list → identity head)."""
     return nn.Sequential(*[build_layer(s) for s in spec])

@@ -37,12 +37,12 @@ OPTIM_PARAMS = [
     Param("grad_clip", None, "float", "clip the gradient norm to this value", low=0, low_open=True, nullable=True),
 ]
 TRAIN_PARAMS = [
-    Param("batch_size", 256, "int", "samples per step (each gives two views)", low=2),
-    Param("epochs", 10, "int", "epochs of the data set's nominal epoch length", low=1),
-    Param("steps", None, "int", "total steps (overrides epochs)", low=1, nullable=True),
+    Param("batch_size", 256, "int", "samples per step (each gives two views), at most 2**20", low=2, high=1 << 20),
+    Param("epochs", 10, "int", "epochs of the data set's nominal epoch length", low=1, high=1 << 31),
+    Param("steps", None, "int", "total steps (overrides epochs)", low=1, high=1 << 40, nullable=True),
     Param("save_every", 1, "int", "checkpoint every N epochs (0: only last.pt)", low=0),
     Param("save_every_steps", None, "int", "checkpoint every N steps (overrides save_every)", low=1, nullable=True),
-    Param("seed", 0, "int", "seed of the model initialisation and the training stream", low=0),
+    Param("seed", 0, "int", "seed of the model initialisation and the training stream", low=0, high=2 ** 63 - 1),
     Param("device", "auto", "str", "cpu, cuda, cuda:1 … or auto"),
     Param("log_every", 10, "int", "log the loss every N steps", low=1),
     Param("amp", "auto", "choice", "autocast: bf16, fp16, none, or auto (bf16 on CUDA, none on CPU)",
@@ -75,8 +75,8 @@ def load_config_file(path: str | Path) -> Dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ReprscopeError(f"config file '{path}' does not exist")
-    text = path.read_text()
     try:
+        text = path.read_text()
         if path.suffix.lower() == ".toml":
             import tomllib
 

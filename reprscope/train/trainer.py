@@ -173,6 +173,8 @@ def train(config: Dict[str, Any], out_dir: str | Path, resume: bool = False, pro
           on_log: Optional[Callable[[int, Dict[str, float]], None]] = None) -> TrainResult:
     """Train ``config`` (a resolved config, see ``train.config.resolve_config``) into ``out_dir``."""
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ReprscopeError(f"the run folder '{out_dir}' is a file; give a folder name", arg="out")
     tcfg, ocfg = config["train"], config["optim"]
     device = resolve_device(tcfg["device"])
     started_dist = not dist.is_distributed()
@@ -240,6 +242,9 @@ def _train(config, out_dir, resume, progress, on_log, device, di: dist.DistInfo)
     metrics: Dict[str, float] = {}
     checkpoints: List[Path] = []
     last = out_dir / "last.pt"
+    if not resume and (last.exists() or any(out_dir.glob("ckpt-*.pt"))):
+        raise ReprscopeError(f"'{out_dir}' already holds a run (its checkpoints would mix with this one's); resume "
+                             "it, or train into another folder", arg="resume")
     if resume:
         # last.pt is only written when a run finishes; an interrupted run resumes from its newest ckpt-*.pt
         src = last if last.is_file() else max(out_dir.glob("ckpt-*.pt"), default=None)
@@ -295,7 +300,12 @@ def _train(config, out_dir, resume, progress, on_log, device, di: dist.DistInfo)
     def save(path: Path, step: int) -> None:
         p = payload(step, metrics)  # every rank takes part in gathering the rng states
         if di.is_main:
-            save_native(path, p)
+            try:
+                save_native(path, p)
+            except (OSError, RuntimeError) as exc:  # a full or read-only disk (torch reports it as RuntimeError)
+                what = " ".join(str(exc).split())[:200] or type(exc).__name__
+                raise ReprscopeError(f"cannot write the checkpoint '{path}' ({what}); the checkpoints written "
+                                     "before it are kept and a run can resume from them", arg="out") from None
 
     def monitor(step: int) -> None:
         if has_labels and di.is_main:
