@@ -30,7 +30,8 @@ outputs) are skipped with a note the pipeline keeps only when a source has no en
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, Optional
 
 import numpy as np
 import torch
@@ -292,6 +293,9 @@ _JAC_GATHER = 1024
 #: Batches of a linear projector's numpy path read at once and computed side by side (see :func:`tangent`).
 _SIDE_BY_SIDE_BATCHES = 8
 
+#: The InfoNCE terms averaged over batches.
+_TERMS = ("infonce", "invariance", "repulsion", "upper_bound")
+
 
 def jacobian_residual(head: nn.Sequential, h: torch.Tensor, dh: torch.Tensor, block: int = _JAC_SIDE_BLOCK
                       ) -> torch.Tensor:
@@ -316,6 +320,163 @@ def jacobian_residual(head: nn.Sequential, h: torch.Tensor, dh: torch.Tensor, bl
     parts = map_side_by_side(lambda s0: _jacobian_residual_block(head, h[s0:s0 + block], dh[s0:s0 + block]),
                              starts, h.device)
     return torch.cat(parts) if parts else h.new_zeros(0)
+
+
+@dataclass
+class ProjectorMap:
+    """The stored projector g as the tangent analysis uses it.
+
+    Attributes:
+        head: g as a float64 ``nn.Sequential`` in eval mode on ``device``; ``d``, ``d_proj``: its input and output
+        widths; ``linear``: g is affine, with ``lin`` (d_proj, d) its linear part and ``basis`` (d, r) an
+        orthonormal basis of the row space of ``lin`` (numpy when ``use_numpy``); ``use_numpy``: an affine g on
+        the CPU runs in numpy as g(h) = M h + g(0), with ``m_np`` = M and ``g0`` = g(0).
+    """
+
+    head: nn.Sequential
+    d: int
+    d_proj: int
+    linear: bool
+    device: torch.device
+    lin: Optional[torch.Tensor] = None
+    basis: Any = None
+    use_numpy: bool = False
+    m_np: Optional[np.ndarray] = None
+    g0: Optional[np.ndarray] = None
+
+
+def projector_map(module: HeadModule, d: int, device: torch.device) -> "ProjectorMap | str":
+    """The :class:`ProjectorMap` of a stored projector for d-dimensional encoder outputs, or the reason it cannot
+    be used (non-finite weights, a head that does not take d inputs)."""
+    bad = sorted(k for k, w in module.params.items() if not np.isfinite(np.asarray(w, dtype=np.float64)).all())
+    if bad:
+        return (f"skipped: the stored projector has non-finite entries in {', '.join(bad)}; "
+                "its column space and hardest negatives are undefined")
+    head = load_head(module, device)
+    try:
+        with torch.no_grad():
+            d_proj = int(head(torch.zeros(2, d, dtype=torch.float64, device=device)).shape[1])
+    except RuntimeError as e:
+        return (f"the stored projector cannot take this layer's {d}-dimensional embeddings; skipped "
+                f"({str(e).splitlines()[0]})")
+    linear = is_linear_head(module.spec)
+    pm = ProjectorMap(head, d, d_proj, linear, device)
+    if linear:
+        pm.lin = linear_map(head, d).to(device)
+        pm.basis = row_space_basis(pm.lin)
+    # A linear projector on the CPU runs in numpy: the head as its affine map g(h) = M h + g(0) (one product
+    # per batch), the similarities as one symmetric product, numpy's fast float64 exp; torch (on one thread)
+    # only built the map. Elsewhere (an accelerator, a non-linear projector's Jacobians) torch on the device.
+    pm.use_numpy = linear and device.type == "cpu"
+    if pm.use_numpy:
+        with single_torch_thread(device):
+            pm.m_np = pm.lin.numpy()  # (d_proj, d)
+            pm.g0 = head(torch.zeros(1, d, dtype=torch.float64)).numpy()[0]
+        pm.basis = pm.basis.numpy()
+    return pm
+
+
+def jacobian_subset(n_used: int, max_samples: int, seed: int) -> "tuple[np.ndarray, Optional[str]]":
+    """(n_used,) bool: the samples whose Jacobian enters fvu for a non-linear projector (all, or a seeded subset
+    of ``max_samples``), and a note when it is a subset."""
+    mask = np.ones(n_used, dtype=bool)
+    if n_used <= max_samples:
+        return mask, None
+    mask[:] = False
+    mask[np.random.default_rng(seed).choice(n_used, max_samples, replace=False)] = True
+    return mask, (f"fvu of the non-linear projector from its Jacobian at {max_samples} of {n_used} samples "
+                  "(max_jacobian_samples)")
+
+
+def linear_fvu_terms(dh: np.ndarray, basis: np.ndarray) -> "tuple[float, float]":
+    """(Σ‖δh − P δh‖², Σ‖δh‖²) of a batch, P the projection onto the row space spanned by ``basis`` (d, r)."""
+    den = float((dh * dh).sum())
+    proj = dh @ basis  # coordinates of δh in the orthonormal basis of col(W)
+    num = den - float((proj * proj).sum())  # Pythagoras: ‖δh‖² − ‖P δh‖²
+    if num < _PYTHAGORAS_MIN * den:  # most of δh lies in col(W): subtract explicitly, no cancellation
+        r = dh - proj @ basis.T
+        num = float((r * r).sum())
+    return num, den
+
+
+def batch_contribution(pm: ProjectorMap, batch: np.ndarray, beta: float) -> dict:
+    """What one batch (2, B, d) of two views contributes: its InfoNCE terms, hardest-negative columns and
+    distance sums, and the FVU sums (linear projector) or its (h⁽¹⁾, δh) for the Jacobians."""
+    b, d = batch.shape[1], pm.d
+    if pm.use_numpy:
+        hcat = np.ascontiguousarray(batch, dtype=np.float64).reshape(2 * b, d)  # [h⁽¹⁾; h⁽²⁾]
+        g = hcat @ pm.m_np.T
+        g += pm.g0
+        out = contrastive_batch_np(_unit_rows_np(g), beta)
+    else:
+        hcat = torch.from_numpy(np.ascontiguousarray(batch)).to(pm.device).reshape(2 * b, d)
+        z = normalise(pm.head(hcat))
+        out = contrastive_batch(z[:b], z[b:], beta)
+    h1, h2 = hcat[:b], hcat[b:]
+    cols = out["hardest"][:b]  # view-1 anchors (the paper's h̃*_i)
+    h_star = hcat[cols]
+    dh = h2 - h_star
+    part = {"b": b, "terms": {k: float(out[k]) for k in _TERMS}, "dist": (_norm_sum(h1 - h_star), _norm_sum(h1)),
+            "src": np.asarray(cols.cpu() if isinstance(cols, torch.Tensor) else cols) % b}
+    if pm.linear:
+        part["fvu"] = linear_fvu_terms(dh, pm.basis)
+    else:
+        part["h1"], part["dh"] = h1, dh
+    return part
+
+
+def contributions(pm: ProjectorMap, data: LayerData, views: "tuple[int, int]", batch_size: int,
+                  beta: float) -> Iterator[dict]:
+    """:func:`batch_contribution` of every batch of ≥ 2 kept samples, in order. On the CPU a linear projector's
+    batches are independent and run side by side, a few at a time, gathered in batch order (the same sums as
+    one after another)."""
+    batches = (bt for bt in data.batches(list(views), batch_size) if bt.shape[1] >= 2)
+    part = lambda bt: batch_contribution(pm, bt, beta)  # noqa: E731
+    if not pm.use_numpy:
+        with torch.no_grad():
+            yield from (part(bt) for bt in batches)
+        return
+    group: list = []
+    for bt in batches:
+        group.append(bt)
+        if len(group) == _SIDE_BY_SIDE_BATCHES:
+            yield from map_side_by_side(part, group, pm.device)
+            group = []
+    yield from map_side_by_side(part, group, pm.device)
+
+
+@dataclass
+class TangentSums:
+    """Running sums over batches (the sufficient statistics of every tangent metric)."""
+
+    terms: Dict[str, float] = field(default_factory=lambda: {k: 0.0 for k in _TERMS})
+    n_batches: int = 0
+    fvu_num: float = 0.0
+    fvu_den: float = 0.0
+    dist_num: float = 0.0
+    dist_den: float = 0.0
+    agree: Dict[str, int] = field(default_factory=dict)
+    samples: int = 0
+
+
+class _JacobianFVU:
+    """FVU sums of a non-linear projector: (h⁽¹⁾, δh) of the chosen samples gathered over batches, their
+    Jacobian residuals computed in blocks of at most ``rows`` samples."""
+
+    def __init__(self, pm: ProjectorMap, rows: int):
+        self.pm, self.rows, self.gathered = pm, rows, []
+
+    def add(self, h1: torch.Tensor, dh: torch.Tensor, sums: TangentSums) -> None:
+        self.gathered.append((h1, dh))
+        if sum(len(x) for x, _ in self.gathered) >= _JAC_GATHER:
+            self.flush(sums)
+
+    def flush(self, sums: TangentSums) -> None:
+        if self.gathered:
+            hs, dhs = torch.cat([x for x, _ in self.gathered]), torch.cat([y for _, y in self.gathered])
+            self.gathered.clear()
+            sums.fvu_num += float(jacobian_residual(self.pm.head, hs, dhs, block=min(_JAC_SIDE_BLOCK, self.rows)).sum())
+            sums.fvu_den += float((dhs * dhs).sum())
 
 
 @declare(
@@ -361,152 +522,63 @@ def tangent(data: LayerData, batch_size: int = 512, temperature: float = 0.5, ma
         Undefined values (all δh zero, all h⁽¹⁾ zero) become notes.
     """
     res = Result()
-    bad = sorted(k for k, w in data.modules["projector"].params.items() if not np.isfinite(np.asarray(w, dtype=np.float64)).all())
-    if bad:
-        res.notes.append(f"skipped: the stored projector has non-finite entries in {', '.join(bad)}; "
-                         "its column space and hardest negatives are undefined")
-        return res
     i1, i2 = data.aug_view_ids()[:2]
     view = f"{data.views[i1]}|{data.views[i2]}"
     device = torch.device(data.device)
-    head = load_head(data.modules["projector"], device)
-    d = data.dim
-    try:
-        with torch.no_grad():
-            d_proj = int(head(torch.zeros(2, d, dtype=torch.float64, device=device)).shape[1])
-    except RuntimeError as e:
-        res.notes.append(f"the stored projector cannot take this layer's {d}-dimensional embeddings; skipped ({str(e).splitlines()[0]})")
+    pm = projector_map(data.modules["projector"], data.dim, device)
+    if isinstance(pm, str):
+        res.notes.append(pm)
         return res
-    beta = 1.0 / temperature
-    linear = is_linear_head(data.modules["projector"].spec)
-    lin = linear_map(head, d).to(device) if linear else None
-    basis = row_space_basis(lin) if linear else None
-
     n = data.n
     n_used = n - 1 if n % batch_size == 1 else n
     if n_used < n:
         res.notes.append("one sample left over in a last batch of size 1 was not used")
-    if linear:
-        jac_mask = None
-    else:
-        jac_mask = np.ones(n_used, dtype=bool)
-        if n_used > max_jacobian_samples:
-            jac_mask[:] = False
-            jac_mask[np.random.default_rng(seed).choice(n_used, max_jacobian_samples, replace=False)] = True
-            res.notes.append(f"fvu of the non-linear projector from its Jacobian at {max_jacobian_samples} of {n_used} samples (max_jacobian_samples)")
-    labels = {"fine": data.labels, "coarse": data.labels_coarse}
-    labels = {k: np.asarray(v) for k, v in labels.items() if v is not None}
-
-    sums = {"infonce": 0.0, "invariance": 0.0, "repulsion": 0.0, "upper_bound": 0.0}
-    n_batches = 0
-    fvu_num = fvu_den = dist_num = dist_den = 0.0
-    agree = {k: 0 for k in labels}
-    off = 0
-    widths = [d] + [int(x[k]) for x in data.modules["projector"].spec for k in ("in", "out") if k in x]
-    jac_rows = max(1, _JAC_BLOCK_ELEMS // max(1, d_proj * max(widths)))
-    gathered: list = []
-
-    def flush(num: float, den: float) -> "tuple[float, float]":
-        """Add the gathered samples' FVU numerator and denominator (blocks of ≤ jac_rows samples)."""
-        if gathered:
-            hs, dhs = torch.cat([x for x, _ in gathered]), torch.cat([y for _, y in gathered])
-            gathered.clear()
-            num += float(jacobian_residual(head, hs, dhs, block=min(_JAC_SIDE_BLOCK, jac_rows)).sum())
-            den += float((dhs * dhs).sum())
-        return num, den
-
-    # A linear projector on the CPU runs in numpy: the head as its affine map g(h) = M h + g(0) (one product
-    # per batch), the similarities as one symmetric product, numpy's fast float64 exp; torch (on one thread)
-    # only built the map. Its batches are independent and run side by side on the cores, a few at a time,
-    # their contributions added in batch order (the same sums as one after another). Elsewhere (an
-    # accelerator, a non-linear projector's Jacobians) the batches run in torch on data.device, in turn.
-    use_numpy = linear and device.type == "cpu"
-    if use_numpy:
-        with single_torch_thread(device):
-            m_np = lin.numpy()  # (d_proj, d)
-            g0 = head(torch.zeros(1, d, dtype=torch.float64)).numpy()[0]
-        basis = basis.numpy()
-
-    def batch_part(batch: np.ndarray) -> dict:
-        """What one batch contributes: its InfoNCE terms, hardest-negative columns and distance sums, and the
-        FVU sums (linear projector) or its (h⁽¹⁾, δh) for the Jacobians."""
-        b = batch.shape[1]
-        if use_numpy:
-            hcat = np.ascontiguousarray(batch, dtype=np.float64).reshape(2 * b, d)  # [h⁽¹⁾; h⁽²⁾]
-            g = hcat @ m_np.T
-            g += g0
-            out = contrastive_batch_np(_unit_rows_np(g), beta)
+    jac_mask = None
+    if not pm.linear:
+        jac_mask, note = jacobian_subset(n_used, max_jacobian_samples, seed)
+        if note:
+            res.notes.append(note)
+    labels = {k: np.asarray(v) for k, v in {"fine": data.labels, "coarse": data.labels_coarse}.items() if v is not None}
+    widths = [pm.d] + [int(x[k]) for x in data.modules["projector"].spec for k in ("in", "out") if k in x]
+    jac = _JacobianFVU(pm, max(1, _JAC_BLOCK_ELEMS // max(1, pm.d_proj * max(widths))))
+    sums = TangentSums(agree={k: 0 for k in labels})
+    for part in contributions(pm, data, (i1, i2), batch_size, 1.0 / temperature):
+        b, off = part["b"], sums.samples
+        for k in _TERMS:
+            sums.terms[k] += part["terms"][k]
+        sums.n_batches += 1
+        sums.dist_num += part["dist"][0]
+        sums.dist_den += part["dist"][1]
+        if pm.linear:
+            sums.fvu_num += part["fvu"][0]
+            sums.fvu_den += part["fvu"][1]
         else:
-            hcat = torch.from_numpy(np.ascontiguousarray(batch)).to(device).reshape(2 * b, d)
-            z = normalise(head(hcat))
-            out = contrastive_batch(z[:b], z[b:], beta)
-        h1, h2 = hcat[:b], hcat[b:]
-        cols = out["hardest"][:b]  # view-1 anchors (the paper's h̃*_i)
-        h_star = hcat[cols]
-        dh = h2 - h_star
-        part = {"b": b, "terms": {k: float(out[k]) for k in sums}, "dist": (_norm_sum(h1 - h_star), _norm_sum(h1)),
-                "src": np.asarray(cols.cpu() if isinstance(cols, torch.Tensor) else cols) % b}
-        if linear:
-            den = float((dh * dh).sum())
-            proj = dh @ basis  # coordinates of δh in the orthonormal basis of col(W)
-            num = den - float((proj * proj).sum())  # Pythagoras: ‖δh‖² − ‖P δh‖²
-            if num < _PYTHAGORAS_MIN * den:  # most of δh lies in col(W): subtract explicitly, no cancellation
-                r = dh - proj @ basis.T
-                num = float((r * r).sum())
-            part["fvu"] = (num, den)
-        else:
-            part["h1"], part["dh"] = h1, dh
-        return part
-
-    def parts():
-        batches = (bt for bt in data.batches([i1, i2], batch_size) if bt.shape[1] >= 2)
-        if not use_numpy:
-            with torch.no_grad():
-                yield from (batch_part(bt) for bt in batches)
-            return
-        group: list = []
-        for bt in batches:
-            group.append(bt)
-            if len(group) == _SIDE_BY_SIDE_BATCHES:
-                yield from map_side_by_side(batch_part, group, device)
-                group = []
-        yield from map_side_by_side(batch_part, group, device)
-
-    for part in parts():
-        b = part["b"]
-        for k in sums:
-            sums[k] += part["terms"][k]
-        n_batches += 1
-        dist_num += part["dist"][0]
-        dist_den += part["dist"][1]
-        if linear:
-            fvu_num += part["fvu"][0]
-            fvu_den += part["fvu"][1]
-        else:  # the subset's (h⁽¹⁾, δh) are gathered over batches and their Jacobians computed together
             sel = torch.from_numpy(np.flatnonzero(jac_mask[off:off + b])).to(device)
-            gathered.append((part["h1"][sel], part["dh"][sel]))
-            if sum(len(x) for x, _ in gathered) >= _JAC_GATHER:
-                fvu_num, fvu_den = flush(fvu_num, fvu_den)
+            jac.add(part["h1"][sel], part["dh"][sel], sums)
         for k, lab in labels.items():
             lb = lab[off:off + b]
-            agree[k] += int((lb[part["src"]] == lb).sum())
-        off += b
+            sums.agree[k] += int((lb[part["src"]] == lb).sum())
+        sums.samples += b
+    jac.flush(sums)
+    return _rows(res, sums, view, labels)
 
-    fvu_num, fvu_den = flush(fvu_num, fvu_den)
-    if fvu_den > 0:
-        res.add("fvu", fvu_num / fvu_den, view=view)
+
+def _rows(res: Result, sums: TangentSums, view: str, labels: Dict[str, np.ndarray]) -> Result:
+    """The tangent rows (and notes for what is undefined) from the summed statistics."""
+    if sums.fvu_den > 0:
+        res.add("fvu", sums.fvu_num / sums.fvu_den, view=view)
     else:
         res.notes.append("every δh = h⁽²⁾ − h̃* is zero (collapsed or identical views); fvu is undefined")
     if labels:
         for k in ("fine", "coarse"):
             if k in labels:
-                res.add("hardest_negative_label_agreement", agree[k] / off, view=view, index=k)
+                res.add("hardest_negative_label_agreement", sums.agree[k] / sums.samples, view=view, index=k)
     else:
         res.notes.append("no labels: hardest_negative_label_agreement skipped")
-    if dist_den > 0:
-        res.add("hardest_negative_distance", dist_num / dist_den, view=view)
+    if sums.dist_den > 0:
+        res.add("hardest_negative_distance", sums.dist_num / sums.dist_den, view=view)
     else:
         res.notes.append("every h⁽¹⁾ is zero; hardest_negative_distance is undefined")
-    for k in ("infonce", "invariance", "repulsion", "upper_bound"):
-        res.add(k, sums[k] / n_batches, view=view)
+    for k in _TERMS:
+        res.add(k, sums.terms[k] / sums.n_batches, view=view)
     return res
