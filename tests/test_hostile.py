@@ -140,6 +140,20 @@ def results(tmp_path_factory):
     case("cifar_binbytes8", "train", "simclr", "--data", f"cifar10:{work / 'cifar2'}", "--steps", 1,
          "--out", work / "run_cifar2", "--quiet")
 
+    # -- STL-10 binaries of the wrong size
+    stl = work / "stl" / "stl10_binary"
+    stl.mkdir(parents=True)
+    for name in ("train_X.bin", "test_X.bin", "unlabeled_X.bin"):
+        (stl / name).write_bytes(b"\x01" * 1000)
+    for name in ("train_y.bin", "test_y.bin"):
+        (stl / name).write_bytes(b"\x01" * 3)
+    case("stl_wrong_size", "train", "simclr", "--data", f"stl10:{work / 'stl'}", "--steps", 1, "--out",
+         work / "run_stl", "--quiet")
+
+    # -- a checkpoint of another project's layout with damaged contents
+    torch.save({"teacher": [1, 2, 3], "student": {"backbone.x": torch.zeros(2)}, "epoch": "x"}, work / "dino.pt")
+    case("dino_damaged", "inspect", work / "dino.pt", "--format", "dino")
+
     # -- image folder with a symlink loop and a link out of the root
     img = work / "images"
     for c in ("a", "b"):
@@ -168,6 +182,18 @@ def results(tmp_path_factory):
     df = pd.read_csv(work / "base.csv", keep_default_na=False)
     df.loc[df.index[:3], "analyzer"] = "../../escape/" + "x" * 300
     df.to_csv(work / "evil.csv", index=False)
+    (work / "garbage.parquet").write_bytes(b"PAR1" + os.urandom(200) + b"PAR1")
+    case("parquet_garbage", "report", work / "garbage.parquet", "--out", work / "figs_pq")
+    bad = pd.read_csv(work / "base.csv", keep_default_na=False)
+    bad.loc[bad.index[0], "value"] = float("inf")
+    bad.to_csv(work / "inf.csv", index=False)
+    case("csv_non_finite", "check", FIXTURES / "tiny_dgp.h5", "--baseline", work / "inf.csv")
+    (work / "bad.toml").write_text("[default]\nrtol = 'x'\n[[rule]\n")
+    case("toml_malformed", "check", FIXTURES / "tiny_dgp.h5", "--baseline", work / "base.csv", "--tolerances",
+         work / "bad.toml")
+    (work / "bin.toml").write_bytes(bytes(range(256)))
+    case("toml_binary", "check", FIXTURES / "tiny_dgp.h5", "--baseline", work / "base.csv", "--tolerances",
+         work / "bin.toml")
     case("report_names_from_table", "report", work / "evil.csv", "--out", work / "figs", "--formats", "png")
 
     # -- usage and absurd values
@@ -191,6 +217,11 @@ def results(tmp_path_factory):
          fsize=4_000)
     case("report_disk_full", "report", work / "base.csv", "--out", work / "figs_full", "--formats", "png",
          fsize=4_000)
+    case("extract_out_on_read_only_fs", "extract", FIXTURES / "tiny_simclr.pt", "--out", "/proc/reprscope/e.h5",
+         "--quiet")
+    case("cache_on_read_only_fs", "analyze", FIXTURES / "tiny_simclr.pt", "--quiet", "--limit", 50,
+         env={"REPRSCOPE_CACHE": "/proc/reprscope-cache"})
+    case("table_on_read_only_fs", "analyze", FIXTURES / "tiny_dgp.h5", "--quiet", "--out", "/proc/t.csv")
     (work / "cachefile").write_text("x")
     case("cache_is_a_file", "analyze", FIXTURES / "tiny_simclr.pt", "--quiet", "--limit", 50,
          env={"REPRSCOPE_CACHE": str(work / "cachefile")})
@@ -219,7 +250,9 @@ REFUSED = {
     "yaml_billion_laughs": "rtol must be a finite number", "usage_unknown_option": "No such option", "usage_not_an_int": "Invalid value",
     "views_huge": "views must be at most", "style_spread_inf": "style_spread", "batch_size_absurd": "",
     "config_binary": "", "extract_out_is_folder": "is a folder", "extract_disk_full": "cannot write",
-    "cache_is_a_file": "cache folder", "train_disk_full": "cannot write", "report_disk_full": "cannot write figures", "train_again_without_resume": "already holds a run",
+    "cache_is_a_file": "cache folder", "stl_wrong_size": "not an STL-10", "dino_damaged": "",
+    "parquet_garbage": "cannot read table", "csv_non_finite": "", "toml_malformed": "", "toml_binary": "",
+    "extract_out_on_read_only_fs": "", "cache_on_read_only_fs": "cache folder", "table_on_read_only_fs": "", "train_disk_full": "cannot write", "report_disk_full": "cannot write figures", "train_again_without_resume": "already holds a run",
     "ckpt_data_path_and_download": "needs a path", "raw_vit_many_blocks": "refused before building", "h5_spec_without_in_out": "",
 }
 
@@ -255,7 +288,7 @@ def test_nothing_outside_the_named_inputs_is_opened_or_listed(results):
 def test_no_partial_or_stray_files(results):
     work = results["work"]
     assert not list(work.rglob("*.partial"))
-    for name in ("run_cifar", "run_cifar2", "run_inf", "run_bs", "run_cfg", "run_full"):
+    for name in ("run_cifar", "run_cifar2", "run_inf", "run_bs", "run_cfg", "run_full", "run_stl"):
         assert not list((work / name).glob("*.pt")) if (work / name).exists() else True, name
     assert not (work / "full.h5").exists() and not (work / "v.h5").exists()
     figs = work / "figs"
