@@ -263,9 +263,13 @@ def _write_arrays(arrays: Mapping[str, Any], out: Path, *, layers: Any = None, l
                   heads: Optional[Mapping[str, Any]] = None, spaces: Optional[Mapping[str, str]] = None,
                   progress: bool = False) -> Path:
     arrays_v = _validated_arrays(arrays, views)
-    names = list(arrays_v) if layers is None else list(layers)
-    first = arrays_v[names[0]][0] if names and names[0] in arrays_v else next(iter(arrays_v.values()))[0]
-    v, n = first.shape[0], first.shape[1]
+    names = list(arrays_v)
+    if layers is not None:
+        missing = [l for l in layers if l not in arrays_v]
+        if missing:
+            raise ReprscopeError(f"layer '{missing[0]}' is not in the arrays; they have: {', '.join(names)}")
+        names = [nm for nm in names if nm in set(layers)]
+    v, n = next(iter(arrays_v.values()))[0].shape[:2]
     meta = _array_meta(n, labels, labels_coarse, latents, latent_names, content_mask)
     sp = _spaces(names, spaces)
     view_names = list(views) if views is not None else _input.view_names(v)

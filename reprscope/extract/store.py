@@ -10,14 +10,14 @@ import glob
 import json
 import os
 import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
 
 try:
     import resource
 except ImportError:  # not on POSIX
     resource = None
-from datetime import datetime, timezone
-from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
 
 import h5py
 import numpy as np
