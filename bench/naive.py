@@ -470,7 +470,46 @@ def linear_probe(data, l2: float = 1e-4, test_fraction: float = 0.2, seed: int =
     return {(m, view, "", ""): float(r[m]) for m in ("top1", "train_top1", "loss")}
 
 
+# -- label_free --------------------------------------------------------------------------------------------
+
+
+def label_free(data, fit_start: int = 1, fit_end=None, k: int = 20, max_samples: int = 5000,
+               seed: int = 0) -> Dict[Key, float]:
+    """Covariance eigenvalues by ``np.linalg.eigvalsh(np.cov(Z))`` and α by ``np.polyfit``; the stable rank by
+    ``np.linalg.svd``; the neighbour distances of the seeded subset from scipy's full pairwise ``pdist`` matrix,
+    TwoNN and Levina–Bickel with a loop over samples."""
+    from scipy.spatial.distance import squareform
+
+    out: Dict[Key, float] = {}
+    n = data.n
+    sub = np.sort(np.random.default_rng(seed).choice(n, size=max_samples, replace=False)) if n > max_samples else None
+    for vi, name in enumerate(data.views):
+        z = data.view(vi)
+        lam = np.sort(np.linalg.eigvalsh(np.cov(z, rowvar=False)))[::-1]
+        lam = lam[lam > 1e-12 * lam[0]]
+        end = len(lam) if fit_end is None else min(fit_end, len(lam))
+        ranks = np.arange(fit_start, end + 1)
+        slope = np.polyfit(np.log(ranks), np.log(lam[fit_start - 1:end]), 1)[0]
+        out[("alpha_req", name, "", "")] = -slope
+        out[("nesum", name, "", "")] = lam.sum() / lam[0]
+        sv = np.linalg.svd(z, compute_uv=False)
+        out[("stable_rank", name, "", "")] = float(np.sum(sv ** 2) / sv[0] ** 2)
+        x = z if sub is None else z[sub]
+        dist = squareform(pdist(x))
+        np.fill_diagonal(dist, np.inf)
+        kk = min(k, len(x) - 1)
+        logs, inv = [], []
+        for i in range(len(x)):
+            r = np.sort(dist[i])[:max(2, kk)]
+            logs.append(np.log(r[1] / r[0]))
+            inv.append(np.mean(np.log(r[kk - 1] / r[:kk - 1])))
+        out[("id_twonn", name, "", "")] = len(logs) / float(np.sum(logs))
+        out[("id_mle", name, "", "")] = 1.0 / float(np.mean(inv))
+    return out
+
+
 REFERENCES: Dict[str, Tuple[Callable, Dict]] = {
+    "label_free": (label_free, {"max_samples": 2000}),
     "center": (center, {}),
     "spectrum": (spectrum, {}),
     "identifiability": (identifiability, {}),

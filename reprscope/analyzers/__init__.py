@@ -6,13 +6,13 @@ row), what it needs (two views, labels, latents, a stored projector …: a sourc
 a stated reason) and a one-line summary. The public array functions of :mod:`reprscope.metrics` and these
 analyzers call the same code, so every number has one implementation.
 """
-from ..metrics import (center, identifiability, knn, linear_probe, matrix_information, spectrum, tangent,
-                       align_uniform, vicreg, weights)
+from ..metrics import (align_uniform, center, identifiability, knn, label_free, linear_probe, matrix_information,
+                       spectrum, tangent, vicreg, weights)
 from .base import ANALYZERS, AnalyzerSpec, HeadModule, LayerData, Result, register_analyzer, register_declared, run_analyzer
 
 for _fn in (center.center, identifiability.identifiability, spectrum.spectrum, vicreg.vicreg, align_uniform.uniformity,
             knn.knn, linear_probe.linear_probe, weights.weights, tangent.tangent,
-            matrix_information.matrix_information):
+            matrix_information.matrix_information, label_free.label_free):
     register_declared(_fn)
 del _fn
 

@@ -30,6 +30,7 @@ from .align_uniform import align_terms, log_mean_exp_pairs, uniformity as _align
 from .center import center_statistics
 from .identifiability import identifiability as _identifiability_rows
 from .knn import knn as _knn_rows
+from .label_free import label_free as _label_free_rows, nesum_of, power_law_fit, stable_rank_of
 from .linear_probe import linear_probe as _linear_probe_rows
 from .matrix_information import matrix_information as _matrix_information_rows
 from .spectrum import spectrum as _spectrum_rows, spectra_of_views
@@ -120,6 +121,56 @@ def rank_abs(z: Array, *, tau_abs: float = 0.01) -> PerView:
     (τ = 0 gives the numerical rank)."""
     arr, res, data = _spectrum(z, "rank_abs", tau_abs=tau_abs)
     return _per_view([_value(res, "rank_abs", view=v) for v in data.views], arr)
+
+
+# -- label-free measures (Agrawal et al. 2022; He & Ozay 2022; Facco et al. 2017; Levina & Bickel 2004) ------
+
+
+def _label_free(z: Array, owner: str, **params: Any) -> tuple:
+    arr, dev = _input.embeddings(z, min_samples=3)
+    data = _input.layer_data(arr, dev)
+    return arr, _run(_label_free_rows, data, params, owner), data
+
+
+def alpha_req(z: Array, *, fit_start: int = 1, fit_end: Optional[int] = None) -> Dict[str, float]:
+    """α-ReQ (Agrawal et al. 2022): the power-law decay λ_k ∝ k^(−α) of the covariance eigenvalues, fitted on
+    (log k, log λ_k) over ranks ``fit_start`` … ``fit_end`` (1-based; default every positive eigenvalue).
+
+    Returns:
+        ``{"alpha": α, "r2": the fit's R², "fit_start": …, "fit_end": …}`` (the first view of (V, n, d)).
+    """
+    resolve_params("alpha_req", [p for p in _label_free_rows.declaration.params if p.name.startswith("fit_")],
+                   {k: v for k, v in {"fit_start": fit_start, "fit_end": fit_end}.items() if v is not None})
+    arr, dev = _input.embeddings(z, min_samples=2)
+    sv = spectra_of_views(_input.layer_data(arr[:1], dev))[0][0]
+    fit = power_law_fit(sv ** 2 / (arr.shape[1] - 1), fit_start, fit_end)
+    if fit is None:
+        raise ReprscopeError(f"alpha_req: fewer than two positive eigenvalues in ranks {fit_start}…{fit_end or 'end'}")
+    return {"alpha": fit.alpha, "r2": fit.r2, "fit_start": fit.start, "fit_end": fit.end}
+
+
+def nesum(z: Array) -> PerView:
+    """NESum Σ_k λ_k/λ_1 of the covariance eigenvalues (He & Ozay 2022)."""
+    arr, dev = _input.embeddings(z, min_samples=2)
+    return _per_view([nesum_of(sv) for sv, _ in spectra_of_views(_input.layer_data(arr, dev))], arr)
+
+
+def stable_rank(z: Array) -> PerView:
+    """Stable rank ‖Z‖_F²/‖Z‖₂² = Σσ_k²/σ_1² of the uncentred embeddings."""
+    arr, dev = _input.embeddings(z, min_samples=2)
+    return _per_view([stable_rank_of(su) for _, su in spectra_of_views(_input.layer_data(arr, dev))], arr)
+
+
+def intrinsic_dimension(z: Array, *, method: str = "twonn", k: int = 20, max_samples: int = 5000,
+                        seed: int = 0) -> PerView:
+    """Intrinsic dimension from exact nearest neighbours: ``twonn`` (Facco et al. 2017, maximum-likelihood form)
+    or ``mle`` (Levina & Bickel 2004 with ``k`` neighbours, MacKay–Ghahramani average), on a seeded subset of
+    at most ``max_samples`` samples."""
+    if method not in ("twonn", "mle"):
+        raise ReprscopeError(f"The 'method' parameter of intrinsic_dimension must be 'twonn' or 'mle'. Got {method!r} instead.")
+    arr, res, data = _label_free(z, "intrinsic_dimension", k=k, max_samples=max_samples, seed=seed)
+    metric = "id_twonn" if method == "twonn" else "id_mle"
+    return _per_view([_value(res, metric, view=v) for v in data.views], arr)
 
 
 # -- center vector ------------------------------------------------------------------------------------------
@@ -475,8 +526,9 @@ def tangent_fvu(h: Array, projector: Union[nn.Module, HeadModule], **kwargs: Any
 
 __all__ = [
     "ReprscopeWarning", "alignment", "alignment_uniformity", "center_metrics", "center_norm", "center_vector",
-    "effective_rank", "head_module", "joint_entropy", "knn_accuracy", "linear_probe_accuracy", "matrix_entropy",
-    "matrix_information_metrics", "matrix_js", "matrix_kl", "matrix_mutual_information", "r2_latents", "rank_abs",
+    "alpha_req", "effective_rank", "head_module", "intrinsic_dimension", "joint_entropy", "knn_accuracy", "linear_probe_accuracy", "matrix_entropy",
+    "matrix_information_metrics", "matrix_js", "matrix_kl", "matrix_mutual_information", "nesum", "r2_latents",
+    "rank_abs", "stable_rank",
     "rank_tau", "rankme", "residual_norms", "singular_values", "tangent_fvu", "tangent_metrics", "total_coding_rate",
     "uniformity", "vicreg_statistics", "weight_ranks",
 ]
