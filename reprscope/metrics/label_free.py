@@ -146,7 +146,8 @@ def label_free(data: LayerData, fit_start: int = 1, fit_end: Optional[int] = Non
     if n > max_samples:
         sub = np.sort(np.random.default_rng(seed).choice(n, size=max_samples, replace=False))
         res.notes.append(f"intrinsic dimension on a random subset of {max_samples} of {n} samples (seed {seed})")
-    picked = data.take(sub) if sub is not None else None
+    # the (subset of) samples of every view, read in one pass over the layer (only the subset is held)
+    subset = np.concatenate(list((data if sub is None else data.take(sub)).chunks(dtype=np.float64)), axis=1)
     kk = min(k, (n if sub is None else max_samples) - 1)
     if kk < k:
         res.notes.append(f"k={k} exceeds the samples; id_mle uses k={kk}")
@@ -166,7 +167,7 @@ def label_free(data: LayerData, fit_start: int = 1, fit_end: Optional[int] = Non
                 res.add("alpha_req_fit_start", float(fit.start), view=name)
                 res.add("alpha_req_fit_end", float(fit.end), view=name)
         res.add("stable_rank", stable_rank_of(sv_unc), view=name)
-        x = (data if sub is None else picked).view(vi)  # only the subset is held in memory
+        x = subset[vi]
         r = nearest_distances(x, max(2, kk))
         for metric, value in (("id_twonn", twonn_dimension(r)), ("id_mle", levina_bickel_dimension(r, kk))):
             if value is None:
