@@ -76,7 +76,7 @@ CLI_FLAGS = {"views": "--views", "batch_size": "--batch-size", "limit": "--limit
              "preprocess": "--preprocess", "branch": "--branch", "arch": "--arch", "fmt": "--format",
              "metrics": "--metrics/--layers", "layers": "--layers", "analyzers": "--analyzers", "params": "--param",
              "out": "--out", "device": "--device", "set_data": "--set", "config": "--set/--config", "resume": "--resume",
-             "scale": "--scale"}
+             "scale": "--scale", "compare": "--compare"}
 
 
 def _fail(msg: str, code: int = 2) -> None:
@@ -236,6 +236,8 @@ def analyze(
     branch: Optional[str] = typer.Option(None, "--branch", help=BRANCH_HELP),
     arch: Optional[str] = typer.Option(None, "--arch", help=ARCH_HELP),
     preprocess: str = typer.Option("source", "--preprocess", help=PREPROCESS_HELP),
+    compare: Optional[Path] = typer.Option(None, "--compare", help="A checkpoint or .h5 store of the same inputs: "
+                                           "similarity compares every layer of each SOURCE with every layer of it."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar and no summary."),
 ) -> None:
     """Analyze SOURCE(s) and print a summary; write the tidy table with --out."""
@@ -252,7 +254,8 @@ def analyze(
         check_writable(out)
     res = run_analyze([str(s) for s in sources], data=data, analyzers=chosen, params=pp, layers=_split_all(layers, "--layers"),
                       views=views, limit=limit, device=str(resolve_device(device)), progress=not quiet,
-                      set_data=_data_sets(sets), fmt=fmt, branch=branch, arch=arch, preprocess=preprocess)
+                      set_data=_data_sets(sets), fmt=fmt, branch=branch, arch=arch, preprocess=preprocess,
+                      compare=compare)
     if not quiet:
         typer.echo(summarize(res.table))
         for note in condense_notes(res.notes):

@@ -30,7 +30,8 @@ class Param:
             ``all``), ``json`` (any JSON value).
         doc: one line for ``reprscope list``.
         low, high: inclusive bounds for numbers (``low_open`` / ``high_open`` make them strict).
-        choices: allowed strings for ``choice``.
+        choices: allowed strings for ``choice`` and ``choices`` (a comma list of them, or ``all``; given back
+            as such a string, in the order of ``choices``).
         nullable: ``None``/"none" accepted.
     """
 
@@ -48,6 +49,8 @@ class Param:
     def describe(self) -> str:
         if self.kind == "choice":
             return "one of " + ", ".join(repr(c) for c in self.choices)
+        if self.kind == "choices":
+            return "'all' or a comma list of " + ", ".join(repr(c) for c in self.choices)
         num = lambda x: str(int(x)) if float(x).is_integer() and abs(x) < 1e16 else f"{x:g}"  # noqa: E731
         lo = "" if self.low is None else (f" > {num(self.low)}" if self.low_open else f" >= {num(self.low)}")
         hi = "" if self.high is None else (f" < {num(self.high)}" if self.high_open else f" <= {num(self.high)}")
@@ -106,6 +109,14 @@ class Param:
                 v = str(v)
                 if v not in self.choices:
                     raise ValueError
+            elif self.kind == "choices":
+                items = v if isinstance(v, (list, tuple)) else str(v).split(",")
+                got = [str(x).strip() for x in items if str(x).strip()]
+                if got == ["all"]:
+                    return "all"
+                if not got or any(x not in self.choices for x in got):
+                    raise ValueError
+                return ",".join(c for c in self.choices if c in got)
             elif self.kind == "floats":
                 if isinstance(v, str):
                     s = v.strip()

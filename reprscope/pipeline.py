@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .analyzers import ANALYZERS, run_analyzer
+from .analyzers import ANALYZERS, run_analyzer, run_pair
 from .analyzers.base import ENCODER_ONLY, LayerData
 from .data.base import parse_data_arg
 from .errors import ReprscopeError
@@ -115,17 +116,22 @@ def select_analyzers(names: Optional[Sequence[str]]) -> List[str]:
     return chosen
 
 
+def store_base(store: Store, source: Optional[str] = None) -> Dict[str, Any]:
+    """The columns every row of ``store`` carries: source, step, method and the context columns."""
+    step = store.attrs.get("step")
+    step = None if step is None or int(step) < 0 else int(step)
+    dataset = store.attrs.get("dataset") or {}
+    return {"source": source or str(store.path), "step": step, "method": store.attrs.get("method", ""),
+            "data": str(dataset.get("name", "")) if isinstance(dataset, dict) else str(dataset), "n": int(store.n)}
+
+
 def analyze_store(store: Store, analyzers: Sequence[str], params: Mapping[str, Mapping[str, Any]] | None = None,
                   layers: Optional[Sequence[str]] = None, source: Optional[str] = None,
                   progress: bool = False, device: str = "cpu") -> Tuple[List[Dict[str, Any]], List[str]]:
     """Run ``analyzers`` on every (or the given) layer of ``store``; rows carry every table column and the
     context columns (:data:`~reprscope.table.CONTEXT_COLUMNS`: the store's data set and sample count)."""
     params = params or {}
-    step = store.attrs.get("step")
-    step = None if step is None or int(step) < 0 else int(step)
-    dataset = store.attrs.get("dataset") or {}
-    base = {"source": source or str(store.path), "step": step, "method": store.attrs.get("method", ""),
-            "data": str(dataset.get("name", "")) if isinstance(dataset, dict) else str(dataset), "n": int(store.n)}
+    base = store_base(store, source)
     names = [l["name"] for l in store.layers()]
     if layers:
         for l in layers:
@@ -136,19 +142,30 @@ def analyze_store(store: Store, analyzers: Sequence[str], params: Mapping[str, M
                           params, base, progress=progress, desc=f"analyze {Path(base['source']).name}")
 
 
+def pairwise_names(analyzers: Sequence[str]) -> List[str]:
+    """The analyzers among ``analyzers`` that compare two layers (``similarity``)."""
+    return [a for a in analyzers if ANALYZERS.get(a).pairwise]
+
+
 def analyze_layers(layers: Sequence[Tuple[str, Callable[[], LayerData]]], analyzers: Sequence[str],
                    params: Mapping[str, Mapping[str, Any]] | None, base: Mapping[str, Any], progress: bool = False,
                    desc: str = "analyze") -> Tuple[List[Dict[str, Any]], List[str]]:
     """Run ``analyzers`` on every layer (name, a function giving its LayerData), one layer in memory at a time;
-    every row carries ``base`` (the source, step, method and context columns) and its layer."""
+    every row carries ``base`` (the source, step, method and context columns) and its layer. A pairwise
+    analyzer runs on every pair of layers instead (the upper triangle of the layer × layer matrix, in the
+    order given), its rows with the second layer in ``layer_b`` and ``source_b`` empty."""
     params = params or {}
     names = [n for n, _ in layers]
+    pairwise = pairwise_names(analyzers)
+    single = [a for a in analyzers if a not in pairwise]
     rows: List[Dict[str, Any]] = []
     notes: List[str] = []
     encoder_only: Dict[str, List[str]] = {}  # analyzer → its skip notes on the non-encoder layers
-    for layer, make in tqdm(layers, desc=desc, disable=not progress, leave=False):
+    for layer, make in tqdm(layers, desc=desc, disable=not progress or not single, leave=False):
+        if not single:
+            break
         data = make()
-        for a in analyzers:
+        for a in single:
             res = run_analyzer(a, data, params.get(a))
             for note in res.notes:
                 (encoder_only.setdefault(a, []) if note.endswith(ENCODER_ONLY) else notes).append(note)
@@ -159,7 +176,79 @@ def analyze_layers(layers: Sequence[Tuple[str, Callable[[], LayerData]]], analyz
     for a, skipped in encoder_only.items():
         if a not in ran and len(skipped) == len(names):
             notes.extend(skipped)
+    if pairwise and len(layers) > 1:
+        pairs = [(layers[i], layers[j]) for i in range(len(layers)) for j in range(i + 1, len(layers))]
+        r, n = compare_layers(pairs, pairwise, params, base, source_b="", progress=progress,
+                              desc=f"{desc} (layer pairs)")
+        rows.extend(r)
+        notes.extend(n)
     return rows, notes
+
+
+LayerMaker = Tuple[str, Callable[[], LayerData]]
+
+
+def compare_layers(pairs: Sequence[Tuple[LayerMaker, LayerMaker]], analyzers: Sequence[str],
+                   params: Mapping[str, Mapping[str, Any]] | None, base: Mapping[str, Any], source_b: str,
+                   progress: bool = False, desc: str = "compare") -> Tuple[List[Dict[str, Any]], List[str]]:
+    """Run the pairwise ``analyzers`` on every pair ((layer, make), (layer_b, make_b)); rows carry ``base``,
+    ``layer``, ``layer_b`` and ``source_b``."""
+    params = params or {}
+    rows: List[Dict[str, Any]] = []
+    notes: List[str] = []
+    for (la, make_a), (lb, make_b) in tqdm(pairs, desc=desc, disable=not progress, leave=False):
+        x, y = make_a(), make_b()
+        for a in analyzers:
+            res = run_pair(a, x, y, params.get(a))
+            notes.extend(res.notes)
+            rows.extend({**base, "layer": la, **r, "source_b": source_b, "layer_b": lb} for r in res.rows)
+    return rows, notes
+
+
+def comparable(store_a: Store, store_b: Store) -> Optional[str]:
+    """Why two stores do not hold embeddings of the same inputs, or None when they do: the same data set (with
+    its parameters), the same sample indices in the same order and — when a store has no ``clean`` view, so
+    that the comparison reads an augmented one — the same augmentation draws."""
+    da, db = store_a.attrs.get("dataset") or {}, store_b.attrs.get("dataset") or {}
+    if da != db:
+        return f"they were extracted on different data ({_data_name(da)} and {_data_name(db)})"
+    if int(store_a.n) != int(store_b.n):
+        return f"they hold different numbers of samples ({store_a.n} and {store_b.n})"
+    if not np.array_equal(np.asarray(store_a.f["index"]), np.asarray(store_b.f["index"])):
+        return "they hold different samples of the data set (their /index differs: another --limit or seed)"
+    if "clean" not in store_a.views or "clean" not in store_b.views:
+        if store_a.attrs.get("augmentation") != store_b.attrs.get("augmentation"):
+            return ("they have no clean view and their augmented views were drawn differently (another seed or "
+                    "sampler); extract both with the clean view")
+    return None
+
+
+def _data_name(spec: Any) -> str:
+    return str(spec.get("name", "?")) if isinstance(spec, dict) else str(spec or "?")
+
+
+def compare_stores(store_a: Store, store_b: Store, analyzers: Sequence[str],
+                   params: Mapping[str, Mapping[str, Any]] | None, base: Mapping[str, Any], source_b: str,
+                   layers: Optional[Sequence[str]] = None, same_layer: bool = False, progress: bool = False,
+                   device: str = "cpu") -> Tuple[List[Dict[str, Any]], List[str]]:
+    """The pairwise analyzers on the layers of two stores of the same inputs: every layer of ``store_a``
+    against every layer of ``store_b`` (a model × model matrix), or only against the layer of the same name
+    (``same_layer``: a checkpoint against the run's last one)."""
+    def makers(st: Store) -> List[LayerMaker]:
+        names = [l["name"] for l in st.layers()]
+        if layers:
+            names = [n for n in names if n in set(layers)]
+        seed = int(st.attrs.get("seed", 0))
+        return [(n, lambda n=n, st=st: st.layer_data(n, seed=seed, device=device)) for n in names]
+
+    la, lb = makers(store_a), makers(store_b)
+    if same_layer:
+        other = dict(lb)
+        pairs = [((n, m), (n, other[n])) for n, m in la if n in other]
+    else:
+        pairs = [(a, b) for a in la for b in lb]
+    return compare_layers(pairs, analyzers, params, base, source_b, progress=progress,
+                          desc=f"compare {Path(str(base.get('source', ''))).name} ~ {Path(source_b).name}")
 
 
 def store_for_checkpoint(path: Path, data: Optional[str], set_data: Optional[Dict[str, Any]] = None, views: int = 2,
@@ -224,9 +313,15 @@ def analyze(sources: Sequence[str | os.PathLike], *, data: Optional[str] = None,
             views: int = 2, limit: Optional[int] = None, batch_size: int = 1024, device: str = "cpu",
             seed: int = 0, progress: bool = True, set_data: Optional[Dict[str, Any]] = None,
             fmt: Optional[str] = None, branch: Optional[str] = None, arch: Optional[str] = None,
-            preprocess: str = "source") -> AnalysisResult:
+            preprocess: str = "source", compare: Optional[str | os.PathLike] = None) -> AnalysisResult:
     """Analyze every source and return one tidy table (``branch``/``arch``/``preprocess``: see
-    :func:`store_for_checkpoint`)."""
+    :func:`store_for_checkpoint`).
+
+    The pairwise analyzers (``similarity``) compare every pair of layers of each source; with ``compare`` (a
+    checkpoint or store of the same inputs) also every layer of each source with every layer of it; and, with
+    several sources and no ``compare`` (a run directory), every layer of each source with the same layer of the
+    last one (how fast each layer settles during training).
+    """
     options = LoadOptions(branch=branch, arch=arch)
     if preprocess not in PREPROCESS_MODES:
         raise ReprscopeError(f"preprocess must be one of {', '.join(PREPROCESS_MODES)}; got '{preprocess}'", arg="preprocess")
@@ -234,6 +329,17 @@ def analyze(sources: Sequence[str | os.PathLike], *, data: Optional[str] = None,
     for a in chosen:  # bad --param values fail before any extraction or progress output
         resolve_params(f"analyzer {a}", ANALYZERS.get(a).params, dict((params or {}).get(a) or {}))
     items = resolve_sources(sources)
+    pairwise = pairwise_names(chosen)
+    against: Optional[Source] = None
+    if compare is not None:
+        if not pairwise:
+            raise ReprscopeError("compare needs a pairwise analyzer among the analyzers (similarity)", arg="compare")
+        cmp = Path(compare)
+        if cmp.is_dir():
+            raise ReprscopeError(f"compare '{cmp}' is a folder; give one checkpoint or .h5 store", arg="compare")
+        against = resolve_sources([cmp])[0]
+        if any(against.path.resolve() == i.path.resolve() for i in items):
+            raise ReprscopeError(f"compare '{cmp}' is also a source; compare a source with another one", arg="compare")
     rows: List[Dict[str, Any]] = []
     notes: List[str] = []
     stores: List[Path] = []
@@ -250,6 +356,36 @@ def analyze(sources: Sequence[str | os.PathLike], *, data: Optional[str] = None,
         rows.extend(r)
         notes.extend(f"{item.path.name}: {x}" if len(items) > 1 else x for x in n)
         stores.append(path)
+    if pairwise and against is not None:
+        cpath = against.path
+        if against.kind == "checkpoint":
+            cpath = store_for_checkpoint(against.path, data, set_data, views, limit, batch_size, device, seed,
+                                         progress, fmt=fmt, options=options, preprocess=preprocess, notes=notes)
+        with Store(cpath) as other:
+            for item, path in zip(items, stores):
+                with Store(path) as st:
+                    why = comparable(st, other)
+                    if why:
+                        raise ReprscopeError(f"cannot compare '{item.path}' with '{against.path}': {why}",
+                                             arg="compare")
+                    r, n = compare_stores(st, other, pairwise, params, store_base(st, str(item.path)),
+                                          str(against.path), layers=layers, progress=progress, device=device)
+                rows.extend(r)
+                notes.extend(n)
+    elif pairwise and len(items) > 1:
+        last, last_path = items[-1], stores[-1]
+        with Store(last_path) as other:
+            for item, path in zip(items[:-1], stores[:-1]):
+                with Store(path) as st:
+                    why = comparable(st, other)
+                    if why:
+                        notes.append(f"{item.path.name} is not compared with {last.path.name}: {why}")
+                        continue
+                    r, n = compare_stores(st, other, pairwise, params, store_base(st, str(item.path)),
+                                          str(last.path), layers=layers, same_layer=True, progress=progress,
+                                          device=device)
+                rows.extend(r)
+                notes.extend(n)
     return AnalysisResult(make_table(rows), list(dict.fromkeys(notes)), stores)
 
 
@@ -282,6 +418,9 @@ def summarize(df: pd.DataFrame, max_metrics: int = 6) -> str:
     with at most SUMMARY_MAX_INDEX entries (k-NN's k, a head's parts) counts as scalars ``metric[index]``."""
     if df.empty:
         return "(no results)"
+    if "layer_b" in df.columns and (df["layer_b"] != "").any():  # a pair's row reads "layer ~ other layer"
+        other = [(f"{Path(sb).name}:" if sb else "") + lb for sb, lb in zip(df.get("source_b", [""] * len(df)), df["layer_b"])]
+        df = df.assign(layer=[f"{l} ~ {o}" if o else l for l, o in zip(df["layer"], other)])
     parts = []
     counts = df.groupby(["analyzer", "metric"])["index"].nunique()
     short = df[[counts[(a, m)] <= SUMMARY_MAX_INDEX for a, m in zip(df["analyzer"], df["metric"])]]

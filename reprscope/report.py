@@ -12,6 +12,11 @@
 * ``trajectory_<analyzer>``: every scalar metric over training steps, a line per run and layer, for runs
   with two or more steps; where a metric is reported for several views the reference view is drawn (``clean``
   when there, else the first) and the panel title names it.
+* ``similarity_<measure>``: heat maps of a similarity measure (linear CKA, SVCCA …), a panel per run at its
+  last step (layer × layer, mirrored, the diagonal 1 — 0 for the Procrustes distance) and per comparison with
+  another source (this source's layers × the other's), values written in the cells;
+* ``settling_<measure>``: for a run whose checkpoints were compared with its last one, the measure between
+  each layer and the same layer of the last checkpoint over the steps (how fast each layer settles).
 
 In profiles and trajectories a metric ``M_std`` reported next to ``M`` (matrix_information's spread over
 batches) is drawn as a band M ± M_std on M's panel rather than as a panel of its own, the two matrix forms of
@@ -195,6 +200,18 @@ def _reference_view(views: Sequence[str]) -> str:
 # ---------------------------------------------------------------------------------------------------- rows
 
 
+def pair_mask(df: pd.DataFrame) -> np.ndarray:
+    """(rows,) bool: the rows of a comparison of two layers (``layer_b`` set: similarity)."""
+    if "layer_b" not in df.columns:
+        return np.zeros(len(df), dtype=bool)
+    return df["layer_b"].fillna("").astype(str).to_numpy() != ""
+
+
+def single_layer_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows that describe one layer (the comparisons of two are drawn by :func:`plot_similarity`)."""
+    return df[~pair_mask(df)]
+
+
 def scalar_rows(df: pd.DataFrame) -> pd.DataFrame:
     """One number per (run, step, layer, view, analyzer, series, form) — scalars and short vectors — with the
     spread of a metric ``M`` that has an ``M_std`` companion in column ``err`` (NaN elsewhere).
@@ -205,6 +222,7 @@ def scalar_rows(df: pd.DataFrame) -> pd.DataFrame:
     """
     run = RUN if RUN in df.columns else "source"
     keys = [run, "step", "layer", "view", "analyzer", "series", "form"]
+    df = single_layer_rows(df)
     counts = df.groupby(["analyzer", "metric"])["index"].nunique()
     short = {k for k, v in counts.items() if v <= MAX_INDEX_SERIES}
     keep = df[np.array([(a, m) in short and m not in BOOKKEEPING for a, m in zip(df["analyzer"], df["metric"])], dtype=bool)].copy()
@@ -508,6 +526,101 @@ def plot_trajectories(df: pd.DataFrame, out: Path, formats: Sequence[str], notes
 # ---------------------------------------------------------------------------------------------------- output
 
 
+#: Colour range of each similarity measure (the debiased CKA can dip below 0; Procrustes is a distance in [0, 2]).
+SIMILARITY_RANGE = {"procrustes": (0.0, 2.0)}
+
+
+def plot_similarity(df: pd.DataFrame, out: Path, formats: Sequence[str], notes: Optional[List[str]] = None) -> List[Path]:
+    """``similarity_<measure>`` heat maps and ``settling_<measure>`` lines from the rows of layer pairs."""
+    notes = [] if notes is None else notes
+    df = _ensure_runs(df)
+    pairs = df[pair_mask(df)]
+    if pairs.empty:
+        notes.append("similarity figures not drawn: the tables have no rows of layer pairs (analyze with the "
+                     "similarity analyzer: every pair of layers of a source, --compare, or a run directory)")
+        return []
+    pairs = pairs.assign(source_b=pairs["source_b"].fillna("").astype(str) if "source_b" in pairs.columns else "")
+    paths: List[Path] = []
+    within = _last_step(pairs[pairs["source_b"] == ""])
+    across = pairs[pairs["source_b"] != ""]
+    settle = across[across["layer"] == across["layer_b"]]
+    # a comparison with another source is a panel unless it is a run's checkpoints against its last one
+    settled_runs = {r for r, g in settle.groupby(RUN) if g["step"].nunique() >= 2}
+    cross = across[~across[RUN].isin(settled_runs)]
+    cross = cross[cross["source"] == cross.groupby([RUN, "source_b"])["source"].transform("first")]
+    labels = short_labels(sorted(set(cross["source_b"]))) if len(cross) else {}
+    for measure in dict.fromkeys(pairs["metric"]):
+        panels: List[Tuple[str, List[str], List[str], Dict[Tuple[str, str], float]]] = []
+        diag = 0.0 if measure == "procrustes" else 1.0
+        for run, g in within[within["metric"] == measure].groupby(RUN, sort=False):
+            layers = list(dict.fromkeys(list(g["layer"]) + list(g["layer_b"])))  # the pairs' order: i < j
+            vals = {(a, b): v for a, b, v in zip(g["layer"], g["layer_b"], g["value"])}
+            vals.update({(b, a): v for (a, b), v in list(vals.items())})
+            vals.update({(l, l): diag for l in layers})
+            title = " · ".join(t for t in (g[LABEL].iloc[0], _step_text(g)) if t)
+            panels.append((title, layers, layers, vals))
+        for (run, other), g in cross[cross["metric"] == measure].groupby([RUN, "source_b"], sort=False):
+            rows_l = list(dict.fromkeys(g["layer"]))
+            cols_l = list(dict.fromkeys(g["layer_b"]))
+            vals = {(a, b): v for a, b, v in zip(g["layer"], g["layer_b"], g["value"])}
+            panels.append((f"{g[LABEL].iloc[0]} ~ {labels.get(other, other)}", rows_l, cols_l, vals))
+        if panels:
+            paths += _heat_maps(measure, panels, out, formats)
+    for measure in dict.fromkeys(settle["metric"]):
+        g = settle[(settle["metric"] == measure) & settle[RUN].isin(settled_runs)]
+        if g.empty:
+            continue
+        runs = list(dict.fromkeys(g[RUN]))
+        fig, axes = _grid(len(runs))
+        for ax, run in zip(axes, runs):
+            r = g[g[RUN] == run]
+            for i, layer in enumerate(depth_order(r)):
+                t = r[r["layer"] == layer].sort_values("step")
+                ax.plot(t["step"].to_numpy(dtype=float), t["value"].to_numpy(dtype=float), ms=3, lw=1.2,
+                        label=layer, **_style(i))
+            ax.set_xlabel("step")
+            ax.set_ylabel(f"{measure} with the last checkpoint")
+            ax.set_title(str(r[LABEL].iloc[0]), fontsize=9)
+            ax.grid(alpha=0.3)
+        _legend(fig, [(l, _style(i)) for i, l in enumerate(depth_order(g))], title="layer")
+        fig.suptitle(f"{measure}: each layer against the same layer of the run's last checkpoint")
+        paths += _save(fig, out, f"settling_{measure}", formats)
+    return paths
+
+
+def _heat_maps(measure: str, panels: Sequence[Tuple[str, List[str], List[str], Dict[Tuple[str, str], float]]],
+               out: Path, formats: Sequence[str]) -> List[Path]:
+    """One figure of heat maps of ``measure``, a panel per (title, row layers, column layers, values)."""
+    plt = _plt()
+    lo, hi = SIMILARITY_RANGE.get(measure, (0.0, 1.0))
+    cols = min(2, len(panels))
+    nrows = math.ceil(len(panels) / cols)
+    size = max(max(len(r), len(c)) for _, r, c, _ in panels)
+    side = min(9.0, 2.2 + 0.45 * size)
+    fig, axes = plt.subplots(nrows, cols, figsize=(side * cols + 1.2, side * nrows), squeeze=False,
+                             layout="constrained")
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    image = None
+    for ax, (title, rows_l, cols_l, vals) in zip(axes.flat, panels):
+        mat = np.array([[vals.get((a, b), np.nan) for b in cols_l] for a in rows_l], dtype=float)
+        image = ax.imshow(np.ma.masked_invalid(mat), cmap="viridis", vmin=lo, vmax=hi, aspect="equal")
+        ax.set_xticks(range(len(cols_l)), cols_l, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(rows_l)), rows_l, fontsize=7)
+        if len(rows_l) * len(cols_l) <= 144:
+            for i in range(len(rows_l)):
+                for j in range(len(cols_l)):
+                    if np.isfinite(mat[i, j]):
+                        dark = (mat[i, j] - lo) / (hi - lo) < 0.6
+                        ax.text(j, i, f"{mat[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                                color="white" if dark else "black")
+        ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=list(axes.flat[:len(panels)]), shrink=0.8, label=measure)
+    fig.suptitle(f"{measure} between layers" + (" (a distance: 0 = same up to rotation and scale)"
+                                                if measure == "procrustes" else ""))
+    return _save(fig, out, f"similarity_{measure}", formats)
+
+
 def _staging_parent(out: Path) -> Path:
     """The folder the temporary folder goes in: ``out``'s parent, or its nearest existing ancestor."""
     if out.exists() and not out.is_dir():
@@ -573,7 +686,7 @@ def make_report(tables: Sequence[str], out: Path | str, formats: Sequence[str] =
     try:
         staged: List[Path] = []
         try:
-            for fn in (plot_spectra, plot_r2, plot_profiles, plot_trajectories):
+            for fn in (plot_spectra, plot_r2, plot_profiles, plot_trajectories, plot_similarity):
                 staged += fn(df, staging, formats, notes)
         except OSError as exc:  # a full or read-only disk while drawing
             raise ReprscopeError(f"cannot write figures into '{out}': {exc.strerror or exc}; nothing was written",

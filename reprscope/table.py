@@ -4,7 +4,8 @@ One row per value, long format, columns in this order::
 
     source, step, method, layer, view, analyzer, metric, index, value
 
-followed by the context columns ``data`` and ``n`` (the store's data set and sample count) and the parameter
+followed by the context columns ``data`` and ``n`` (the store's data set and sample count), for comparisons the
+pair columns ``source_b`` and ``layer_b`` (the other side of the pair), and the parameter
 columns (``tau``, ``ridge``, ``k`` …). ``index`` is empty for scalars and the latent
 name, dimension or rank position for vector results; ``view`` is ``all``, a view name or a pair
 ``aug1|aug2``. ``value`` is a finite float: non-finite results never reach the table (analyzers report them
@@ -28,6 +29,12 @@ COLUMNS = ["source", "step", "method", "layer", "view", "analyzer", "metric", "i
 #: Columns after COLUMNS that say what the values were computed on rather than how: ``data`` (the store's data
 #: set) and ``n`` (its sample count). ``check`` compares like with like on them; they are not parameters.
 CONTEXT_COLUMNS = ["data", "n"]
+
+#: Columns after the context columns that name the other side of a comparison (pairwise analyzers such as
+#: ``similarity``): ``layer_b`` the other layer, ``source_b`` the other source ("" within one source). Empty on
+#: the rows of every other analyzer. ``check`` keys rows on ``layer_b``; like ``source``, ``source_b`` is a path
+#: and is not compared.
+PAIR_COLUMNS = ["source_b", "layer_b"]
 _STR_COLS = ["source", "method", "layer", "view", "analyzer", "metric", "index"]
 _INT_LIKE = re.compile(r"^-?\d+\.0+$")
 
@@ -66,7 +73,12 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
             f"layer={first['layer']} value={first['value']!r}"
         )
     df["value"] = values
-    extra = [c for c in CONTEXT_COLUMNS if c in df.columns] + [c for c in df.columns if c not in COLUMNS + CONTEXT_COLUMNS]
+    for c in PAIR_COLUMNS:
+        if c in df.columns:
+            df[c] = df[c].map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)).astype(object)
+    fixed = COLUMNS + CONTEXT_COLUMNS + PAIR_COLUMNS
+    extra = ([c for c in CONTEXT_COLUMNS + PAIR_COLUMNS if c in df.columns]
+             + [c for c in df.columns if c not in fixed])
     return df[COLUMNS + extra].reset_index(drop=True)
 
 
@@ -143,8 +155,9 @@ def read_table(path: os.PathLike | str) -> pd.DataFrame:
         else:
             # empty cells stay "" in the text columns but are missing values in step, value and parameter columns
             header = pd.read_csv(path, nrows=0).columns
-            df = pd.read_csv(path, dtype={c: str for c in _STR_COLS}, keep_default_na=False, low_memory=False,
-                             na_values={c: [""] for c in header if c not in _STR_COLS})
+            text = _STR_COLS + PAIR_COLUMNS
+            df = pd.read_csv(path, dtype={c: str for c in text if c in header}, keep_default_na=False,
+                             low_memory=False, na_values={c: [""] for c in header if c not in text})
     except Exception as exc:  # pandas raises many types for unreadable files
         raise ReprscopeError(f"cannot read table '{path}': {exc}") from None
     if path.suffix.lower() not in (".parquet", ".pq"):

@@ -14,13 +14,23 @@ from typing import Dict, Optional
 import numpy as np
 import pytest
 
-from reprscope.analyzers import ANALYZERS, HeadModule, LayerData, run_analyzer
+from reprscope.analyzers import ANALYZERS, HeadModule, LayerData, run_analyzer as _run_single, run_pair
 from reprscope.analyzers.base import NEEDS
 from reprscope.errors import ReprscopeError
 from reprscope.params import resolve_params
 from reprscope.table import COLUMNS, make_table
 
 NAMES = ANALYZERS.names()
+
+
+def run_analyzer(name, data, params=None):
+    """A one-layer analyzer on ``data``; a pairwise one on ``data`` and a second layer of the same samples."""
+    if ANALYZERS.get(name).pairwise:
+        emb = np.asarray(data.embeddings)
+        other = LayerData(layer="other", space="projector", views=list(data.views),
+                          embeddings=np.tanh(emb[..., ::-1] * 0.5 + 0.1), seed=data.seed, mask=data.mask)
+        return run_pair(name, data, other, params)
+    return _run_single(name, data, params)
 ROW_KEYS = {"view", "metric", "index", "value", "analyzer"}
 VIEWS = ["clean", "aug1", "aug2"]
 LATENT_NAMES = ["c0", "c1", "s0", "s1"]

@@ -7,14 +7,14 @@ a stated reason) and a one-line summary. The public array functions of :mod:`rep
 analyzers call the same code, so every number has one implementation.
 """
 from ..metrics import (align_uniform, center, identifiability, knn, label_free, linear_probe, matrix_information,
-                       spectrum, tangent, vicreg, weights)
-from .base import ANALYZERS, AnalyzerSpec, HeadModule, LayerData, Result, register_analyzer, register_declared, run_analyzer
+                       similarity, spectrum, tangent, vicreg, weights)
+from .base import ANALYZERS, AnalyzerSpec, HeadModule, LayerData, Result, register_analyzer, register_declared, run_analyzer, run_pair
 
 for _fn in (center.center, identifiability.identifiability, spectrum.spectrum, vicreg.vicreg, align_uniform.uniformity,
             knn.knn, linear_probe.linear_probe, weights.weights, tangent.tangent,
-            matrix_information.matrix_information, label_free.label_free):
+            matrix_information.matrix_information, label_free.label_free, similarity.similarity):
     register_declared(_fn)
 del _fn
 
 __all__ = ["ANALYZERS", "AnalyzerSpec", "HeadModule", "LayerData", "Result", "register_analyzer", "register_declared",
-           "run_analyzer"]
+           "run_analyzer", "run_pair"]

@@ -17,7 +17,7 @@ from ..params import Param, resolve_params
 from ..registry import Registry
 
 __all__ = ["ANALYZERS", "AnalyzerSpec", "HeadModule", "LayerData", "NEEDS", "Result", "finite_mask", "missing_need",
-           "register_analyzer", "register_declared", "run_analyzer"]
+           "register_analyzer", "register_declared", "run_analyzer", "run_pair"]
 
 ANALYZERS: Registry = Registry("analyzer")
 
@@ -48,15 +48,18 @@ class AnalyzerSpec:
     paper: str = ""
     min_samples: int = 2
     reads_embeddings: bool = True
+    pairwise: bool = False
 
 
 def register_analyzer(name: str, *, params: Sequence[Param] = (), needs: Sequence[str] = (), summary: str = "",
-                      paper: str = "", min_samples: int = 2, reads_embeddings: bool = True) -> Callable:
+                      paper: str = "", min_samples: int = 2, reads_embeddings: bool = True,
+                      pairwise: bool = False) -> Callable:
     """Decorator registering ``fn(data, **params) -> Result`` as analyzer ``name``.
 
     ``reads_embeddings=False`` declares an analyzer that never looks at the embeddings (``weights``: it
     describes the stored heads); :func:`run_analyzer` then skips the scan for NaN/Inf samples, which cannot
-    affect its result.
+    affect its result. ``pairwise=True`` registers ``fn(x, y, **params)`` of two layers on the same samples,
+    run by :func:`run_pair`.
     """
     for need in needs:
         if need not in NEEDS:  # pragma: no cover - programming error caught by the contract tests
@@ -65,7 +68,7 @@ def register_analyzer(name: str, *, params: Sequence[Param] = (), needs: Sequenc
     def deco(fn: Callable[..., Result]) -> Callable[..., Result]:
         summary_line = summary or (fn.__doc__ or "").strip().splitlines()[0]
         ANALYZERS.register(name)(AnalyzerSpec(name, fn, tuple(params), tuple(needs), summary_line, paper, min_samples,
-                                              reads_embeddings))
+                                              reads_embeddings, pairwise))
         return fn
 
     return deco
@@ -76,7 +79,7 @@ def register_declared(fn: Callable[..., Result]) -> Callable[..., Result]:
     declaration (name, parameters, needs)."""
     d = fn.declaration
     return register_analyzer(d.name, params=d.params, needs=d.needs, summary=d.summary, paper=d.paper,
-                             min_samples=d.min_samples, reads_embeddings=d.reads_embeddings)(fn)
+                             min_samples=d.min_samples, reads_embeddings=d.reads_embeddings, pairwise=d.pairwise)(fn)
 
 
 def missing_need(spec: AnalyzerSpec, data: LayerData) -> Optional[str]:
@@ -106,6 +109,8 @@ def run_analyzer(name: str, data: LayerData, params: Optional[Mapping[str, Any]]
         no rows and a note saying why.
     """
     spec: AnalyzerSpec = ANALYZERS.get(name)
+    if spec.pairwise:  # pragma: no cover - programming error: the pipeline sends pairs to run_pair
+        raise TypeError(f"analyzer {name} compares two layers; run it with run_pair")
     values = resolve_params(f"analyzer {name}", spec.params, dict(params or {}))
     res = Result()
     why = missing_need(spec, data)
@@ -126,4 +131,40 @@ def run_analyzer(name: str, data: LayerData, params: Optional[Mapping[str, Any]]
     stamp = {k: (v if not isinstance(v, (list, tuple)) else ",".join(map(str, v))) for k, v in values.items()}
     for r in out.rows:
         res.rows.append({**r, "analyzer": name, **stamp})
+    return res
+
+
+def _stamp(values: Mapping[str, Any]) -> dict:
+    return {k: (v if not isinstance(v, (list, tuple)) else ",".join(map(str, v))) for k, v in values.items()}
+
+
+def run_pair(name: str, x: LayerData, y: LayerData, params: Optional[Mapping[str, Any]] = None) -> Result:
+    """Run one pairwise analyzer on two layers of the same samples (``x``'s rows pair with ``y``'s).
+
+    Samples with a NaN/Inf embedding in either layer are left out of both (with a note); layers of different
+    sample counts are not comparable (a note, no rows).
+    """
+    spec: AnalyzerSpec = ANALYZERS.get(name)
+    if not spec.pairwise:  # pragma: no cover - programming error
+        raise TypeError(f"analyzer {name} analyses one layer; run it with run_analyzer")
+    values = resolve_params(f"analyzer {name}", spec.params, dict(params or {}))
+    res = Result()
+    where = f"{x.layer} ~ {y.layer}"
+    if x.n != y.n:
+        res.notes.append(f"{name} skipped on {where}: the layers hold different numbers of samples ({x.n} and {y.n}); "
+                         "a comparison needs the same inputs in both")
+        return res
+    keep = finite_mask(x) & finite_mask(y)
+    if not keep.all():
+        res.notes.append(f"{name} on {where}: {int((~keep).sum())} of {x.n} samples have NaN/Inf embeddings in one of "
+                         "the layers and were left out of both")
+        x, y = x.take(keep), y.take(keep)
+    if x.n < spec.min_samples:
+        res.notes.append(f"{name} skipped on {where}: needs at least {spec.min_samples} samples with finite "
+                         f"embeddings, has {x.n}")
+        return res
+    out = spec.fn(x, y, **values)
+    res.notes.extend(f"{name} on {where}: {n}" for n in out.notes)
+    for r in out.rows:
+        res.rows.append({**r, "analyzer": name, **_stamp(values)})
     return res

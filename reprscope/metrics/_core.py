@@ -28,15 +28,21 @@ class Declaration:
     paper: str = ""
     min_samples: int = 2
     reads_embeddings: bool = True
+    pairwise: bool = False
 
 
 def declare(name: str, *, params: Sequence[Param] = (), needs: Sequence[str] = (), summary: str = "",
-            paper: str = "", min_samples: int = 2, reads_embeddings: bool = True) -> Callable:
-    """Attach a :class:`Declaration` to ``fn`` as ``fn.declaration`` (the function itself is unchanged)."""
+            paper: str = "", min_samples: int = 2, reads_embeddings: bool = True, pairwise: bool = False) -> Callable:
+    """Attach a :class:`Declaration` to ``fn`` as ``fn.declaration`` (the function itself is unchanged).
+
+    ``pairwise=True`` declares a computation of two layers on the same samples, ``fn(x, y, **params)``
+    (representation similarity): the pipeline runs it on pairs of layers instead of on each layer.
+    """
 
     def deco(fn: Callable) -> Callable:
         line = summary or (fn.__doc__ or "").strip().splitlines()[0]
-        fn.declaration = Declaration(name, tuple(params), tuple(needs), line, paper, min_samples, reads_embeddings)
+        fn.declaration = Declaration(name, tuple(params), tuple(needs), line, paper, min_samples, reads_embeddings,
+                                     pairwise)
         return fn
 
     return deco

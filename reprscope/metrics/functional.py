@@ -33,6 +33,7 @@ from .knn import knn as _knn_rows
 from .label_free import label_free as _label_free_rows, nesum_of, power_law_fit, stable_rank_of
 from .linear_probe import linear_probe as _linear_probe_rows
 from .matrix_information import matrix_information as _matrix_information_rows
+from .similarity import similarity as _similarity_rows
 from .spectrum import spectrum as _spectrum_rows, spectra_of_views
 from .tangent import tangent as _tangent_rows
 from .vicreg import vicreg as _vicreg_rows
@@ -524,11 +525,108 @@ def tangent_fvu(h: Array, projector: Union[nn.Module, HeadModule], **kwargs: Any
     return got["fvu"]
 
 
+# -- representation similarity (Kornblith et al. 2019, arXiv:1905.00414; Raghu et al. 2017, arXiv:1706.05806;
+#    Morcos et al. 2018, arXiv:1806.05759; Ding et al. 2021, arXiv:2108.01661; Nguyen et al. 2021,
+#    arXiv:2010.15327; Huh et al. 2024, arXiv:2405.07987) ----------------------------------------------------
+
+
+def _pair(x: Array, y: Array, owner: str) -> "tuple[LayerData, LayerData]":
+    """In-memory LayerData of two (n, d_x), (n, d_y) layers of the same samples."""
+    ax, dx = _input.embeddings(x, "x", min_samples=5)
+    ay, dy = _input.embeddings(y, "y", min_samples=5)
+    for name, a, given in (("x", ax, x), ("y", ay, y)):
+        if a.shape[0] != 1:
+            raise ReprscopeError(f"{owner}: expected {name} of shape (n, d), got {tuple(np.shape(given))}")
+    if ax.shape[1] != ay.shape[1]:
+        raise ReprscopeError(f"{owner}: expected x and y with the same samples in their rows, got {ax.shape[1]} "
+                             f"and {ay.shape[1]} rows")
+    dev = dx if dx != "cpu" else dy
+    return _input.layer_data(ax, dev, layer="x"), _input.layer_data(ay, dev, layer="y")
+
+
+def similarity_metrics(x: Array, y: Array, *, measures: Union[str, List[str]] = "all", variance: float = 0.99,
+                       sigma: float = 1.0, batch_size: int = 1024, k: int = 10, max_samples: int = 4096,
+                       seed: int = 0) -> Dict[str, float]:
+    """Similarity of two representations of the same n inputs, x (n, d_x) and y (n, d_y): the measures of the
+    ``similarity`` analyzer (:mod:`reprscope.metrics.similarity` gives every formula and convention).
+
+    Args:
+        measures: ``"all"`` or names among ``cka_linear``, ``cka_linear_debiased``, ``svcca``, ``pwcca``,
+            ``cca_mean``, ``procrustes``, ``cka_rbf``, ``mutual_knn``.
+        variance: SVCCA's kept fraction of variance; sigma, batch_size: RBF CKA's kernel width (× √median squared
+            distance) and minibatch; k: mutual k-NN's neighbours; max_samples, seed: the kernel measures' subset.
+
+    Returns:
+        ``{measure: value}`` (a measure undefined on these inputs, e.g. CKA of a constant layer, is left out
+        with a :class:`ReprscopeWarning`).
+    """
+    a, b = _pair(x, y, "similarity_metrics")
+    a.seed = b.seed = int(seed)
+    chosen = ",".join(measures) if isinstance(measures, (list, tuple)) else measures
+    values = resolve_params("similarity_metrics", _similarity_rows.declaration.params,
+                            {"measures": chosen, "variance": variance, "sigma": sigma, "batch_size": batch_size,
+                             "k": k, "max_samples": max_samples})
+    res = _similarity_rows(a, b, **values)
+    for note in res.notes:
+        warnings.warn(f"similarity_metrics: {note}", ReprscopeWarning, stacklevel=2)
+    return {r["metric"]: float(r["value"]) for r in res.rows}
+
+
+def _one_similarity(measure: str, x: Array, y: Array, **params: Any) -> float:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ReprscopeWarning)
+        got = similarity_metrics(x, y, measures=measure, **params)
+    if measure not in got:  # undefined: the reason is the error, not a warning
+        why = "; ".join(str(w.message).removeprefix("similarity_metrics: ") for w in caught)
+        raise ReprscopeError(f"{measure}: undefined on these inputs ({why or 'a constant representation'})")
+    for w in caught:
+        warnings.warn(str(w.message), ReprscopeWarning, stacklevel=3)
+    return got[measure]
+
+
+def linear_cka(x: Array, y: Array, *, debiased: bool = False) -> float:
+    """Linear CKA of x (n, d_x) and y (n, d_y) (Kornblith et al. 2019, arXiv:1905.00414), from d×d cross-products;
+    ``debiased`` uses the unbiased HSIC estimator (Song et al. 2012), as Kornblith's code."""
+    return _one_similarity("cka_linear_debiased" if debiased else "cka_linear", x, y)
+
+
+def cka_rbf(x: Array, y: Array, *, sigma: float = 1.0, batch_size: int = 1024, max_samples: int = 4096,
+            seed: int = 0) -> float:
+    """Minibatch RBF CKA (Nguyen et al. 2021, arXiv:2010.15327): unbiased HSIC averaged over batches of a seeded
+    permutation, kernel width σ = ``sigma`` × √(median squared distance) of each batch."""
+    return _one_similarity("cka_rbf", x, y, sigma=sigma, batch_size=batch_size, max_samples=max_samples, seed=seed)
+
+
+def svcca(x: Array, y: Array, *, variance: float = 0.99) -> float:
+    """SVCCA (Raghu et al. 2017, arXiv:1706.05806): mean canonical correlation of the principal subspaces
+    keeping ``variance`` of each representation's variance."""
+    return _one_similarity("svcca", x, y, variance=variance)
+
+
+def pwcca(x: Array, y: Array) -> float:
+    """Projection-weighted CCA (Morcos et al. 2018, arXiv:1806.05759), weights from the centred neurons of the
+    side with fewer neurons."""
+    return _one_similarity("pwcca", x, y)
+
+
+def procrustes_distance(x: Array, y: Array) -> float:
+    """Orthogonal Procrustes distance 2 − 2‖X̃ᵀỸ‖_* of the centred, unit-Frobenius representations (Ding et al.
+    2021, arXiv:2108.01661): 0 when equal up to rotation, translation and scale."""
+    return _one_similarity("procrustes", x, y)
+
+
+def mutual_knn_alignment(x: Array, y: Array, *, k: int = 10, max_samples: int = 4096, seed: int = 0) -> float:
+    """Mutual k-NN alignment (Huh et al. 2024, arXiv:2405.07987): mean fraction of shared cosine k-nearest
+    neighbours (self excluded), on a seeded subset of at most ``max_samples``."""
+    return _one_similarity("mutual_knn", x, y, k=k, max_samples=max_samples, seed=seed)
+
+
 __all__ = [
     "ReprscopeWarning", "alignment", "alignment_uniformity", "center_metrics", "center_norm", "center_vector",
-    "alpha_req", "effective_rank", "head_module", "intrinsic_dimension", "joint_entropy", "knn_accuracy", "linear_probe_accuracy", "matrix_entropy",
+    "alpha_req", "cka_rbf", "effective_rank", "head_module", "intrinsic_dimension", "joint_entropy", "knn_accuracy", "linear_probe_accuracy", "matrix_entropy",
     "matrix_information_metrics", "matrix_js", "matrix_kl", "matrix_mutual_information", "nesum", "r2_latents",
-    "rank_abs", "stable_rank",
+    "linear_cka", "mutual_knn_alignment", "procrustes_distance", "pwcca", "rank_abs", "similarity_metrics",
+    "stable_rank", "svcca",
     "rank_tau", "rankme", "residual_norms", "singular_values", "tangent_fvu", "tangent_metrics", "total_coding_rate",
     "uniformity", "vicreg_statistics", "weight_ranks",
 ]
