@@ -364,6 +364,14 @@ def check(source: str | os.PathLike, baseline: str | os.PathLike | pd.DataFrame,
     rules = load_rules(Path(tolerances) if tolerances is not None else None, rtol, atol)
     base = baseline if isinstance(baseline, pd.DataFrame) else read_table(Path(baseline))
     selected = select_rows(base, metrics, layers)
+    dropped: List[str] = []
+    if "source_b" in selected.columns and (selected["source_b"].fillna("") != "").any():
+        # comparisons with another source (--compare, a run's last checkpoint) need that source: not rechecked
+        other = selected["source_b"].fillna("") != ""
+        dropped.append(f"{int(other.sum())} baseline rows compare with another source ({selected.loc[other, 'source_b'].iloc[0]}"
+                       "…) and are not checked: check compares one SOURCE's own rows")
+        base = base[base["source_b"].fillna("") == ""]
+        selected = selected[~other]
     if selected.empty:
         raise ReprscopeError("no baseline rows match the metrics/layers globs; nothing to check", arg="metrics")
     wanted = baseline_analyzers(selected)  # only what the selected rows need is recomputed
@@ -373,7 +381,7 @@ def check(source: str | os.PathLike, baseline: str | os.PathLike | pd.DataFrame,
                       device=device, progress=progress)
     check_context(selected, res.table, store=Path(source).suffix.lower() in (".h5", ".hdf5"))
     result = compare(res.table, base, rules, metrics=metrics, layers=layers)
-    result.notes = condense_notes(res.notes)
+    result.notes = dropped + condense_notes(res.notes)
     if result.compared == 0:
         skipped = [n for n in result.notes if "skipped" in n]
         why = f" ({skipped[0]})" if skipped else ""
