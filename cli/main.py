@@ -351,7 +351,7 @@ def demo(
     steps: int = typer.Option(None, "--steps", help="Training steps (default: about a minute on 2 CPU cores)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
-    """Train SimCLR on the content/style data, extract, analyze, and print paper 001's finding."""
+    """Train SimCLR on the content/style data, extract, analyze, and print Rusak et al. 2022's finding."""
     from reprscope.demo import run_demo
 
     run_demo(out, steps=steps, progress=not quiet, echo=typer.echo)

@@ -1,7 +1,7 @@
 """``reprscope demo``: the whole path on the embedded content/style data, in about a minute on a CPU.
 
-Trains SimCLR on the content/style DGP (paper 001 §4.1), extracts every encoder layer and the projector's
-layers on the held-out set, runs the analyzers and prints paper 001's finding — style latents are linearly
+Trains SimCLR on the content/style DGP (Rusak et al. 2022 §4.1), extracts every encoder layer and the projector's
+layers on the held-out set, runs the analyzers and prints Rusak et al. 2022's finding — style latents are linearly
 readable in the encoder's layers and lost inside the projector, while content survives — computed from the
 table, with a verdict that says whether it held.
 """
@@ -81,14 +81,14 @@ def run_demo(out: Path | str, steps: Optional[int] = None, progress: bool = True
     piv = ident.pivot_table(index="layer", columns="metric", values="value", sort=False)
     piv.columns = ["R² content" if c == "r2_content_mean" else "R² style" for c in piv.columns]
     echo("")
-    echo("Linear readout of the ground-truth latents, per layer (held-out R², paper 001 Fig. 1):")
+    echo("Linear readout of the ground-truth latents, per layer (held-out R², Rusak et al. 2022 Fig. 1):")
     echo(piv.to_string(float_format=lambda v: f"{v:6.3f}"))
     f = finding(table)
     echo("")
     echo(f"Style R² is {f['style_encoder']:.2f} on average in the encoder and {f['style_projector']:.2f} after the projector; "
          f"content R² stays >= {f['content_min']:.2f} up to the projector's last hidden layer "
          f"({f['content_projector']:.2f} at its output).")
-    echo("Finding of paper 001 (style collapses only in the projector): " + ("HELD" if f["held"] else "NOT REPRODUCED in this run"))
+    echo("Finding of Rusak et al. 2022 (style collapses only in the projector): " + ("HELD" if f["held"] else "NOT REPRODUCED in this run"))
     echo("")
     echo(f"checkpoint: {res.last}")
     echo(f"embeddings: {h5}")

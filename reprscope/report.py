@@ -1,7 +1,7 @@
 """``reprscope report``: figures from tidy tables, one figure per question.
 
-* ``spectrum``: log singular values per layer (the encoder log-spectrum of paper 002 Fig. 4, the spectra of
-  paper 001 Fig. 1), one panel per run at its last step, from one view (``clean`` when the table has it; the
+* ``spectrum``: log singular values per layer (the encoder log-spectrum of Cosentino et al. 2022, arXiv:2205.06926 Fig. 4, the spectra of
+  Rusak et al. 2022 Fig. 1), one panel per run at its last step, from one view (``clean`` when the table has it; the
   panel title names it);
 * ``r2_per_latent``: held-out R² of every latent across layers, one panel per run at its last step (paper
   001). Content and style latents are told apart by the table's ``latent_group`` column only (content solid,

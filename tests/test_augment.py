@@ -1,7 +1,7 @@
 """Tests of the batched per-sample augmentation (``reprscope.data.augment``): every operation with fixed
 per-sample parameters against ``torchvision.transforms.v2.functional`` applied image by image; the random
 parameters (torchvision's crop semantics, per-sample draws, determinism from the seed); the whole pipeline
-against a per-image torchvision composition; the presets against their papers (paper 002 Table 2, paper 003
+against a per-image torchvision composition; the presets against their papers (Cosentino et al. 2022, arXiv:2205.06926 Table 2, Bardes et al. 2022, arXiv:2105.04906
 appendix B.2, BYOL Table 6); and the device-agnostic path (run on the ``meta`` device, where any host sync
 would fail)."""
 import math
@@ -302,7 +302,7 @@ def test_simclr_byol_vicreg_recipes():
     b1, b2 = get_preset("byol").views  # Grill et al. Table 6: asymmetric blur and solarisation
     assert (b1.p_blur, b1.p_solarize, b2.p_blur, b2.p_solarize) == (1.0, 0.0, 0.1, 0.2)
     assert (b1.brightness, b1.contrast, b1.saturation, b1.hue, b1.blur_sigma) == (0.4, 0.4, 0.2, 0.1, (0.1, 2.0))
-    (v,) = get_preset("vicreg").views  # paper 003 appendix B.2, symmetric
+    (v,) = get_preset("vicreg").views  # Bardes et al. 2022 appendix B.2, symmetric
     assert (v.crop_scale, v.p_flip, v.brightness, v.contrast, v.saturation, v.hue, v.p_jitter, v.p_gray, v.p_blur,
             v.p_solarize) == ((0.2, 1.0), 0.5, 0.4, 0.4, 0.2, 0.1, 0.8, 0.2, 0.5, 0.1)
     assert get_preset("byol").view(2) is b1 and get_preset("vicreg").view(1) is v

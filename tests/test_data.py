@@ -1,5 +1,5 @@
-"""Tests of the data sets: the common contract over the registry, the content/style DGP of paper 001 against
-closed forms (vMF mean resultant length, exact inverse of g), and the toy sets of paper 000."""
+"""Tests of the data sets: the common contract over the registry, the content/style DGP of Rusak et al. 2022 against
+closed forms (vMF mean resultant length, exact inverse of g), and the toy sets of the center-vector paper (ICLR 2024 submission, "A unifying framework for the stability of SSL")."""
 import json
 
 import numpy as np

@@ -156,9 +156,9 @@ def _cosentino(strength: str, s: float, flip: bool, scale: Tuple[float, float]) 
     and hue = 0.2 s (p = 0.8); grayscale p = 0.2; crop scale and flip per column."""
     j = round(0.8 * s, 10)
     return AugmentationPreset(
-        strength, f"paper 002 Table 2, {strength}: crop scale {scale[0]:g}-{scale[1]:g}, jitter s = {s:g}, "
+        strength, f"Cosentino et al. 2022, arXiv:2205.06926 Table 2, {strength}: crop scale {scale[0]:g}-{scale[1]:g}, jitter s = {s:g}, "
                   f"{'flip, ' if flip else 'no flip, '}grayscale 0.2",
-        "Cosentino et al., paper 002, Table 2",
+        "Cosentino et al., Cosentino et al. 2022, Table 2",
         (ViewConfig(crop_scale=scale, p_flip=0.5 if flip else 0.0, p_jitter=0.8, brightness=j, contrast=j,
                     saturation=j, hue=round(0.2 * s, 10), p_gray=0.2),))
 
@@ -183,7 +183,7 @@ _register(AugmentationPreset(
 _register(AugmentationPreset(
     "vicreg", "VICReg, symmetrised BYOL: crop 0.2-1, flip, jitter (0.4, 0.4, 0.2, 0.1) p=0.8, grayscale 0.2, "
               "blur p=0.5, solarize p=0.1",
-    "Bardes et al. 2022 (VICReg), paper 003, appendix B.2 (its 'scale=(0.2, 0.1)' is a typo for the (0.2, 1.0) "
+    "Bardes et al. 2022 (VICReg), Bardes et al. 2022, arXiv:2105.04906, appendix B.2 (its 'scale=(0.2, 0.1)' is a typo for the (0.2, 1.0) "
     "of its text; blur sigma 0.1-2 as BYOL)",
     (ViewConfig(crop_scale=(0.2, 1.0), p_flip=0.5, p_jitter=0.8, brightness=0.4, contrast=0.4, saturation=0.2,
                 hue=0.1, p_gray=0.2, p_blur=0.5, p_solarize=0.1),)))

@@ -4,7 +4,7 @@ Every data set reprscope trains on or extracts from is a registered class with d
 sets are infinite streams (``sample`` draws fresh samples from the marginal) with a nominal ``epoch_size`` so
 that ``--epochs`` means the same everywhere, plus a fixed held-out set (``eval_set``) for evaluation. Positive
 pairs come from the set's own sampler (``augment``): an image augmentation, the conditional p(z̃|z) of a
-latent-variable model, or "another point of the same class" for the toy sets of paper 000.
+latent-variable model, or "another point of the same class" for the toy sets of the center-vector paper (ICLR 2024 submission, "A unifying framework for the stability of SSL").
 
 Randomness flows through a ``numpy.random.Generator`` handed in by the caller, so training streams are
 reproducible from the seed and their state can be checkpointed for exact resume (image augmentations draw their

@@ -1,4 +1,4 @@
-"""The content/style data-generating process of paper 001 §4.1 (after Zimmermann et al. 2021, cl-ica).
+"""The content/style data-generating process of Rusak et al. 2022 §4.1 (after Zimmermann et al. 2021, cl-ica).
 
 Latents z live in the hyperbox [0,1]^d or on the hypersphere S^{d-1} with a uniform marginal. The first
 ``content_dims`` coordinates are *content*: a positive pair shares them exactly (δ conditional). The other
@@ -64,10 +64,10 @@ def _random_well_conditioned(d: int, rng: np.random.Generator, max_cond: float) 
 
 @DATASETS.register("dgp")
 class ContentStyleDGP(GeneratedDataset):
-    """Content/style latent-variable model with an invertible mixing g (paper 001 §4.1)."""
+    """Content/style latent-variable model with an invertible mixing g (Rusak et al. 2022 §4.1)."""
 
     name = "dgp"
-    summary = "content/style latents on a box or sphere through an invertible MLP (paper 001 §4.1)"
+    summary = "content/style latents on a box or sphere through an invertible MLP (Rusak et al. 2022 §4.1)"
     pair_mode = "anchor"
     params = [
         Param("latent_dim", 10, "int", "d: number of latents = observation dimension", low=1),

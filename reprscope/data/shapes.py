@@ -2,9 +2,9 @@
 
 Each image is one shape on a plain background, drawn from analytic signed-distance functions on the pixel grid
 with a one-pixel anti-aliased edge, batched over samples and on the data set's device (no download, no files).
-It is a small image counterpart of the content/style model of paper 001 §4.1 (in the spirit of dSprites and of
+It is a small image counterpart of the content/style model of Rusak et al. 2022 §4.1 (in the spirit of dSprites and of
 3DIdent, von Kügelgen et al. 2021): every factor of variation is known, so the ``identifiability`` analyzer can
-read each one out layer by layer, and the labels form a fine/coarse hierarchy for ``tangent`` (paper 002 Fig. 6).
+read each one out layer by layer, and the labels form a fine/coarse hierarchy for ``tangent`` (Cosentino et al. 2022, arXiv:2205.06926 Fig. 6).
 
 **Generative process** (independent draws; coordinates are fractions of the image side, x to the right and y
 downwards, pixel (i, j) centred at ((j + ½)/r, (i + ½)/r)):
@@ -28,7 +28,7 @@ each go once round the circle). Hues are in turns: (cos 2πh, sin 2πh).
 
 **Labels**: ``labels`` (fine) = c · ``hue_bins`` + b(h) with b(h) = ⌊h · bins + ½⌋ mod bins the object-hue bin
 centred on red, yellow, green, cyan, blue, magenta for 6 bins; ``labels_coarse`` = c, the shape. This is a
-nested hierarchy like CIFAR-100's 100 fine / 20 coarse classes: the hardest negative of paper 002 can agree on
+nested hierarchy like CIFAR-100's 100 fine / 20 coarse classes: the hardest negative of Cosentino et al. 2022 can agree on
 the shape without agreeing on the colour, and colour augmentation (hue jitter ±0.1 turn, ~ a bin of 1/6) is
 what erases the finer label. ``hue_bins=1`` makes both labels the shape.
 

@@ -1,4 +1,4 @@
-"""Toy data sets of paper 000: blobs and moons (§3.2) and the 3-D Gaussian points (appendix B.1).
+"""Toy data sets of the center-vector paper (ICLR 2024 submission, "A unifying framework for the stability of SSL"): blobs and moons (§3.2) and the 3-D Gaussian points (appendix B.1).
 
 On blobs and moons "one class = augmentations of one sample": a positive view of a point is a fresh draw
 from the same class. On ``points3d`` a fixed set of points is augmented by Gaussian jitter that is either
@@ -55,7 +55,7 @@ class Blobs(_ClassConditional2D):
     """Three isotropic Gaussian blobs in 2-D (centres drawn from [-10, 10]² with the data seed, as make_blobs)."""
 
     name = "blobs"
-    summary = "3 Gaussian blobs in 2-D; one class = augmentations of one sample (paper 000 §3.2)"
+    summary = "3 Gaussian blobs in 2-D; one class = augmentations of one sample (the center-vector paper §3.2)"
     params = [
         Param("noise", 1.0, "float", "std of each blob", low=0),
         Param("epoch_size", 3000, "int", "nominal number of samples per epoch", low=1),
@@ -75,7 +75,7 @@ class Moons(_ClassConditional2D):
     """Three interleaved half-moons in 2-D (make_moons extended to a third class)."""
 
     name = "moons"
-    summary = "3 interleaved half-moons in 2-D; one class = augmentations of one sample (paper 000 §3.2)"
+    summary = "3 interleaved half-moons in 2-D; one class = augmentations of one sample (the center-vector paper §3.2)"
 
     def draw(self, labels, rng):
         t = rng.uniform(0, np.pi, size=len(labels))
@@ -89,10 +89,10 @@ class Moons(_ClassConditional2D):
 
 @DATASETS.register("points3d")
 class Points3D(GeneratedDataset):
-    """Fixed 3-D Gaussian points with jitter augmentations, centred or shifted (paper 000 appendix B.1)."""
+    """Fixed 3-D Gaussian points with jitter augmentations, centred or shifted (the center-vector paper appendix B.1)."""
 
     name = "points3d"
-    summary = "100 fixed 3-D Gaussian points, jitter augmentation centred or shifted (paper 000 B.1)"
+    summary = "100 fixed 3-D Gaussian points, jitter augmentation centred or shifted (the center-vector paper B.1)"
     input_shape = (3,)
     params = [
         Param("n_points", 100, "int", "number of fixed points", low=1),

@@ -1,5 +1,5 @@
 """Barlow Twins: the cross-correlation of the standardised projections of two views driven to the identity
-(Zbontar et al. 2021 eq. 1; paper 000 eq. 37; paper 004 eq. 3).
+(Zbontar et al. 2021 eq. 1; the center-vector paper (ICLR 2024 submission, "A unifying framework for the stability of SSL") eq. 37; Tan et al. 2024 (ICML) eq. 3).
 
 ::
 
@@ -21,9 +21,9 @@ Defaults and where they come from:
   1e-4, trust coefficient 0.02 — solo-learn's CIFAR recipe (the paper: LARS lr 0.2·B/256, weight decay
   1.5e-6, batch 2048).
 
-Ablations: ``off_diagonal=false`` keeps only the invariance (diagonal) term — paper 000 §3.3 shows Barlow
+Ablations: ``off_diagonal=false`` keeps only the invariance (diagonal) term — the center-vector paper §3.3 shows Barlow
 Twins still avoids collapse through its BatchNorm; VICReg's variance / covariance terms on the projections
-with ``var_reg`` / ``cov_reg`` (paper 003 Table 3).
+with ``var_reg`` / ``cov_reg`` (Bardes et al. 2022, arXiv:2105.04906 Table 3).
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def barlow_twins_terms(z1: torch.Tensor, z2: torch.Tensor, eps: float = BN_EPS) 
 def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 5e-3, off_diagonal: bool = True,
                       scale: float = 1.0, eps: float = BN_EPS) -> torch.Tensor:
     """scale · [Σ_i (1 − C_ii)² + λ Σ_{i≠j} C_ij²] (Zbontar et al. eq. 1); ``off_diagonal=False`` drops the
-    redundancy-reduction term (paper 000 §3.3). ``z1, z2``: (n, d) projections of the two views."""
+    redundancy-reduction term (the center-vector paper §3.3). ``z1, z2``: (n, d) projections of the two views."""
     on, off = barlow_twins_terms(z1, z2, eps)
     return scale * (on + lambd * off) if off_diagonal else scale * on
 
@@ -74,11 +74,11 @@ class BarlowTwins(Method):
     """Cross-correlation of per-view standardised projections towards the identity."""
 
     name = "barlowtwins"
-    summary = "Barlow Twins: cross-correlation → identity, λ=5e-3; ablation without the off-diagonal term (paper 000 §3.3)"
-    paper = "Zbontar et al. 2021 (Barlow Twins); paper 000 §3.3, A.2; paper 004 eq. 3"
+    summary = "Barlow Twins: cross-correlation → identity, λ=5e-3; ablation without the off-diagonal term (the center-vector paper §3.3)"
+    paper = "Zbontar et al. 2021 (Barlow Twins); the center-vector paper §3.3, A.2; Tan et al. 2024 eq. 3"
     params = [
         Param("lambd", 5e-3, "float", "λ, weight of the off-diagonal (redundancy-reduction) term", low=0),
-        Param("off_diagonal", True, "bool", "include the off-diagonal term (false: invariance only, paper 000 §3.3)"),
+        Param("off_diagonal", True, "bool", "include the off-diagonal term (false: invariance only, the center-vector paper §3.3)"),
         Param("scale_loss", 1.0, "float", "factor on the whole loss (solo-learn's CIFAR recipe: 0.1)", low=0, low_open=True),
     ]
     default_heads = {

@@ -13,7 +13,7 @@ Life cycle inside the trainer (one loop for every method, ``train/trainer.py``):
         loss.backward(); optimizer.step()
         method.after_step(bundle, step, total)   # EMA updates, schedules
 
-Every method may add the variance / covariance regularisers of VICReg to its embeddings (paper 003 Table 3):
+Every method may add the variance / covariance regularisers of VICReg to its embeddings (Bardes et al. 2022, arXiv:2105.04906 Table 3):
 ``--set method.var_reg=25 --set method.cov_reg=1``; methods call :meth:`Method.regularize` on the embeddings
 their loss uses. Under DDP a method computes its loss on the global batch: embeddings are gathered with
 gradient through ``reprscope.distributed.gather`` (a no-op on one process), so statistics (Barlow Twins'
@@ -56,8 +56,8 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
     #: (tests/test_methods.py), e.g. an image data set and a tiny ViT for MAE. Merged over a tiny MLP default.
     smoke_sets: ClassVar[Dict[str, Any]] = {}
     common_params: ClassVar[List[Param]] = [
-        Param("var_reg", 0.0, "float", "weight of VICReg's variance term added to the embeddings (paper 003 Table 3)", low=0),
-        Param("cov_reg", 0.0, "float", "weight of VICReg's covariance term added to the embeddings (paper 003 Table 3)", low=0),
+        Param("var_reg", 0.0, "float", "weight of VICReg's variance term added to the embeddings (Bardes et al. 2022 Table 3)", low=0),
+        Param("cov_reg", 0.0, "float", "weight of VICReg's covariance term added to the embeddings (Bardes et al. 2022 Table 3)", low=0),
         Param("reg_gamma", 1.0, "float", "target standard deviation γ of the added variance term", low=0, low_open=True),
     ]
 
@@ -85,7 +85,7 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
         """
 
     def param_groups(self, bundle: nn.Module) -> List[Dict[str, Any]]:
-        """Optimiser parameter groups. A group may carry ``fixed_lr=True`` (no schedule, paper 000 B.4 /
+        """Optimiser parameter groups. A group may carry ``fixed_lr=True`` (no schedule, the center-vector paper (ICLR 2024 submission, "A unifying framework for the stability of SSL") B.4 /
         SimSiam's predictor) or ``lr_mult`` (a multiple of the peak lr). Default: everything trainable, one group."""
         params = [p for p in list(bundle.parameters()) + list(self.parameters()) if p.requires_grad]
         return [{"params": params}]
@@ -99,7 +99,7 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
 
     # -- shared pieces -------------------------------------------------------------------------------------
     def regularize(self, embeddings: Sequence[torch.Tensor]) -> Tuple[torch.Tensor | float, Logs]:
-        """The optional variance / covariance terms of VICReg (paper 003 eq. 1–2) on each branch's embeddings,
+        """The optional variance / covariance terms of VICReg (Bardes et al. 2022 eq. 1–2) on each branch's embeddings,
         weighted by ``var_reg`` and ``cov_reg`` and averaged over the branches. 0 when both weights are 0."""
         from ..distributed import gather
         from .losses import covariance_term, variance_term

@@ -1,4 +1,4 @@
-"""BYOL: an online network with a predictor regresses a momentum (EMA) target (Grill et al. 2020; paper 000 §2.4).
+"""BYOL: an online network with a predictor regresses a momentum (EMA) target (Grill et al. 2020; the center-vector paper (ICLR 2024 submission, "A unifying framework for the stability of SSL") §2.4).
 
 Loss (Grill et al. eq. 2, summed over the two view orders as in the paper, L + L̃; SPEC §7)::
 
@@ -10,16 +10,16 @@ BYOL's cosine schedule from ``momentum`` to ``final_momentum`` (``methods/ema.py
 
 Defaults and where they come from:
 
-* ``momentum`` 0.99 — the CIFAR-scale base value (solo-learn's CIFAR recipe; the value paper 000 §2.4 and
-  paper 003 B.5 use). BYOL's ImageNet recipe uses 0.996: ``--set method.momentum=0.996``.
+* ``momentum`` 0.99 — the CIFAR-scale base value (solo-learn's CIFAR recipe; the value the center-vector paper §2.4 and
+  Bardes et al. 2022, arXiv:2105.04906 B.5 use). BYOL's ImageNet recipe uses 0.996: ``--set method.momentum=0.996``.
 * heads: projector and predictor both ``Linear(4096) → BN → ReLU → Linear(256)`` (BYOL §3.3).
 * optimiser: LARS, lr 1.0 at batch 256, weight decay 1e-5, trust coefficient 0.02, biases and norm
   weights excluded — solo-learn's CIFAR recipe (other batch sizes: ``--set optim.lr_scaling=linear``).
   BYOL's ImageNet recipe: LARS lr 0.2·B/256, weight decay 1.5e-6, trust coefficient 1e-3, 10 warm-up epochs.
 
-Ablations as configuration: a fixed momentum (paper 000 §3.5, Fig. 7) with ``momentum_schedule=constant``
+Ablations as configuration: a fixed momentum (the center-vector paper §3.5, Fig. 7) with ``momentum_schedule=constant``
 (``momentum=0`` makes the target a copy of the online network after every step, ``momentum=1`` freezes it
-at its initialisation); VICReg's variance / covariance terms on the online projections (paper 003 Table 3)
+at its initialisation); VICReg's variance / covariance terms on the online projections (Bardes et al. 2022 Table 3)
 with ``var_reg`` / ``cov_reg``.
 """
 from __future__ import annotations
@@ -78,13 +78,13 @@ class BYOL(Method):
     """Online encoder + projector + predictor against an EMA target (Grill et al. 2020)."""
 
     name = "byol"
-    summary = "BYOL: predictor regresses an EMA target, 2−2cos symmetrised; momentum 0.99→1 cosine (fixed: paper 000 §3.5)"
-    paper = "Grill et al. 2020 (BYOL); paper 000 §2.4, §3.5; paper 003 Table 3"
+    summary = "BYOL: predictor regresses an EMA target, 2−2cos symmetrised; momentum 0.99→1 cosine (fixed: the center-vector paper §3.5)"
+    paper = "Grill et al. 2020 (BYOL); the center-vector paper §2.4, §3.5; Bardes et al. 2022 Table 3"
     params = [
         Param("momentum", 0.99, "float", "base EMA momentum m of the target (0.99 CIFAR, 0.996 ImageNet)", low=0, high=1),
         Param("final_momentum", 1.0, "float", "momentum at the end of training (cosine schedule)", low=0, high=1),
         Param("momentum_schedule", "cosine", "choice", "cosine (BYOL: from momentum to final_momentum) or constant "
-              "(momentum throughout, paper 000 §3.5)", choices=("cosine", "constant")),
+              "(momentum throughout, the center-vector paper §3.5)", choices=("cosine", "constant")),
     ]
     default_heads = {
         "projector": {"kind": "mlp", "out_dim": 256, "hidden_dim": 4096, "layers": 2, "bn": True},

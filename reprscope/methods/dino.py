@@ -7,7 +7,7 @@ The student is the bundle (encoder + DINO head), the teacher an EMA copy of it (
     L = mean over pairs (a ≠ b) of  mean_i Σ_k −P_t(a)ᵢₖ log P_s(b)ᵢₖ              (DINO eq. 1, Algorithm 1)
     c ← m c + (1 − m) mean_i,v t_v,i                                                  (DINO eq. 4)
 
-``centering=false`` is the ablation of paper 000 B.2 (no c subtracted, c never updated), which collapses.
+``centering=false`` is the ablation of the center-vector paper (ICLR 2024 submission, "A unifying framework for the stability of SSL") B.2 (no c subtracted, c never updated), which collapses.
 
 Design (reference: facebookresearch/dino ``main_dino.py``, ``vision_transformer.DINOHead``):
 
@@ -138,15 +138,15 @@ class DINO(Method):
     """Student–teacher self-distillation with an EMA teacher, centering (optional) and temperature warm-up."""
 
     name = "dino"
-    summary = "DINO: EMA teacher, centering with momentum (or none, paper 000 B.2), teacher temperature warm-up"
-    paper = "Caron et al. 2021 (DINO); paper 000 §2.5 and B.2 (no centering)"
+    summary = "DINO: EMA teacher, centering with momentum (or none, the center-vector paper B.2), teacher temperature warm-up"
+    paper = "Caron et al. 2021 (DINO); the center-vector paper §2.5 and B.2 (no centering)"
     params = [
         Param("student_temp", 0.1, "float", "τ_s of the student softmax", low=0, low_open=True),
         Param("teacher_temp", 0.07, "float", "τ_t after the warm-up", low=0, low_open=True),
         Param("warmup_teacher_temp", 0.04, "float", "τ_t at step 0", low=0, low_open=True),
         Param("warmup_teacher_temp_steps", 5880, "int", "steps of the linear τ_t warm-up (paper: 30 epochs; "
               "here at 196 steps/epoch)", low=0),
-        Param("centering", True, "bool", "subtract the center from the teacher outputs (false: paper 000 B.2)"),
+        Param("centering", True, "bool", "subtract the center from the teacher outputs (false: the center-vector paper B.2)"),
         Param("center_momentum", 0.9, "float", "momentum m of the center's EMA", low=0, high=1),
         Param("momentum", 0.996, "float", "teacher EMA momentum at step 0 (cosine schedule to final_momentum)",
               low=0, high=1),

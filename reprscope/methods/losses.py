@@ -28,11 +28,11 @@ def pairwise_similarity(a: torch.Tensor, b: torch.Tensor, temperature: Temperatu
                         p: float = 2.0) -> torch.Tensor:
     """Logits sim(a_i, b_j)/τ for all pairs, (n, m).
 
-    A per-dimension temperature vector τ ∈ ℝ^d weights each coordinate separately (paper 001 §3, τ_c ≠ τ_s):
+    A per-dimension temperature vector τ ∈ ℝ^d weights each coordinate separately (Rusak et al. 2022 §3, τ_c ≠ τ_s):
 
-    * ``cosine``: Σ_k â_k b̂_k / τ_k with â = a/‖a‖ (paper 002 Eq. 1 with a scalar τ);
+    * ``cosine``: Σ_k â_k b̂_k / τ_k with â = a/‖a‖ (Cosentino et al. 2022, arXiv:2205.06926 Eq. 1 with a scalar τ);
     * ``dot``: Σ_k a_k b_k / τ_k (no normalisation);
-    * ``neg_lp``: −Σ_k |a_k − b_k|^p / τ_k, the un-normalised InfoNCE of cl-ica / paper 001 for the box.
+    * ``neg_lp``: −Σ_k |a_k − b_k|^p / τ_k, the un-normalised InfoNCE of cl-ica / Rusak et al. 2022 for the box.
     """
     d = a.shape[-1]
     tau = _temperature_vector(temperature, d, a)
@@ -54,7 +54,7 @@ def pairwise_similarity(a: torch.Tensor, b: torch.Tensor, temperature: Temperatu
 
 def info_nce(z1: torch.Tensor, z2: torch.Tensor, temperature: Temperature = 0.5, similarity: str = "cosine",
              p: float = 2.0) -> torch.Tensor:
-    """Symmetric InfoNCE / NT-Xent over 2N−2 negatives (SimCLR; paper 001 Eq. 1, paper 002 Eq. 1).
+    """Symmetric InfoNCE / NT-Xent over 2N−2 negatives (SimCLR; Rusak et al. 2022 Eq. 1, Cosentino et al. 2022 Eq. 1).
 
     For each of the 2N embeddings the positive is its pair and the negatives are the other 2N−2 embeddings
     of both views; the loss is the mean cross-entropy over all 2N anchors.
@@ -74,14 +74,14 @@ def info_nce(z1: torch.Tensor, z2: torch.Tensor, temperature: Temperature = 0.5,
 
 
 def variance_term(z: torch.Tensor, gamma: float = 1.0, eps: float = 1e-4) -> torch.Tensor:
-    """VICReg's variance term (paper 003 eq. 1): mean over dimensions of max(0, γ − sqrt(Var(z_j) + ε)),
+    """VICReg's variance term (Bardes et al. 2022, arXiv:2105.04906 eq. 1): mean over dimensions of max(0, γ − sqrt(Var(z_j) + ε)),
     with the unbiased variance over the batch. ``z``: (n, d)."""
     std = torch.sqrt(z.var(dim=0) + eps)
     return F.relu(gamma - std).mean()
 
 
 def covariance_term(z: torch.Tensor) -> torch.Tensor:
-    """VICReg's covariance term (paper 003 eq. 2): (1/d) Σ_{i≠j} C(z)_{ij}², with C the unbiased covariance
+    """VICReg's covariance term (Bardes et al. 2022 eq. 2): (1/d) Σ_{i≠j} C(z)_{ij}², with C the unbiased covariance
     over the batch. ``z``: (n, d)."""
     n, d = z.shape
     zc = z - z.mean(dim=0)

@@ -7,10 +7,10 @@
   pixels of every patch; the loss is the mean squared error over the *removed* patches only, against the raw
   or per-patch normalised pixels (``norm_pix_loss``). Paper 004 eq. 4 writes the two "views" of MAE as
   x ⊙ m (seen by the encoder) and x ⊙ (1 − m) (the reconstruction target).
-* ``umae`` — Zhang, Wang & Wang, "How mask matters" (NeurIPS 2022), as paper 004 §3 states it:
+* ``umae`` — Zhang, Wang & Wang, "How mask matters" (NeurIPS 2022), as Tan et al. 2024 (ICML) §3 states it:
   L_U-MAE = L_MAE + λ Σ_{i≠j} (ẑ_iᵀ ẑ_j)², ẑ the ℓ2-normalised encoder features of the masked images of the
   batch (:func:`uniformity_square`).
-* ``mmae`` — paper 004 §5 eq. 11: L_M-MAE = L_MAE − λ · TCR_μ(Z), the total coding rate (Def. 4.8, eq. 6) of the
+* ``mmae`` — Tan et al. 2024 §5 eq. 11: L_M-MAE = L_MAE − λ · TCR_μ(Z), the total coding rate (Def. 4.8, eq. 6) of the
   same normalised features, a matrix-based estimate of their entropy used instead of the matrix entropy itself
   for numerical stability (§5); U-MAE is its second-order approximation (Theorem 5.2)
   (:func:`total_coding_rate`).
@@ -31,7 +31,7 @@ step). The published recipe augments with random resized crop (scale 0.2–1) an
 Defaults and where they come from:
 
 * ``mask_ratio`` 0.75, ``norm_pix_loss`` true: He et al. 2022 (Fig. 5, Table 1d; its pre-training recipe);
-  paper 004 §6 and the U-MAE / M-MAE pre-training scripts use the same.
+  Tan et al. 2024 §6 and the U-MAE / M-MAE pre-training scripts use the same.
 * decoder 4 blocks × 128 wide, 4 heads (32 per head as MAE's 512/16), MLP ratio 4: a CIFAR-scale version of
   MAE's 8 × 512 decoder for ViT-Tiny/Small encoders (He et al. Table 1a/b: a light decoder of a few blocks
   suffices for linear probing accuracy).
@@ -39,11 +39,11 @@ Defaults and where they come from:
   official implementation). The encoder's weights keep timm's initialisation; ``--set backbone.weight_init=jax``
   gives the Xavier-uniform linear layers that MAE uses.
 * optimiser: AdamW, base lr 1.5e-4 scaled linearly with batch/256, weight decay 0.05, β₂ = 0.95, cosine
-  schedule with warm-up (He et al. App. A.1, Table 8); 200 epochs at batch 1024 (paper 004 §6) with 20 warm-up
+  schedule with warm-up (He et al. App. A.1, Table 8); 200 epochs at batch 1024 (Tan et al. 2024 §6) with 20 warm-up
   epochs (the M-MAE pre-training script).
-* U-MAE λ = 0.01 (paper 004 §6, "U-MAE's original hyperparameters"), τ = 1 (paper 004's form; the U-MAE code
+* U-MAE λ = 0.01 (Tan et al. 2024 §6, "U-MAE's original hyperparameters"), τ = 1 (Tan et al. 2024's form; the U-MAE code
   divides the similarities by a ``tau``: its README's β = 1e-4 with τ = 0.1 is the same weight λ/τ² = 0.01).
-* M-MAE λ = 0.01, μ = 1 (paper 004 §6 and App. B Table 2: μ = 1 for ViT-Base, 3 for ViT-Large).
+* M-MAE λ = 0.01, μ = 1 (Tan et al. 2024 §6 and App. B Table 2: μ = 1 for ViT-Base, 3 for ViT-Large).
 
 For 32×32 inputs use a ViT with 4×4 patches (an 8×8 grid, 64 tokens; ``img_size`` follows the data)::
 
@@ -180,7 +180,7 @@ def mae_loss(pred: torch.Tensor, imgs: torch.Tensor, mask: torch.Tensor, patch_s
 
 
 def uniformity_square(z: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
-    """U-MAE's uniformity regulariser (Zhang et al. 2022; paper 004 §3): the mean over pairs i ≠ j of
+    """U-MAE's uniformity regulariser (Zhang et al. 2022; Tan et al. 2024 §3): the mean over pairs i ≠ j of
     (ẑ_iᵀ ẑ_j / τ)², ẑ_i = z_i/‖z_i‖.
 
     Paper 004 writes the sum γ Σ_{i≠j}; the mean over the n(n − 1) pairs makes λ independent of the batch size
@@ -204,10 +204,10 @@ TCR_SCALES = ("mu_over_d", "eq6")
 
 
 def total_coding_rate(z: torch.Tensor, mu: float = 1.0, scale: str = "mu_over_d", center: bool = False) -> torch.Tensor:
-    """Total coding rate of the ℓ2-normalised features, the entropy surrogate of M-MAE (paper 004 Def. 4.8,
+    """Total coding rate of the ℓ2-normalised features, the entropy surrogate of M-MAE (Tan et al. 2024 Def. 4.8,
     eq. 6; its loss eq. 11 subtracts λ times this).
 
-    * ``scale="eq6"``: TCR_μ = log det(μ I_d + ẐᵀẐ), paper 004 eq. 6 with the samples as rows of Ẑ;
+    * ``scale="eq6"``: TCR_μ = log det(μ I_d + ẐᵀẐ), Tan et al. 2024 eq. 6 with the samples as rows of Ẑ;
     * ``scale="mu_over_d"`` (default): log det(I_d + (μ/d) ẐᵀẐ), the form of the released M-MAE code
       (``uniformity_loss_TCR``), whose μ the paper's experiments report (§6: μ = 1 for ViT-Base, 3 for
       ViT-Large; App. B Table 2). Eq. 6 and this differ by the constant d log μ and the scale of the Gram
@@ -421,19 +421,19 @@ class MAE(MaskedImageModel):
 
     name = "mae"
     summary = "masked autoencoder on a ViT: MSE on removed patches, light decoder, norm_pix_loss (He et al. 2022)"
-    paper = "He et al. 2022, Masked autoencoders are scalable vision learners; paper 004 eq. 4"
+    paper = "He et al. 2022, Masked autoencoders are scalable vision learners; Tan et al. 2024 eq. 4"
 
 
 @METHODS.register("umae")
 class UMAE(MaskedImageModel):
-    """MAE + λ × the square uniformity of the encoder features (Zhang et al. 2022; paper 004 §3)."""
+    """MAE + λ × the square uniformity of the encoder features (Zhang et al. 2022; Tan et al. 2024 §3)."""
 
     name = "umae"
-    summary = "U-MAE: MAE + λ·mean_{i≠j}(ẑᵢᵀẑⱼ/τ)² on the encoder features (Zhang et al. 2022; paper 004 §3, §6)"
-    paper = "Zhang, Wang & Wang 2022, How mask matters; paper 004 §3 and §6"
+    summary = "U-MAE: MAE + λ·mean_{i≠j}(ẑᵢᵀẑⱼ/τ)² on the encoder features (Zhang et al. 2022; Tan et al. 2024 §3, §6)"
+    paper = "Zhang, Wang & Wang 2022, How mask matters; Tan et al. 2024 §3 and §6"
     params = MaskedImageModel.params + [
-        Param("lam", 0.01, "float", "λ, weight of the uniformity term (paper 004 §6)", low=0),
-        Param("tau", 1.0, "float", "τ dividing the cosine similarities (U-MAE code option; 1 in paper 004)",
+        Param("lam", 0.01, "float", "λ, weight of the uniformity term (Tan et al. 2024 §6)", low=0),
+        Param("tau", 1.0, "float", "τ dividing the cosine similarities (U-MAE code option; 1 in Tan et al. 2024)",
               low=0, low_open=True),
     ]
 
@@ -444,17 +444,17 @@ class UMAE(MaskedImageModel):
 
 @METHODS.register("mmae")
 class MMAE(MaskedImageModel):
-    """MAE − λ × the total coding rate of the encoder features (paper 004 §5, eq. 11)."""
+    """MAE − λ × the total coding rate of the encoder features (Tan et al. 2024 §5, eq. 11)."""
 
     name = "mmae"
-    summary = "M-MAE: MAE − λ·TCR_μ of the normalised encoder features (paper 004 §5 eq. 11)"
+    summary = "M-MAE: MAE − λ·TCR_μ of the normalised encoder features (Tan et al. 2024 §5 eq. 11)"
     paper = "Tan et al. 2024, Information flow in self-supervised learning, §5 eq. 11"
     params = MaskedImageModel.params + [
-        Param("lam", 0.01, "float", "λ, weight of the total coding rate (paper 004 §6)", low=0),
-        Param("mu", 1.0, "float", "μ of the total coding rate (paper 004 §6: 1 for ViT-B, 3 for ViT-L)",
+        Param("lam", 0.01, "float", "λ, weight of the total coding rate (Tan et al. 2024 §6)", low=0),
+        Param("mu", 1.0, "float", "μ of the total coding rate (Tan et al. 2024 §6: 1 for ViT-B, 3 for ViT-L)",
               low=0, low_open=True),
         Param("tcr_scale", "mu_over_d", "choice", "mu_over_d: log det(I + μ/d·ẐᵀẐ) (M-MAE code); "
-              "eq6: log det(μI + ẐᵀẐ) (paper 004 eq. 6)", choices=TCR_SCALES),
+              "eq6: log det(μI + ẐᵀẐ) (Tan et al. 2024 eq. 6)", choices=TCR_SCALES),
         Param("center", False, "bool", "centre the normalised features over the batch (M-MAE code option)"),
     ]
 

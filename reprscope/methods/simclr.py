@@ -1,7 +1,7 @@
-"""SimCLR: symmetric InfoNCE on the projector output (Chen et al. 2020; paper 001 Eq. 1, paper 002 Eq. 1).
+"""SimCLR: symmetric InfoNCE on the projector output (Chen et al. 2020; Rusak et al. 2022 Eq. 1, Cosentino et al. 2022, arXiv:2205.06926 Eq. 1).
 
-Variants as configuration: a per-dimension temperature vector (paper 001's τ_c ≠ τ_s), and the
-un-normalised loss with a negative ℓp distance (cl-ica's box setting, paper 001 §4.1).
+Variants as configuration: a per-dimension temperature vector (Rusak et al. 2022's τ_c ≠ τ_s), and the
+un-normalised loss with a negative ℓp distance (cl-ica's box setting, Rusak et al. 2022 §4.1).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ class SimCLR(Method):
     """InfoNCE over 2N−2 negatives with cosine (default), dot or negative-ℓp similarity."""
 
     name = "simclr"
-    summary = "InfoNCE / NT-Xent; per-dimension temperatures; optional un-normalised ℓp similarity (papers 001, 002)"
+    summary = "InfoNCE / NT-Xent; per-dimension temperatures; optional un-normalised ℓp similarity (Rusak et al. 2022, 002)"
     params = [
         Param("temperature", 0.5, "floats", "τ, a float or one value per projector dimension (τ_c ≠ τ_s)", low=0, low_open=True),
         Param("similarity", "cosine", "choice", "cosine (ℓ2-normalised), dot, or neg_lp (−‖a−b‖_p^p, no normalisation)",

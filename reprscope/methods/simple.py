@@ -16,7 +16,7 @@ There is no predictor, no stop-gradient and no momentum encoder ("without the ar
 SimSiam"); the paper optimises it with mini-batch SGD on its toy sets (blobs, moons) and gives no further
 recipe, so the optimiser is the trainer's default. Head: the SimCLR-style projector ``Linear(2048) → BN →
 ReLU → Linear(128)`` for comparability with the other methods; ``--set projector=none`` applies the loss to the
-encoder output as in the paper's toy experiments. VICReg's variance / covariance terms (paper 003 Table 3)
+encoder output as in the paper's toy experiments. VICReg's variance / covariance terms (Bardes et al. 2022, arXiv:2105.04906 Table 3)
 act on the projections with ``var_reg`` / ``cov_reg``.
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ PENALTIES = ("squared", "norm")
 
 def simple_terms(z1: torch.Tensor, z2: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """(invariance mean_i ‖ẑ¹_i − ẑ²_i‖², center vector ŝ (d,)) of two (n, d) batches, rows ℓ2-normalised
-    (paper 000 eq. 1–2)."""
+    (the center-vector paper, ICLR 2024 submission, eq. 1–2)."""
     z1, z2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
     invariance = (z1 - z2).pow(2).sum(dim=1).mean()
     center = torch.cat([z1, z2], dim=0).mean(dim=0)
@@ -65,11 +65,11 @@ def simple_loss(z1: torch.Tensor, z2: torch.Tensor, lagrange: float = -1.0, pena
 
 @METHODS.register("simple")
 class Simple(Method):
-    """Invariance between ℓ2-normalised views plus a penalty on the batch center vector (paper 000 eq. 32)."""
+    """Invariance between ℓ2-normalised views plus a penalty on the batch center vector (the center-vector paper eq. 32)."""
 
     name = "simple"
-    summary = "paper 000's simple objective 0.5(L_inv − λ_L‖s‖²), λ_L = −1: invariance + center-vector penalty (eq. 32)"
-    paper = "paper 000 §2.1 eq. 1–3, §3.1 eq. 32"
+    summary = "the center-vector paper's simple objective 0.5(L_inv − λ_L‖s‖²), λ_L = −1: invariance + center-vector penalty (eq. 32)"
+    paper = "the center-vector paper §2.1 eq. 1–3, §3.1 eq. 32"
     params = [
         Param("lagrange", -1.0, "float", "λ_L, the Lagrange multiplier of eq. 32 (−1: penalise the center vector)"),
         Param("center_penalty", "squared", "choice", "L_s: squared (‖s‖²) or norm (‖s‖) of the center vector",

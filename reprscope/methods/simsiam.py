@@ -1,12 +1,12 @@
-"""SimSiam: a predictor on one branch, stop-gradient on the other (Chen & He 2021; paper 000 eq. 15–17).
+"""SimSiam: a predictor on one branch, stop-gradient on the other (Chen & He 2021; the center-vector paper (ICLR 2024 submission, "A unifying framework for the stability of SSL") eq. 15–17).
 
-Loss (SimSiam eq. 4 / paper 000 eq. 15)::
+Loss (SimSiam eq. 4 / the center-vector paper eq. 15)::
 
     L = ½ mean_i [−cos(p₁_i, sg z₂_i)] + ½ mean_i [−cos(p₂_i, sg z₁_i)]
 
 with z = g(f(x)) the projection and p = h(z) the prediction. Without a predictor (``--set predictor=none``)
 p = z; without stop-gradient (``stop_gradient=false``) the gradient also flows through z — the two collapsing
-ablations of paper 000 §3.2 / B.3.
+ablations of the center-vector paper §3.2 / B.3.
 
 Defaults and where they come from (SimSiam §3 for the heads, its CIFAR-10 recipe for the optimiser):
 
@@ -14,12 +14,12 @@ Defaults and where they come from (SimSiam §3 for the heads, its CIFAR-10 recip
   affine-free and no biases before BN (``last_bn``);
 * predictor bottleneck ``Linear(512) → BN → ReLU → Linear(2048)`` (no BN on the output);
 * the predictor is trained with a **fixed** learning rate (no schedule) — ``predictor_fixed_lr`` — and
-  ``predictor_lr_mult`` scales it (paper 000 B.4 sweeps it from 1% to 100%; BYOL's is ~10%);
+  ``predictor_lr_mult`` scales it (the center-vector paper B.4 sweeps it from 1% to 100%; BYOL's is ~10%);
 * optimiser: SGD, lr 0.03·B/256 = 0.06 at the default batch 512, momentum 0.9, weight decay 5e-4
   (SimSiam's CIFAR-10 recipe; ImageNet: lr 0.05·B/256, weight decay 1e-4). Other batch sizes:
   ``--set optim.lr=0.03 --set optim.lr_scaling=linear``.
 
-VICReg's variance / covariance terms (paper 003 Table 3) act on the projections z₁, z₂ (``var_reg``, ``cov_reg``).
+VICReg's variance / covariance terms (Bardes et al. 2022, arXiv:2105.04906 Table 3) act on the projections z₁, z₂ (``var_reg``, ``cov_reg``).
 """
 from __future__ import annotations
 
@@ -60,12 +60,12 @@ class SimSiam(Method):
     """Symmetric negative cosine between a prediction and the other view's stop-gradient projection."""
 
     name = "simsiam"
-    summary = "SimSiam: predictor (fixed lr) + stop-gradient; without predictor / stop-gradient (paper 000 §3.2, B.4)"
-    paper = "Chen & He 2021 (SimSiam); paper 000 §2.3, §3.2, B.3, B.4; paper 003 Table 3"
+    summary = "SimSiam: predictor (fixed lr) + stop-gradient; without predictor / stop-gradient (the center-vector paper §3.2, B.4)"
+    paper = "Chen & He 2021 (SimSiam); the center-vector paper §2.3, §3.2, B.3, B.4; Bardes et al. 2022 Table 3"
     params = [
-        Param("stop_gradient", True, "bool", "stop the gradient through the projection z (false: paper 000 §3.2 ablation)"),
+        Param("stop_gradient", True, "bool", "stop the gradient through the projection z (false: the center-vector paper §3.2 ablation)"),
         Param("predictor_fixed_lr", True, "bool", "train the predictor at a fixed lr, without the schedule (SimSiam)"),
-        Param("predictor_lr_mult", 1.0, "float", "predictor lr as a multiple of the peak lr (paper 000 B.4)",
+        Param("predictor_lr_mult", 1.0, "float", "predictor lr as a multiple of the peak lr (the center-vector paper B.4)",
               low=0, low_open=True),
     ]
     default_heads = {
@@ -80,7 +80,7 @@ class SimSiam(Method):
 
     def param_groups(self, bundle) -> List[Dict[str, Any]]:
         """Encoder and projector on the schedule; the predictor in its own group with a fixed lr and/or a
-        multiplier (paper 000 B.4). Without a predictor: one group."""
+        multiplier (the center-vector paper B.4). Without a predictor: one group."""
         if not bundle.has("predictor"):
             return super().param_groups(bundle)
         pred = [p for p in bundle.predictor.parameters() if p.requires_grad]

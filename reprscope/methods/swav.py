@@ -17,7 +17,7 @@ Design (reference: facebookresearch/swav ``main_swav.py``):
   embedding that is scored, as the ``swav`` checkpoint format does; the prototypes are the method's own
   bias-free linear layer (saved in ``method_state``), renormalised after every optimiser step.
 * Prototypes start uniformly distributed on the unit sphere (normalised Gaussian rows), the initialisation
-  paper 000 §3.4 assumes for the fixed-prototype ablation (zero mean over prototypes).
+  the center-vector paper (ICLR 2024 submission, "A unifying framework for the stability of SSL") §3.4 assumes for the fixed-prototype ablation (zero mean over prototypes).
 * Sinkhorn runs on the *global* batch: the scores of every rank are gathered, so each rank computes the same
   codes and the same loss as one process on the whole batch. The optional queue holds gathered (global)
   embeddings, identical on every rank, so a checkpoint written by rank 0 resumes every rank exactly.
@@ -124,7 +124,7 @@ class SwAV(Method):
 
     name = "swav"
     summary = "SwAV: Sinkhorn–Knopp codes on the global batch, swapped prediction, prototypes (frozen/fixed), queue"
-    paper = "Caron et al. 2020 (SwAV); paper 000 §3.4 and A.1 (fixed prototypes)"
+    paper = "Caron et al. 2020 (SwAV); the center-vector paper §3.4 and A.1 (fixed prototypes)"
     params = [
         Param("temperature", 0.1, "float", "τ of the softmax over prototype scores (SwAV)", low=0, low_open=True),
         Param("epsilon", 0.05, "float", "ε of the Sinkhorn–Knopp entropic regularisation", low=0, low_open=True),
@@ -137,7 +137,7 @@ class SwAV(Method):
         Param("freeze_prototypes_steps", 313, "int", "the prototypes get no update for the first N steps "
               "(freeze_prototypes_niters)", low=0),
         Param("freeze_prototypes", False, "bool", "keep the prototypes at their random initialisation for the whole "
-              "run (paper 000 §3.4)"),
+              "run (the center-vector paper §3.4)"),
     ]
     default_heads = {"projector": {"kind": "swav", "out_dim": 128, "hidden_dim": 2048, "layers": 2, "bn": True}}
     default_optim = {"name": "lars", "lr": 0.6, "weight_decay": 1e-6, "warmup_epochs": 10, "min_lr_ratio": 0.001}

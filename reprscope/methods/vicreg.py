@@ -1,5 +1,5 @@
 """VICReg: variance, invariance and covariance terms on the projections of two views (Bardes, Ponce & LeCun
-2022 — paper 003 eq. 1–6 and Algorithm 1).
+2022 — Bardes et al. 2022, arXiv:2105.04906 eq. 1–6 and Algorithm 1).
 
 ::
 
@@ -10,9 +10,9 @@
                                                                eq. 5 writes the sum over d, i.e. d times this)
 
 All three terms are computed on the **global** batch (the projections of every rank are gathered with
-gradient). Any of λ, μ, ν may be 0 (paper 003 Table 4a).
+gradient). Any of λ, μ, ν may be 0 (Bardes et al. 2022 Table 4a).
 
-Normalisation variants of paper 003 Table 4b (``normalization``):
+Normalisation variants of Bardes et al. 2022 Table 4b (``normalization``):
 
 * ``none`` — VICReg (the default: no normalisation in the loss);
 * ``standardize`` — "VICReg + Standardization": each view's projections standardised over the batch before
@@ -24,7 +24,7 @@ Normalisation variants of paper 003 Table 4b (``normalization``):
 The table's "No BN in proj." rows are a projector setting: ``--set projector.bn=false`` (with
 ``normalization=standardize`` for "Standardization + No BN in proj.").
 
-Defaults and where they come from: λ = μ = 25, ν = 1, γ = 1, ε = 1e-4 (paper 003 §4.3 and Algorithm 1);
+Defaults and where they come from: λ = μ = 25, ν = 1, γ = 1, ε = 1e-4 (Bardes et al. 2022 §4.3 and Algorithm 1);
 projector ``Linear(2048) → BN → ReLU → Linear(2048) → BN → ReLU → Linear(2048)`` without a bias on the last
 layer — the width of the CIFAR recipes (solo-learn); the paper's ImageNet projector is 8192 wide
 (``--set projector.hidden_dim=8192 --set projector.out_dim=8192``); optimiser LARS, lr 0.3 at batch 256
@@ -52,7 +52,7 @@ NORMALIZATIONS = ("none", "standardize", "l2")
 
 def vicreg_terms(z1: torch.Tensor, z2: torch.Tensor, gamma: float = 1.0, eps: float = 1e-4,
                  normalization: Optional[str] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(invariance s, variance v(Z) + v(Z'), covariance c(Z) + c(Z')) of paper 003 Algorithm 1 for two
+    """(invariance s, variance v(Z) + v(Z'), covariance c(Z) + c(Z')) of Bardes et al. 2022 Algorithm 1 for two
     (n, d) batches, after the Table 4b ``normalization`` (None or "none": the raw projections).
 
     Raises:
@@ -76,7 +76,7 @@ def vicreg_terms(z1: torch.Tensor, z2: torch.Tensor, gamma: float = 1.0, eps: fl
 
 def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 25.0, mu: float = 25.0, nu: float = 1.0,
                 gamma: float = 1.0, eps: float = 1e-4, normalization: Optional[str] = None) -> torch.Tensor:
-    """λ s(Z, Z') + μ [v(Z) + v(Z')] + ν [c(Z) + c(Z')] (paper 003 eq. 6, Algorithm 1). ``z1, z2``: (n, d)."""
+    """λ s(Z, Z') + μ [v(Z) + v(Z')] + ν [c(Z) + c(Z')] (Bardes et al. 2022 eq. 6, Algorithm 1). ``z1, z2``: (n, d)."""
     inv, var, cov = vicreg_terms(z1, z2, gamma, eps, normalization)
     return lambd * inv + mu * var + nu * cov
 
@@ -86,15 +86,15 @@ class VICReg(Method):
     """Invariance + variance hinge + covariance penalty, no normalisation in the loss by default."""
 
     name = "vicreg"
-    summary = "VICReg: λ=μ=25, ν=1 (any may be 0); normalisation variants none/standardize/l2 of paper 003 Table 4b"
-    paper = "paper 003 (Bardes, Ponce & LeCun 2022) eq. 1–6, Algorithm 1, Tables 3–4"
+    summary = "VICReg: λ=μ=25, ν=1 (any may be 0); normalisation variants none/standardize/l2 of Bardes et al. 2022 Table 4b"
+    paper = "Bardes et al. 2022 (Bardes, Ponce & LeCun 2022) eq. 1–6, Algorithm 1, Tables 3–4"
     params = [
         Param("lambd", 25.0, "float", "λ, weight of the invariance term", low=0),
         Param("mu", 25.0, "float", "μ, weight of the variance term (summed over both views)", low=0),
         Param("nu", 1.0, "float", "ν, weight of the covariance term (summed over both views)", low=0),
         Param("gamma", 1.0, "float", "γ, target standard deviation of each dimension", low=0, low_open=True),
         Param("eps", 1e-4, "float", "ε inside the square root of the variance term", low=0, low_open=True),
-        Param("normalization", None, "choice", "paper 003 Table 4b: none, standardize (per-view batch "
+        Param("normalization", None, "choice", "Bardes et al. 2022 Table 4b: none, standardize (per-view batch "
               "standardisation), l2 (unit-norm rows, cosine invariance, γ/√d)", choices=NORMALIZATIONS, nullable=True),
     ]
     default_heads = {

@@ -2,7 +2,7 @@
 
 With ẑ = z/‖z‖ and µ_i the mean of ẑ over the augmented views of sample i, the center vector is
 s = mean_i µ_i and the residual of sample i is r_i = µ_i − s. A collapsing two-stream method drives ‖s‖
-towards 1 and the residuals towards 0; a healthy one keeps ‖s‖ small (the center-vector paper (ICLR 2024 submission) Eq. 3: s = 0).
+towards 1 and the residuals towards 0; a healthy one keeps ‖s‖ small (the center-vector paper, ICLR 2024 submission, Eq. 3: s = 0).
 """
 from __future__ import annotations
 
@@ -125,7 +125,7 @@ def center_statistics(data: LayerData) -> CenterStatistics:
     paper="'A unifying framework for the stability of SSL: the center vector', ICLR 2024 submission, §2.1",
 )
 def center(data: LayerData) -> Result:
-    """Center vector s = E_x[E_ω[ẑ]] and residual norms (the center-vector paper (ICLR 2024 submission) §2.1, Eq. 1 and 4).
+    """Center vector s = E_x[E_ω[ẑ]] and residual norms (the center-vector paper, ICLR 2024 submission, §2.1, Eq. 1 and 4).
 
     Uses the augmented views (every view except ``clean``); with a single augmented view µ_i = ẑ_i and
     ``alignment`` is skipped; with no augmented view all stored views are used.

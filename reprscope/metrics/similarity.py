@@ -39,7 +39,7 @@ singular matrix). The kernel measures (cka_rbf, mutual_knn) use a seeded subset 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -77,22 +77,25 @@ class CrossMoments:
     ab: float
 
 
-def paired_batches(x: LayerData, y: LayerData, size: int) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
-    """(b, d_x), (b, d_y) float64 batches of the reference views of ``x`` and ``y``, the same samples in each."""
-    bx = x.batches([x.reference_view_id()], size)
-    by = y.batches([y.reference_view_id()], size)
+def paired_batches(x: LayerData, y: LayerData, size: int, dtype: Any = np.float64
+                   ) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+    """(b, d_x), (b, d_y) batches of the reference views of ``x`` and ``y``, the same samples in each
+    (``dtype=None``: as stored)."""
+    bx = x.batches([x.reference_view_id()], size, dtype=dtype or x.dtype)
+    by = y.batches([y.reference_view_id()], size, dtype=dtype or y.dtype)
     for cx, cy in zip(bx, by):
         yield cx[0], cy[0]
 
 
 def cross_moments(x: LayerData, y: LayerData, device: str = "cpu") -> CrossMoments:
     """Two streamed passes over both layers: their means, then the centred products (exact centring, so a
-    large common offset costs no precision)."""
+    large common offset costs no precision). Chunks are read as stored and widened to float64 once, on the
+    device."""
     size = max(1, min(x.chunk_size, y.chunk_size))
     sx, sy, n = np.zeros(x.dim), np.zeros(y.dim), 0
-    for cx, cy in paired_batches(x, y, size):
-        sx += cx.sum(axis=0)
-        sy += cy.sum(axis=0)
+    for cx, cy in paired_batches(x, y, size, dtype=None):
+        sx += cx.sum(axis=0, dtype=np.float64)
+        sy += cy.sum(axis=0, dtype=np.float64)
         n += cx.shape[0]
     mx = torch.from_numpy(sx / max(n, 1)).to(device)
     my = torch.from_numpy(sy / max(n, 1)).to(device)
@@ -101,18 +104,18 @@ def cross_moments(x: LayerData, y: LayerData, device: str = "cpu") -> CrossMomen
     yy = torch.zeros(y.dim, y.dim, dtype=dt, device=device)
     xy = torch.zeros(x.dim, y.dim, dtype=dt, device=device)
     a = b = aa = bb = ab = 0.0
-    for cx, cy in paired_batches(x, y, size):
-        tx = torch.from_numpy(np.ascontiguousarray(cx)).to(device) - mx
-        ty = torch.from_numpy(np.ascontiguousarray(cy)).to(device) - my
+    for cx, cy in paired_batches(x, y, size, dtype=None):
+        tx = torch.from_numpy(np.ascontiguousarray(cx)).to(device=device, dtype=dt, copy=True).sub_(mx)
+        ty = torch.from_numpy(np.ascontiguousarray(cy)).to(device=device, dtype=dt, copy=True).sub_(my)
         xx.addmm_(tx.T, tx)
         yy.addmm_(ty.T, ty)
         xy.addmm_(tx.T, ty)
-        ra, rb = (tx * tx).sum(dim=1), (ty * ty).sum(dim=1)
+        ra, rb = torch.einsum("ij,ij->i", tx, tx), torch.einsum("ij,ij->i", ty, ty)
         a += float(ra.sum())
         b += float(rb.sum())
-        aa += float((ra * ra).sum())
-        bb += float((rb * rb).sum())
-        ab += float((ra * rb).sum())
+        aa += float(ra @ ra)
+        bb += float(rb @ rb)
+        ab += float(ra @ rb)
     return CrossMoments(n, xx.cpu().numpy(), yy.cpu().numpy(), xy.cpu().numpy(), a, b, aa, bb, ab)
 
 
@@ -211,27 +214,38 @@ def pwcca_of(c: CCA, dim_x: int, dim_y: int) -> float:
     return float(np.sum(alpha * c.rho) / np.sum(alpha)) if np.sum(alpha) > 0 else float("nan")
 
 
+def _median(t: torch.Tensor) -> float:
+    """The median of all entries (the mean of the two middle ones for an even count, as ``np.median``)."""
+    if t.device.type == "cpu":
+        return float(np.median(t.numpy()))  # a partition, not a sort
+    return float(torch.quantile(t.flatten(), 0.5)) if t.numel() <= 16_000_000 else float(np.median(t.cpu().numpy()))
+
+
 def rbf_gram(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """exp(−‖x_i − x_j‖² / (2 σ² med)), med the median of the squared distances (zero diagonal included)."""
     sq = (x * x).sum(dim=1)
     d2 = (sq[:, None] + sq[None, :] - 2.0 * (x @ x.T)).clamp_min_(0.0)
     d2.fill_diagonal_(0.0)
-    med = float(torch.quantile(d2.flatten(), 0.5)) if d2.numel() <= 16_000_000 else float(d2.flatten().median())
+    med = _median(d2)
     if med <= 0:
         return torch.ones_like(d2)
-    return torch.exp(-d2 / (2.0 * sigma ** 2 * med))
+    return d2.mul_(-1.0 / (2.0 * sigma ** 2 * med)).exp_()
+
+
+def _hsic_terms(kt: torch.Tensor, lt: torch.Tensor, ks: torch.Tensor, ls: torch.Tensor) -> float:
+    """Unbiased HSIC of zero-diagonal Gram matrices ``kt``, ``lt`` with row sums ``ks``, ``ls``."""
+    m = kt.shape[0]
+    trace = float(torch.sum(kt * lt))
+    return (trace + float(ks.sum()) * float(ls.sum()) / ((m - 1) * (m - 2)) - 2.0 / (m - 2) * float(ks @ ls)) / (m * (m - 3))
 
 
 def hsic_unbiased(k: torch.Tensor, l: torch.Tensor) -> float:
     """Unbiased HSIC (Song et al. 2012) of two m×m Gram matrices (m ≥ 4):
     [tr(K̃L̃) + 1ᵀK̃1·1ᵀL̃1/((m−1)(m−2)) − 2/(m−2)·1ᵀK̃L̃1] / (m(m−3)), K̃, L̃ with zero diagonal."""
-    m = k.shape[0]
     kt, lt = k.clone(), l.clone()
     kt.fill_diagonal_(0.0)
     lt.fill_diagonal_(0.0)
-    ks, ls = kt.sum(dim=1), lt.sum(dim=1)
-    trace = float((kt * lt).sum())
-    return (trace + float(ks.sum()) * float(ls.sum()) / ((m - 1) * (m - 2)) - 2.0 / (m - 2) * float(ks @ ls)) / (m * (m - 3))
+    return _hsic_terms(kt, lt, kt.sum(dim=1), lt.sum(dim=1))
 
 
 def cka_rbf_of(x: np.ndarray, y: np.ndarray, sigma: float = 1.0, batch_size: int = 1024,
@@ -251,9 +265,12 @@ def cka_rbf_of(x: np.ndarray, y: np.ndarray, sigma: float = 1.0, batch_size: int
         tx = torch.from_numpy(np.ascontiguousarray(x[s:e], dtype=np.float64)).to(device)
         ty = torch.from_numpy(np.ascontiguousarray(y[s:e], dtype=np.float64)).to(device)
         gk, gl = rbf_gram(tx, sigma), rbf_gram(ty, sigma)
-        kl += hsic_unbiased(gk, gl)
-        kk += hsic_unbiased(gk, gk)
-        ll += hsic_unbiased(gl, gl)
+        gk.fill_diagonal_(0.0)
+        gl.fill_diagonal_(0.0)
+        ks, ls = gk.sum(dim=1), gl.sum(dim=1)
+        kl += _hsic_terms(gk, gl, ks, ls)
+        kk += _hsic_terms(gk, gk, ks, ks)
+        ll += _hsic_terms(gl, gl, ls, ls)
         used += 1
     if used == 0 or kk <= 0 or ll <= 0:
         return float("nan"), used

@@ -1,4 +1,4 @@
-"""Backbones: the MLP encoder of paper 001 and any timm model by name.
+"""Backbones: the MLP encoder of Rusak et al. 2022 and any timm model by name.
 
 Every backbone follows one contract (after timm): ``forward_features(x)`` returns the (B, num_features)
 representation h, ``num_features`` is its width, and ``feature_names`` lists the dotted sub-module paths whose

@@ -107,7 +107,7 @@ def none_head(in_dim: int) -> List[Dict[str, Any]]:
     params=[Param("out_dim", 128, "int", "output dimension", low=1), Param("bias", False, "bool", "use a bias")],
 )
 def linear_head(in_dim: int, out_dim: int = 128, bias: bool = False) -> List[Dict[str, Any]]:
-    """A single linear map (paper 002's linear projector; paper 001's last encoder layer)."""
+    """A single linear map (Cosentino et al. 2022's linear projector; Rusak et al. 2022's last encoder layer)."""
     return [{"type": "linear", "in": in_dim, "out": out_dim, "bias": bias}]
 
 

@@ -6,7 +6,7 @@ ten minutes, ``gpu`` for the papers' own setting):
 * ``runs(scale)`` — the training runs (:class:`RunSpec`: method, data, ``--set`` settings, seeds, which
   checkpoints to analyze, with which analyzers and parameters);
 * ``extra(scale, ctx)`` — optional rows that are not an analyzer of a checkpoint (e.g. the loss of the true
-  inverse g⁻¹ in paper 001's Table 1), in the same tidy schema;
+  inverse g⁻¹ in Rusak et al. 2022's Table 1), in the same tidy schema;
 * ``findings(table, scale)`` — the claims, each computed from the table: the numbers and whether it held;
 * ``figures(table, out)`` — the paper's plots, redrawn from the table.
 

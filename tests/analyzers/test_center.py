@@ -1,4 +1,4 @@
-"""Tests of the ``center`` analyzer (paper 000 §2.1) against a naive per-sample loop."""
+"""Tests of the ``center`` analyzer (the center-vector paper, ICLR 2024 submission, §2.1) against a naive per-sample loop."""
 import math
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Tests of the ``identifiability`` analyzer (paper 001) against explicit least-squares / ridge solves."""
+"""Tests of the ``identifiability`` analyzer (Rusak et al. 2022) against explicit least-squares / ridge solves."""
 import math
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Tests of the ``matrix_information`` analyzer (paper 004 §3–4) against a naive computation.
+"""Tests of the ``matrix_information`` analyzer (Tan et al. 2024 (ICML) §3–4) against a naive computation.
 
 The reference builds the explicit m×m Gram matrix (or d×d covariance-form matrix) and its Hadamard product in
 plain numpy and takes ``np.linalg.eigvalsh`` of it — no duality, no face-splitting product, no Frobenius

@@ -261,3 +261,12 @@ def test_functions_equal_the_analyzer_rows_and_validate_inputs():
         warnings.simplefilter("error")
         with pytest.raises(ReprscopeError, match="undefined"):
             M.linear_cka(x, np.ones((len(x), 2)))
+
+
+def test_float64_arrays_are_read_not_modified():
+    """In-memory float64 chunks are views of the caller's arrays: centring must never happen in place."""
+    x, y = _layers()
+    x0, y0 = x.copy(), y.copy()
+    _pair_rows(x, y)
+    M.similarity_metrics(x, y)
+    assert np.array_equal(x, x0) and np.array_equal(y, y0)

@@ -1,4 +1,4 @@
-"""Tests of the ``tangent`` analyzer (paper 002 Prop. 3.1, Eq. 3–10) against naive per-sample loops."""
+"""Tests of the ``tangent`` analyzer (Cosentino et al. 2022, arXiv:2205.06926 Prop. 3.1, Eq. 3–10) against naive per-sample loops."""
 import math
 
 import numpy as np

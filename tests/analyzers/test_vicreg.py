@@ -1,5 +1,5 @@
-"""Tests of the ``vicreg`` analyzer (paper 003) against a naive numpy implementation and a PyTorch
-re-implementation of the loss of paper 003's Algorithm 1."""
+"""Tests of the ``vicreg`` analyzer (Bardes et al. 2022, arXiv:2105.04906) against a naive numpy implementation and a PyTorch
+re-implementation of the loss of Bardes et al. 2022's Algorithm 1."""
 import math
 
 import numpy as np

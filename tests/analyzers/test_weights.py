@@ -1,4 +1,4 @@
-"""Tests of the ``weights`` analyzer against numpy's SVD and hand-worked matrices (paper 002 Eq. 2)."""
+"""Tests of the ``weights`` analyzer against numpy's SVD and hand-worked matrices (Cosentino et al. 2022, arXiv:2205.06926 Eq. 2)."""
 import math
 
 import numpy as np

@@ -1,5 +1,5 @@
 """Barlow Twins: the loss against explicit loops over the dimensions i, j (standardisation included), the
-standardisation against BatchNorm without affine, and the paper 000 §3.3 ablation without the off-diagonal term."""
+standardisation against BatchNorm without affine, and the the center-vector paper (ICLR 2024 submission, "A unifying framework for the stability of SSL") §3.3 ablation without the off-diagonal term."""
 from __future__ import annotations
 
 import math

@@ -1,5 +1,5 @@
 """BYOL: the normalised-MSE loss against a hand computation, the target branch without gradient, the required
-predictor, and the EMA momentum ablations of paper 000 §3.5 (0 copies the online network, 1 freezes the target,
+predictor, and the EMA momentum ablations of the center-vector paper (ICLR 2024 submission, "A unifying framework for the stability of SSL") §3.5 (0 copies the online network, 1 freezes the target,
 cosine schedule from the base value to 1)."""
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Properties every new method shares (BYOL, SimSiam, Barlow Twins, VICReg, spectral, simple): the VICReg
-variance / covariance regularisers add exactly their weighted terms (paper 003 Table 3), the loss decreases on
+variance / covariance regularisers add exactly their weighted terms (Bardes et al. 2022, arXiv:2105.04906 Table 3), the loss decreases on
 an easy problem through the real trainer, and the logged values are floats or detached 0-d tensors."""
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def test_var_cov_regularisers_add_exactly_their_weighted_terms(name):
     loss1, logs = regularised.training_step(bundle, views, 0, 10)
     with torch.no_grad():
         e1, e2 = encode(bundle, views, joint=False)
-    zs = [e["z"].double().numpy() for e in (e1, e2)]  # the projector outputs: paper 003 Table 3
+    zs = [e["z"].double().numpy() for e in (e1, e2)]  # the projector outputs: Bardes et al. 2022 Table 3
     var = sum(np_variance(z, 0.8) for z in zs) / 2
     cov = sum(np_covariance(z) for z in zs) / 2
     assert float(logs["var_reg"]) == pytest.approx(var, rel=1e-5, abs=1e-6)
@@ -63,7 +63,7 @@ def test_logs_are_floats_or_detached_scalars(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_loss_decreases_on_blobs(name, tmp_path):
-    """30 steps on paper 000's blobs (one class = augmentations of one sample): the mean of the last five
+    """30 steps on the center-vector paper's blobs (one class = augmentations of one sample): the mean of the last five
     logged losses is below the mean of the first five."""
     logged, _ = run_training(make_config(name, data="blobs"), tmp_path)
     losses = np.array([m["loss"] for m in logged])

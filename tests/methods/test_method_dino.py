@@ -1,4 +1,4 @@
-"""DINO: the loss against a hand computation over view pairs, centering off (paper 000 B.2) never touching the
+"""DINO: the loss against a hand computation over view pairs, centering off (the center-vector paper, ICLR 2024 submission, B.2) never touching the
 center, the center's momentum update from the batch mean, the teacher temperature warm-up, a teacher without
 gradients following the EMA, the frozen last layer, the head (MLP → ℓ2 norm → weight-normalised prototypes),
 and the student/teacher cross-entropy falling through the real trainer."""

@@ -1,5 +1,5 @@
 """SimSiam: the symmetric negative cosine against a hand computation, the stop-gradient and "without predictor"
-ablations (paper 000 §3.2), and the predictor's own fixed learning rate with a multiplier (paper 000 B.4)
+ablations (the center-vector paper, ICLR 2024 submission, §3.2), and the predictor's own fixed learning rate with a multiplier (the center-vector paper B.4)
 through the real trainer."""
 from __future__ import annotations
 

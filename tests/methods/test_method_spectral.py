@@ -1,4 +1,4 @@
-"""Spectral contrastive loss (paper 004 eq. 2) against explicit double loops over the pairs, HaoChen et al.'s
+"""Spectral contrastive loss (Tan et al. 2024 (ICML) eq. 2) against explicit double loops over the pairs, HaoChen et al.'s
 radius-√μ projection, and the relation to eq. 2's sum form for unit-norm rows."""
 from __future__ import annotations
 

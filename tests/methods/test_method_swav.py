@@ -1,6 +1,6 @@
 """SwAV: Sinkhorn–Knopp against a naive loop and its marginals, the swapped prediction loss against a hand
 computation, the training step against the two composed, the queue (filled from ``queue_start_step``, used once
-full, saved and restored), prototypes frozen for the first steps or for the whole run (paper 000 §3.4), and
+full, saved and restored), prototypes frozen for the first steps or for the whole run (the center-vector paper, ICLR 2024 submission, §3.4), and
 the loss falling through the real trainer."""
 from __future__ import annotations
 
@@ -135,7 +135,7 @@ def test_prototypes_frozen_for_the_whole_run():
     assert all(g is None for g in grads)
     assert all(torch.equal(w, w0) for w in weights)
     assert not any(p is method.prototypes.weight for g in method.param_groups(bundle) for p in g["params"])
-    # paper 000 §3.4: random prototypes spread uniformly over the sphere
+    # the center-vector paper §3.4: random prototypes spread uniformly over the sphere
     torch.testing.assert_close(w0.norm(dim=1), torch.ones(len(w0)))
 
 

@@ -1,4 +1,4 @@
-"""VICReg against a literal numpy transcription of paper 003 Algorithm 1, with any of λ, μ, ν set to 0
+"""VICReg against a literal numpy transcription of Bardes et al. 2022, arXiv:2105.04906 Algorithm 1, with any of λ, μ, ν set to 0
 (Table 4a) and the normalisation variants of Table 4b."""
 from __future__ import annotations
 

@@ -50,7 +50,7 @@ def _toy_sets(steps: int) -> Dict[str, Any]:
 @register_recipe
 class CenterVector(Recipe):
     name = "center-vector"
-    title = "The center vector and collapse (paper 000)"
+    title = "The center vector and collapse (\"A unifying framework for the stability of SSL: the center vector\", ICLR 2024 submission)"
     paper = "000 §3.1–3.5, B.1–B.4"
     summary = "SimSiam without predictor / stop-gradient collapses with a large center vector; the simple objective (eq. 32) works; invariance-only training collapses faster with mini-batches"
 
@@ -138,11 +138,11 @@ class CenterVector(Recipe):
                 nums[f"{v}: 20-NN accuracy (encoder, end)"] = spread(knns[v])
             held = all(_clearly_larger(norms[v], norms["simsiam"]) for v in ("simsiam-no-predictor", "simsiam-no-stopgrad"))
             f.append(Finding(f"{data}: SimSiam without predictor and without stop-gradient end with a larger center vector than SimSiam",
-                             "paper 000 §3.2, Fig. 4", nums, bool(held),
+                             "the center-vector paper §3.2, Fig. 4", nums, bool(held),
                              "Held means larger by more than the seed-to-seed standard deviation of either run."))
             k = {v: float(np.mean(x)) if x else float("nan") for v, x in knns.items()}
             f.append(Finding(f"{data}: the simple objective (eq. 32) reaches at least SimSiam's k-NN accuracy",
-                             "paper 000 §3.1, Fig. 3",
+                             "the center-vector paper §3.1, Fig. 3",
                              {"simple": spread(knns["simple"]), "simsiam": spread(knns["simsiam"])},
                              bool(k["simple"] >= k["simsiam"] - 0.01)))
         b1 = {}
@@ -158,7 +158,7 @@ class CenterVector(Recipe):
             final = {k: float(v.iloc[-1]) for k, v in b1.items()}
             nums = {f"‖s‖ at the end, {o} / {a}": v for (o, a), v in final.items()}
             f.append(Finding("Invariance-only training collapses in all four B.1 settings (‖s‖ → 1)",
-                             "paper 000 B.1, Fig. B.1", nums, bool(min(final.values()) >= 0.9)))
+                             "the center-vector paper B.1, Fig. B.1", nums, bool(min(final.values()) >= 0.9)))
             early, at = {}, {}
             for (o, a), s in b1.items():
                 e = s[s.index > 0]
@@ -167,7 +167,7 @@ class CenterVector(Recipe):
             nums = {f"‖s‖ at the first checkpoint after init (epoch {at[(o, a)]:g}), {o} / {a}": v for (o, a), v in early.items()}
             held = all(early.get(("minibatch", a), np.nan) > early.get(("batch", a), np.nan) for a in ("centred", "shifted"))
             f.append(Finding("Mini-batch SGD drives the center vector up faster than batch SGD",
-                             "paper 000 B.1, Fig. B.1", nums, bool(held)))
+                             "the center-vector paper B.1, Fig. B.1", nums, bool(held)))
         img = [r for r in ("dino-centering", "dino-no-centering") if not rows(table, "center", "center_norm", run=r).empty]
         if len(img) == 2:
             a = self._final(table, "dino-centering", "center", "center_norm")
@@ -175,7 +175,7 @@ class CenterVector(Recipe):
             ka = self._final(table, "dino-centering", "knn", "top1", "encoder")
             kb = self._final(table, "dino-no-centering", "knn", "top1", "encoder")
             f.append(Finding("DINO without centering ends with a larger center vector (collapse) than with centering",
-                             "paper 000 B.2", {"‖s‖ with centering": spread(a), "‖s‖ without": spread(b),
+                             "the center-vector paper B.2", {"‖s‖ with centering": spread(a), "‖s‖ without": spread(b),
                                                "k-NN with centering": spread(ka), "k-NN without": spread(kb)},
                              bool(np.mean(b) > np.mean(a))))
         if not rows(table, "knn", "top1", run="barlow-no-offdiag").empty:
@@ -184,11 +184,11 @@ class CenterVector(Recipe):
             na = self._final(table, "barlow", "center", "center_norm")
             nb = self._final(table, "barlow-no-offdiag", "center", "center_norm")
             f.append(Finding("Barlow Twins still works without the off-diagonal term (k-NN within 5 points, no collapse)",
-                             "paper 000 §3.3", {"k-NN with off-diagonal": spread(a), "k-NN without": spread(b),
+                             "the center-vector paper §3.3", {"k-NN with off-diagonal": spread(a), "k-NN without": spread(b),
                                                 "‖s‖ with": spread(na), "‖s‖ without": spread(nb)},
                              bool(np.mean(b) >= np.mean(a) - 0.05)))
-        for prefix, claim, source in (("byol-m", "BYOL momentum sweep", "paper 000 §3.5"),
-                                      ("simsiam-predlr", "SimSiam predictor learning-rate sweep", "paper 000 B.4")):
+        for prefix, claim, source in (("byol-m", "BYOL momentum sweep", "the center-vector paper §3.5"),
+                                      ("simsiam-predlr", "SimSiam predictor learning-rate sweep", "the center-vector paper B.4")):
             runs = sorted({r for r in table.get("run", pd.Series(dtype=str)).dropna().unique() if str(r).startswith(prefix)})
             if not runs:
                 continue

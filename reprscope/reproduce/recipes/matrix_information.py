@@ -32,7 +32,7 @@ def _fro2(k: np.ndarray) -> float:
 
 
 def alpha2_information(k1: np.ndarray, k2: np.ndarray) -> Dict[str, float]:
-    """I₂ and the joint H₂ of two m×m kernels with unit diagonals (paper 004 Prop. 4.1 / 4.12)."""
+    """I₂ and the joint H₂ of two m×m kernels with unit diagonals (Tan et al. 2024 (ICML) Prop. 4.1 / 4.12)."""
     m = k1.shape[0]
     joint = _fro2(k1 * k2)
     return {"mi2": 2 * math.log(m) - math.log(_fro2(k1) * _fro2(k2) / joint), "h2": 2 * math.log(m) - math.log(joint)}
@@ -70,7 +70,7 @@ def bt_bounds(z1: np.ndarray, z2: np.ndarray, lam: float = 5e-3) -> Dict[str, fl
 @register_recipe
 class MatrixInformation(Recipe):
     name = "matrix-information"
-    title = "Information flow in SSL, measured with matrix information (paper 004)"
+    title = "Information flow in SSL, measured with matrix information (Tan et al. 2024)"
     paper = "004 Tan et al., Fig. 1–5, Thm. 4.3 / 4.13, §5"
     summary = "Matrix mutual information and joint entropy rise during training; the α = 2 loss bounds hold; M-MAE raises the effective rank"
 
@@ -142,9 +142,9 @@ class MatrixInformation(Recipe):
     def findings(self, table: pd.DataFrame, scale: str) -> List[Finding]:
         f: List[Finding] = []
         for metric, claim, src in (("mutual_information", "Matrix mutual information between the branches rises during training",
-                                    "paper 004 Fig. 1"),
+                                    "Tan et al. 2024 Fig. 1"),
                                    ("joint_entropy", "Matrix joint entropy of the branches rises during training",
-                                    "paper 004 Fig. 3")):
+                                    "Tan et al. 2024 Fig. 3")):
             nums, ok = {}, []
             for m in METHODS:
                 s = self._traj(table, m, metric)
@@ -165,7 +165,7 @@ class MatrixInformation(Recipe):
             nums[f"{run}: H₂ vs bound (end)"] = f"{last['h2']:.3f} ≥ {last['h2_bound']:.3f}"
             nums[f"{run}: checkpoints checked"] = len(piv)
         f.append(Finding("The α = 2 lower bounds of Thm. 4.3 (I₂) and 4.13 (H₂) hold at every checkpoint",
-                         "paper 004 Thm. 4.3, 4.13", nums, bool(ok) and all(ok),
+                         "Tan et al. 2024 Thm. 4.3, 4.13", nums, bool(ok) and all(ok),
                          "A bound far below zero is vacuous: the paper's losses are sums over the batch, so they are large "
                          "unless the representation is near the optimum."))
         nums = {}
@@ -174,14 +174,14 @@ class MatrixInformation(Recipe):
                 s = self._traj(table, m, metric)
                 if len(s):
                     nums[f"{m}: {metric} between branches (end)"] = float(s.iloc[-1])
-        f.append(Finding("Matrix JS and eigenvalue JS divergence between the branches", "paper 004 §3 (Def. 3.4–3.5)",
+        f.append(Finding("Matrix JS and eigenvalue JS divergence between the branches", "Tan et al. 2024 §3 (Def. 3.4–3.5)",
                          nums, None, "Reported without a verdict."))
         er = {}
         for m in MAES:
             r = last_step(rows(table, "spectrum", "effective_rank", run=m, layer="encoder"))
             er[m] = list(r.groupby("seed")["value"].mean()) if not r.empty else []
         mean = {m: float(np.mean(v)) if v else float("nan") for m, v in er.items()}
-        f.append(Finding("M-MAE's representation has a higher effective rank than MAE's", "paper 004 §5, Table 2",
+        f.append(Finding("M-MAE's representation has a higher effective rank than MAE's", "Tan et al. 2024 §5, Table 2",
                          {f"{m}: effective rank (encoder)": spread(v) for m, v in er.items()},
                          bool(mean["mmae"] > mean["mae"])))
         return f

@@ -44,7 +44,7 @@ def rotated_one_hot_rank(max_angle: float, n: int = 500, size: int = 32, seed: i
 @register_recipe
 class ProjectorGeometry(Recipe):
     name = "projector-geometry"
-    title = "Projector geometry in contrastive learning (paper 002)"
+    title = "Projector geometry in contrastive learning (Cosentino et al. 2022, arXiv:2205.06926)"
     paper = "002 Cosentino et al., Fig. 1, 4–7, 10"
     summary = "Linear-projector SimCLR: stronger augmentation → lower Rank_τ of the projector; FVU of δh drops; hardest-negative label agreement rises"
 
@@ -96,7 +96,7 @@ class ProjectorGeometry(Recipe):
         nums.update({f"effective rank of W, {p} (not the verdict)": float(s.iloc[-1]) if len(s) else float("nan")
                      for p, s in eff.items()})
         f.append(Finding("Stronger augmentation → lower Rank_τ of the linear projector's weights after training",
-                         "paper 002 Fig. 1, Eq. 2", nums, bool(end["large"] < end["small"])))
+                         "Cosentino et al. 2022 Fig. 1, Eq. 2", nums, bool(end["large"] < end["small"])))
         nums, ok = {}, []
         for p in PRESETS:
             s = self._series(table, f"linear-{p}", "tangent", "fvu", "encoder")
@@ -104,7 +104,7 @@ class ProjectorGeometry(Recipe):
                 nums[f"FVU {p}: init → end"] = f"{s.iloc[0]:.3f} → {s.iloc[-1]:.3f}"
                 ok.append(s.iloc[-1] < s.iloc[0])
         f.append(Finding("The fraction of δh's variance unexplained by the projector's column space drops after initialisation",
-                         "paper 002 Fig. 7", nums, bool(ok) and all(ok)))
+                         "Cosentino et al. 2022 Fig. 7", nums, bool(ok) and all(ok)))
         nums, ok = {}, []
         for p in PRESETS:
             for idx, lab in (("fine", "fine"), ("coarse", "coarse")):
@@ -113,7 +113,7 @@ class ProjectorGeometry(Recipe):
                     nums[f"{p}, {lab} labels: init → end"] = f"{s.iloc[0]:.3f} → {s.iloc[-1]:.3f}"
                     ok.append(s.iloc[-1] > s.iloc[0])
         f.append(Finding("The hardest negative shares the anchor's label more often as training goes on (fine and coarse)",
-                         "paper 002 Fig. 6", nums, bool(ok) and all(ok)))
+                         "Cosentino et al. 2022 Fig. 6", nums, bool(ok) and all(ok)))
         nums, ok = {}, []
         for p in PRESETS:
             r = rows(table, "spectrum", "rank_abs", run=f"linear-{p}", layer="encoder")
@@ -125,14 +125,14 @@ class ProjectorGeometry(Recipe):
             nums[f"{p}: encoder rank (init, end) of d = {d}"] = f"{s.iloc[0]:.0f}, {s.iloc[-1]:.0f}"
             ok.append(s.iloc[-1] >= 0.9 * d)
         f.append(Finding("The encoder's embeddings span (almost) all of its dimensions during training",
-                         "paper 002 Fig. 4", nums, bool(ok) and all(ok)))
+                         "Cosentino et al. 2022 Fig. 4", nums, bool(ok) and all(ok)))
         lin = last_step(rows(table, "knn", "top1", run="linear-moderate", layer="encoder"))
         mlp = last_step(rows(table, "knn", "top1", run="mlp-moderate", layer="encoder"))
         rl = self._series(table, "linear-moderate", "weights", "rank_abs", "projector")
         rm = rows(table, "weights", "rank_abs", run="mlp-moderate")
         rm = rm[rm["layer"] == rm["layer"].iloc[0]] if not rm.empty else rm
         f.append(Finding("Linear vs 2-layer MLP projector (moderate augmentation): encoder k-NN and projector rank",
-                         "paper 002 §5", {"k-NN, linear projector": float(lin["value"].mean()) if not lin.empty else float("nan"),
+                         "Cosentino et al. 2022 §5", {"k-NN, linear projector": float(lin["value"].mean()) if not lin.empty else float("nan"),
                                           "k-NN, MLP projector": float(mlp["value"].mean()) if not mlp.empty else float("nan"),
                                           "Rank_τ linear projector": float(rl.iloc[-1]) if len(rl) else float("nan"),
                                           "Rank_τ per MLP layer (last step)": ", ".join(
@@ -143,7 +143,7 @@ class ProjectorGeometry(Recipe):
             g = r10.assign(angle=pd.to_numeric(r10["index"])).groupby("angle")["value"]
             m = g.mean()
             f.append(Finding("Larger rotations → higher rank of the covariance of rotated one-hot images",
-                             "paper 002 Fig. 10", {f"max angle {a:g}°": spread(list(v)) for a, v in g},
+                             "Cosentino et al. 2022 Fig. 10", {f"max angle {a:g}°": spread(list(v)) for a, v in g},
                              bool(m.is_monotonic_increasing and m.iloc[-1] > m.iloc[0])))
         return f
 

@@ -54,7 +54,7 @@ def _linear(steps: int, batch: int) -> Dict[str, Any]:
 @register_recipe
 class RusakContentStyle(Recipe):
     name = "rusak-content-style"
-    title = "Content suppresses style (paper 001)"
+    title = "Content suppresses style (Rusak et al. 2022)"
     paper = "001 Rusak et al., §4.1, Fig. 1, Tables 1–2"
     summary = "SimCLR on the content/style DGP: style collapses only in the projector when d_c > 0; τ_c < τ_s and dropping ℓ2 normalisation alleviate it"
 
@@ -153,7 +153,7 @@ class RusakContentStyle(Recipe):
         m = {k: float(np.mean(v)) if v else float("nan") for k, v in c.items()}
         held = m["style_encoder"] >= 0.5 and m["style_projector"] <= 0.25 * m["style_encoder"] and m["content_min"] >= 0.5
         f.append(Finding("With content present (d_c = 5), style latents are readable in the encoder and collapse only in the projector",
-                         "paper 001 §4.1, Fig. 1 (middle)",
+                         "Rusak et al. 2022 §4.1, Fig. 1 (middle)",
                          {"style R² encoder layers (mean ± std over seeds)": spread(c["style_encoder"]),
                           "style R² projector output": spread(c["style_projector"]),
                           "content R² min over encoder + projector hidden layers": spread(c["content_min"]),
@@ -161,25 +161,25 @@ class RusakContentStyle(Recipe):
         c0 = self._collapse(table, "box-dc0")
         s0 = float(np.mean(c0["style_projector"])) if c0["style_projector"] else float("nan")
         f.append(Finding("Without content (d_c = 0), style is not collapsed at the projector output",
-                         "paper 001 §3–4.1 (collapse needs at least one content latent)",
+                         "Rusak et al. 2022 §3–4.1 (collapse needs at least one content latent)",
                          {"style R² projector, d_c = 0": s0, "style R² projector, d_c = 5": m["style_projector"]},
                          bool(s0 >= 0.5 and s0 > m["style_projector"] + 0.2)))
         ct = self._collapse(table, "box-dc5-tau")
         st = float(np.mean(ct["style_projector"])) if ct["style_projector"] else float("nan")
         f.append(Finding("Per-dimension temperatures τ_c < τ_s alleviate the collapse (box)",
-                         "paper 001 §3 (Prop. 3), Fig. 1 (middle, dashed)",
+                         "Rusak et al. 2022 §3 (Prop. 3), Fig. 1 (middle, dashed)",
                          {"style R² projector, τ_c = τ_s": m["style_projector"], "style R² projector, τ_c < τ_s": st,
                           "τ_c / τ_s": f"{TAU_SPLIT[0]} / {TAU}"}, bool(st > m["style_projector"] + 0.1)))
         sp = {run: self._collapse(table, run) for run in ("sphere-dc5", "sphere-dc5-tau", "sphere-dc5-tau-nonorm")}
         spm = {run: (float(np.mean(v["style_projector"])) if v["style_projector"] else float("nan")) for run, v in sp.items()}
         f.append(Finding("On the sphere, removing the ℓ2 normalisation (with τ_c < τ_s) recovers more style after the projector",
-                         "paper 001 §4.1, Table 2",
+                         "Rusak et al. 2022 §4.1, Table 2",
                          {"style R² projector, sphere τ_c = τ_s": spm["sphere-dc5"],
                           "… τ_c < τ_s": spm["sphere-dc5-tau"], "… τ_c < τ_s without ℓ2 normalisation": spm["sphere-dc5-tau-nonorm"]},
                          bool(spm["sphere-dc5-tau-nonorm"] > max(spm["sphere-dc5"], spm["sphere-dc5-tau"]) + 0.05)))
         t5, t0, tt = self._tail(table, "linear-dc5"), self._tail(table, "linear-dc0"), self._tail(table, "linear-dc5-tau")
         f.append(Finding("Linear model: the style directions of the trained linear map collapse when d_c > 0, and τ_c < τ_s restores them",
-                         "paper 001 Fig. 1 (left)",
+                         "Rusak et al. 2022 Fig. 1 (left)",
                          {"mean σ_k/σ_1 of the 5 smallest directions, d_c = 5": t5, "… d_c = 0": t0, "… d_c = 5, τ_c < τ_s": tt},
                          bool(t5 < 0.5 * t0 and tt > t5)))
         t1 = rows(table, "table1", ["loss_trained", "loss_g_inverse"])
@@ -188,7 +188,7 @@ class RusakContentStyle(Recipe):
             nums = {f"{run}: {k}": float(piv.loc[run, k]) for run in piv.index for k in piv.columns}
             held = "box-dc5" in piv.index and piv.loc["box-dc5", "loss_trained"] < piv.loc["box-dc5", "loss_g_inverse"]
             f.append(Finding("With content present, the trained (collapsed) encoder reaches a lower InfoNCE than f = g⁻¹",
-                             "paper 001 Table 1, Prop. 4", nums, bool(held)))
+                             "Rusak et al. 2022 Table 1, Prop. 4", nums, bool(held)))
         return f
 
     def figures(self, table: pd.DataFrame, out: Path) -> List[Path]:

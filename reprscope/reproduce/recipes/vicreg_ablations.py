@@ -33,7 +33,7 @@ NORMS = ("standardize", "l2")  # Table 4b, besides none (= "vicreg")
 @register_recipe
 class VICRegAblations(Recipe):
     name = "vicreg-ablations"
-    title = "VICReg ablations (paper 003)"
+    title = "VICReg ablations (Bardes et al. 2022, arXiv:2105.04906)"
     paper = "003 Bardes et al., Table 3, Table 4, Fig. 4–5"
     summary = "Without the variance term the projections collapse; the covariance term decorrelates; variance/covariance regularisers in BYOL and SimSiam"
 
@@ -85,19 +85,19 @@ class VICRegAblations(Recipe):
             nums[f"{n}: 20-NN (encoder)"] = spread(knn[n])
         held = m["inv-only"] < 0.1 * m["vicreg"] and m["inv+cov"] < 0.1 * m["vicreg"] and m["inv+var"] > 0.5 * m["vicreg"]
         f.append(Finding("Without the variance term the projections collapse (std → 0); with it they do not",
-                         "paper 003 Table 4a, §4.4", nums, bool(held)))
+                         "Bardes et al. 2022 Table 4a, §4.4", nums, bool(held)))
         c = {n: float(np.mean(v)) if v else float("nan") for n, v in corr.items()}
         f.append(Finding("The covariance term lowers the average correlation coefficient of the projections",
-                         "paper 003 Table 4a, Eq. 10", {"avg corr, invariance + variance": c["inv+var"],
+                         "Bardes et al. 2022 Table 4a, Eq. 10", {"avg corr, invariance + variance": c["inv+var"],
                                                         "avg corr, all three terms": c["vicreg"]},
                          bool(c["vicreg"] < c["inv+var"])))
         k = {n: float(np.mean(v)) if v else float("nan") for n, v in knn.items()}
         f.append(Finding("Invariance + variance is a working baseline; adding covariance helps (20-NN of the encoder)",
-                         "paper 003 Table 4a", {"inv+var": k["inv+var"], "all three": k["vicreg"], "inv only": k["inv-only"]},
+                         "Bardes et al. 2022 Table 4a", {"inv+var": k["inv+var"], "all three": k["vicreg"], "inv only": k["inv-only"]},
                          bool(k["inv+var"] > k["inv-only"] and k["vicreg"] >= k["inv+var"] - 0.01)))
         nk = {"none": knn["vicreg"], **{n: self._end(table, f"vicreg-{n}", "knn", "top1", "encoder", index="20") for n in NORMS}}
         nm = {n: float(np.mean(v)) if v else float("nan") for n, v in nk.items()}
-        f.append(Finding("No normalisation is the best setting for VICReg (20-NN of the encoder)", "paper 003 Table 4b",
+        f.append(Finding("No normalisation is the best setting for VICReg (20-NN of the encoder)", "Bardes et al. 2022 Table 4b",
                          {f"{n}": spread(v) for n, v in nk.items()},
                          bool(nm["none"] >= max(nm[n] for n in NORMS) - 0.01)))
         for method in ("byol", "simsiam"):
@@ -110,7 +110,7 @@ class VICRegAblations(Recipe):
             held = bool(a and b and np.mean(b) < np.mean(a)) if method == "byol" else None
             f.append(Finding(f"{method.upper() if method == 'byol' else 'SimSiam'} with variance/covariance regularisation: "
                              "representation std and average correlation",
-                             "paper 003 Table 3, Fig. 4–5",
+                             "Bardes et al. 2022 Table 3, Fig. 4–5",
                              {"avg corr (representation), without": spread(a), "avg corr (representation), with var/cov": spread(b),
                               "std per dim (representation), without": spread(sa), "std per dim (representation), with var/cov": spread(sb),
                               "20-NN without": spread(ka), "20-NN with": spread(kb)}, held,
