@@ -411,17 +411,23 @@ def r2_latents(z: Array, latents: Array, *, readout: str = "linear", latent_name
 
 
 def knn_accuracy(z: Array, labels: Array, *, k: Union[int, List[int]] = 20, temperature: float = 0.07,
-                 test_fraction: float = 0.2, seed: int = 0, max_queries: int = 5000) -> Union[float, Dict[int, float]]:
-    """Top-1 accuracy of the temperature-weighted cosine k-NN classifier (Wu et al. 2018, arXiv:1805.01978,
-    §3.4; DINO's ``eval_knn``) on a seeded train/test split of the samples.
+                 test_fraction: float = 0.2, seed: int = 0, max_queries: int = 5000, similarity: str = "cosine",
+                 top: int = 1) -> Union[float, Dict[int, float]]:
+    """Top-1 (or top-5) accuracy of the weighted k-NN classifier (Wu et al. 2018, arXiv:1805.01978, §3.4; DINO's
+    ``eval_knn``) on a seeded train/test split of the samples.
 
     Args:
         z: (n, d) embeddings (for (V, n, d) the first view); labels: (n,) class ids.
         k: one k, or a list (one accuracy each).
+        similarity: ``cosine`` (votes exp(sim/T)) or ``euclidean`` (raw features, votes 1/(distance + 1e-5), as
+            solo-learn).
+        top: 1, or 5 (the true class among the five best class scores; needs more than five classes).
 
     Returns:
         A float for one k, else ``{k: accuracy}``.
     """
+    if top not in (1, 5):
+        raise ReprscopeError(f"The 'top' parameter of knn_accuracy must be 1 or 5. Got {top!r} instead.")
     arr, dev = _input.embeddings(z)
     y = _input.labels(labels, arr.shape[1])
     ks = [k] if isinstance(k, (int, np.integer)) else list(k)
@@ -429,9 +435,12 @@ def knn_accuracy(z: Array, labels: Array, *, k: Union[int, List[int]] = 20, temp
         raise ReprscopeError(f"The 'k' parameter of knn_accuracy must be an int >= 1 or a list of them. Got {k!r} instead.")
     data = _input.layer_data(arr, dev, labels_=y)
     res = _run(_knn_rows, data, {"ks": ",".join(map(str, ks)), "temperature": temperature,
-                                 "test_fraction": test_fraction, "seed": seed, "max_queries": max_queries},
-               "knn_accuracy")
-    got = {int(kk): _value(res, "top1", index=str(kk)) for kk in dict.fromkeys(int(x) for x in ks)}
+                                 "test_fraction": test_fraction, "seed": seed, "max_queries": max_queries,
+                                 "similarity": similarity}, "knn_accuracy")
+    if top == 5 and not any(r["metric"] == "top5" for r in res.rows):
+        raise ReprscopeError("knn_accuracy: top=5 needs more than five classes (with five or fewer it is 1 by "
+                             "definition)")
+    got = {int(kk): _value(res, f"top{top}", index=str(kk)) for kk in dict.fromkeys(int(x) for x in ks)}
     return got[int(ks[0])] if isinstance(k, (int, np.integer)) else got
 
 

@@ -103,81 +103,121 @@ def topk_lowest_index_np(sims: np.ndarray, k: int) -> np.ndarray:
     return np.nonzero(mask)[1].reshape(b, k)
 
 
+#: ε of the Euclidean vote weights 1/(distance + ε) (solo-learn's ``WeightedKNNClassifier`` default).
+EUCLIDEAN_EPS = 1e-5
+
+#: Neighbour searches: ``cosine`` (ℓ2-normalised features, weights exp(sim/T)) and ``euclidean`` (raw features,
+#: weights 1/(‖q − b‖ + ε)), as solo-learn's ``distance_fx``.
+SIMILARITIES = ("cosine", "euclidean")
+
+
+def _ranked_np(scores: np.ndarray, ranks: int) -> np.ndarray:
+    """(q,) argmax (ties to the lowest class id) or (q, ranks) classes by descending score, ties lowest first."""
+    if ranks == 1:
+        return scores.argmax(axis=1)
+    return np.argsort(-scores, axis=1, kind="stable")[:, :ranks]
+
+
 def _knn_predict_numpy(bank: np.ndarray, bank_labels: np.ndarray, queries: np.ndarray, ks: List[int],
-                       temperature: float, n_classes: int, block_elems: int) -> Dict[int, np.ndarray]:
+                       temperature: float, n_classes: int, block_elems: int, similarity: str = "cosine",
+                       ranks: int = 1) -> Dict[int, np.ndarray]:
     """:func:`knn_predict` on the CPU with numpy (its float32 product ran 1.7× faster than torch's here, and the
     tie check counts with numpy instead of torch's slow boolean sums); the same neighbours, votes and tie
     rules."""
     m = bank.shape[0]
     kmax = max(ks)
     step = max(1, block_elems // max(1, m))
+    euclid = similarity == "euclidean"
+    half_bsq = 0.5 * np.einsum("ij,ij->i", bank, bank) if euclid else None
     out: Dict[int, List[np.ndarray]] = {k: [] for k in ks}
     for s in range(0, queries.shape[0], step):
-        sims = queries[s:s + step] @ bank.T
+        q = queries[s:s + step]
+        sims = q @ bank.T
+        if euclid:  # q·b − ‖b‖²/2 = (‖q‖² − ‖q − b‖²)/2: the same order as −distance
+            sims -= half_bsq[None, :]
         idx = topk_lowest_index_np(sims, kmax)  # candidates in bank-index order
         cand = np.take_along_axis(sims, idx, axis=1)
         del sims
         rows = np.arange(cand.shape[0])[:, None]
+        qsq = np.einsum("ij,ij->i", q, q)[:, None] if euclid else None
         for k in ks:
             pos = topk_lowest_index_np(cand, k) if k < kmax else None
             nb_idx = idx if pos is None else np.take_along_axis(idx, pos, axis=1)
             nb = cand if pos is None else np.take_along_axis(cand, pos, axis=1)
-            # exp((sim − max sim)/T): the same argmax as exp(sim/T), without overflow for small T
-            w = np.exp((nb - nb.max(axis=1, keepdims=True)) / np.float32(temperature))
+            if euclid:
+                w = 1.0 / (np.sqrt(np.maximum(qsq - 2.0 * nb, 0.0)) + np.float32(EUCLIDEAN_EPS))
+            else:  # exp((sim − max sim)/T): the same argmax as exp(sim/T), without overflow for small T
+                w = np.exp((nb - nb.max(axis=1, keepdims=True)) / np.float32(temperature))
             flat = (rows * n_classes + bank_labels[nb_idx]).ravel()
             scores = np.bincount(flat, weights=w.ravel(), minlength=cand.shape[0] * n_classes)
-            out[k].append(scores.reshape(-1, n_classes).argmax(axis=1))
-    return {k: np.concatenate(v) if v else np.zeros(0, dtype=np.int64) for k, v in out.items()}
+            out[k].append(_ranked_np(scores.reshape(-1, n_classes), ranks))
+    empty = np.zeros((0,) if ranks == 1 else (0, ranks), dtype=np.int64)
+    return {k: np.concatenate(v) if v else empty for k, v in out.items()}
 
 
 def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, ks: List[int], temperature: float,
-                n_classes: int, block_elems: Optional[int] = None, use_numpy: Optional[bool] = None
-                ) -> Dict[int, torch.Tensor]:
-    """Weighted k-NN predictions (InstDisc / DINO): class scores Σ_{neighbours of class c} exp(sim/T), for every
-    k in ``ks`` from one similarity computation per block.
+                n_classes: int, block_elems: Optional[int] = None, use_numpy: Optional[bool] = None,
+                similarity: str = "cosine", ranks: int = 1) -> Dict[int, torch.Tensor]:
+    """Weighted k-NN predictions (InstDisc / DINO): class scores Σ_{neighbours of class c} w, for every k in
+    ``ks`` from one similarity computation per block; w = exp(sim/T) for ``cosine``, 1/(‖q − b‖ + ε) for
+    ``euclidean`` (solo-learn's two ``distance_fx``, ε = EUCLIDEAN_EPS).
 
     The top max(ks) neighbours are found once (ties to the lowest bank index); each smaller k takes its top k
     among them — ordered by bank index first, so ties again go to the lowest index.
 
     Args:
-        bank: (m, d) ℓ2-normalised train features; bank_labels: (m,) class ids in [0, n_classes).
-        queries: (q, d) ℓ2-normalised test features.
-        ks: neighbour counts (each ≤ m); temperature: T.
+        bank: (m, d) train features (ℓ2-normalised for ``cosine``); bank_labels: (m,) class ids in [0, n_classes).
+        queries: (q, d) test features, normalised as the bank.
+        ks: neighbour counts (each ≤ m); temperature: T (``cosine``).
         block_elems: queries per block = max(1, block_elems // m), bounding the (block, m) similarities
             (default ``_BLOCK_ELEMS``).
         use_numpy: compute with numpy (:func:`_knn_predict_numpy`) rather than torch; default: when both
             tensors are on the CPU.
+        ranks: 1 for the predicted class, r for the r best classes by score (top-r accuracy).
 
     Returns:
-        k → (q,) predicted class ids; ties in the class score go to the lowest class id (``argmax``).
+        k → (q,) predicted class ids (ties in the class score to the lowest class id), or (q, ranks) classes by
+        descending score (ties lowest first).
     """
+    if similarity not in SIMILARITIES:
+        raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
     block_elems = _BLOCK_ELEMS if block_elems is None else int(block_elems)
     if use_numpy is None:
         use_numpy = bank.device.type == "cpu" and queries.device.type == "cpu"
     if use_numpy:
         with single_torch_thread("cpu"):
             got = _knn_predict_numpy(bank.detach().cpu().numpy(), bank_labels.cpu().numpy(),
-                                     queries.detach().cpu().numpy(), ks, temperature, n_classes, block_elems)
+                                     queries.detach().cpu().numpy(), ks, temperature, n_classes, block_elems,
+                                     similarity, ranks)
         return {k: torch.from_numpy(v.astype(np.int64, copy=False)).to(bank.device) for k, v in got.items()}
     m = bank.shape[0]
     kmax = max(ks)
     step = max(1, block_elems // max(1, m))
+    euclid = similarity == "euclidean"
+    half_bsq = 0.5 * (bank * bank).sum(dim=1) if euclid else None
     out: Dict[int, List[torch.Tensor]] = {k: [] for k in ks}
     for s in range(0, queries.shape[0], step):
-        sims = queries[s:s + step] @ bank.T
+        q = queries[s:s + step]
+        sims = q @ bank.T
+        if euclid:
+            sims -= half_bsq[None, :]
         idx = torch.sort(topk_lowest_index(sims, kmax), dim=1).values  # candidates in bank-index order
         cand = torch.gather(sims, 1, idx)
         del sims
+        qsq = (q * q).sum(dim=1, keepdim=True) if euclid else None
         for k in ks:
             pos = topk_lowest_index(cand, k) if k < kmax else None
             nb_idx = idx if pos is None else torch.gather(idx, 1, pos)
             nb = cand if pos is None else torch.gather(cand, 1, pos)
-            # exp((sim − max sim)/T): the same argmax as exp(sim/T), without overflow for small T
-            w = torch.exp((nb - nb.max(dim=1, keepdim=True).values) / temperature)
+            if euclid:
+                w = 1.0 / (torch.sqrt(torch.clamp(qsq - 2.0 * nb, min=0.0)) + EUCLIDEAN_EPS)
+            else:  # exp((sim − max sim)/T): the same argmax as exp(sim/T), without overflow for small T
+                w = torch.exp((nb - nb.max(dim=1, keepdim=True).values) / temperature)
             scores = torch.zeros(nb.shape[0], n_classes, dtype=w.dtype, device=w.device)
             scores.scatter_add_(1, bank_labels[nb_idx], w)
-            out[k].append(scores.argmax(dim=1))
-    empty = torch.zeros(0, dtype=torch.long, device=bank.device)
+            out[k].append(scores.argmax(dim=1) if ranks == 1
+                          else torch.argsort(-scores, dim=1, stable=True)[:, :ranks])
+    empty = torch.zeros((0,) if ranks == 1 else (0, ranks), dtype=torch.long, device=bank.device)
     return {k: torch.cat(v) if v else empty for k, v in out.items()}
 
 
@@ -186,14 +226,15 @@ def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Te
     params=[
         Param("ks", "20,200", "ints", "comma list of neighbour counts k (ints >= 1); one row per k, in column k", low=1),
         Param("temperature", 0.07, "float", "T of the vote weights exp(sim/T)", low=0, low_open=True),
-        Param("similarity", "cosine", "choice", "similarity of the neighbour search (recorded)", choices=("cosine",)),
+        Param("similarity", "cosine", "choice", "neighbour search: cosine (normalised features, votes exp(sim/T)) "
+              "or euclidean (raw features, votes 1/(distance + 1e-5), as solo-learn)", choices=SIMILARITIES),
         Param("test_fraction", 0.2, "float", "held-out fraction of the samples (queries), in (0, 1)",
               low=0, low_open=True, high=1, high_open=True),
         Param("seed", 0, "int", "seed of the train/test permutation and the query subsample", low=0),
         Param("max_queries", 5000, "int", "at most this many test queries (seeded random subset; the standard error of top1 is at most 0.7 points at 5000)", low=1),
     ],
     needs=("labels",),
-    summary="top-1 accuracy of a temperature-weighted cosine k-NN classifier on frozen features",
+    summary="top-1 and top-5 accuracy of a weighted k-NN classifier (cosine or Euclidean) on frozen features",
     paper="Bardes, Ponce & LeCun 2022, arXiv:2105.04906, App. C.1; Wu et al. 2018, arXiv:1805.01978, §3.4",
 )
 def knn(data: LayerData, ks: str = "20,200", temperature: float = 0.07, similarity: str = "cosine",
@@ -204,14 +245,16 @@ def knn(data: LayerData, ks: str = "20,200", temperature: float = 0.07, similari
         data: (V, n, d) embeddings (the reference view is used, float32 on ``data.device``) and (n,) labels.
         ks: comma list of k; a k larger than the bank uses the whole bank (noted).
         temperature: T of the weights exp(sim/T).
-        similarity: ``cosine`` (the only one; recorded in the table's ``similarity`` column — a parameter
-            cannot be called ``metric``, which is the table's metric-name column).
+        similarity: ``cosine`` (ℓ2-normalised features, weights exp(sim/T)) or ``euclidean`` (raw features, weights
+            1/(‖q − b‖ + 1e-5), solo-learn's ``distance_fx="euclidean"``; T unused). A parameter cannot be called
+            ``metric``, the table's metric-name column.
         test_fraction, seed: the split of :func:`split_indices`; test samples are the queries.
         max_queries: queries beyond this are subsampled (``default_rng(seed + 1)``) with a note.
 
     Returns:
-        Rows ``top1`` (``view`` = reference view, ``index`` = str(k)) whose dict also carries ``k`` (int) as a
-        parameter column: the stamped ``ks`` holds the whole list, ``k`` the row's own.
+        Rows ``top1`` and — with more than five classes — ``top5`` (the true class among the five best class
+        scores, as solo-learn), ``view`` = reference view, ``index`` = str(k); each row's dict also carries ``k``
+        (int) as a parameter column: the stamped ``ks`` holds the whole list, ``k`` the row's own.
     """
     if not 0 < test_fraction < 1:
         raise ReprscopeError(f"The 'test_fraction' parameter of analyzer knn must be a float > 0, < 1. "
@@ -228,8 +271,9 @@ def knn(data: LayerData, ks: str = "20,200", temperature: float = 0.07, similari
     dev = torch.device(data.device)
     with single_torch_thread(dev):  # the search goes through numpy on the CPU
         x = torch.from_numpy(reference_features(data, np.float32)).to(dev)
-        norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)
-        x /= torch.where(norms == 0, torch.ones_like(norms), norms)
+        if similarity == "cosine":
+            norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)
+            x /= torch.where(norms == 0, torch.ones_like(norms), norms)
         bank, queries = x[torch.from_numpy(tr).to(dev)], x[torch.from_numpy(te).to(dev)]
         del x
         ybank = torch.from_numpy(y[tr]).to(dev)
@@ -240,8 +284,14 @@ def knn(data: LayerData, ks: str = "20,200", temperature: float = 0.07, similari
             used[k] = min(k, tr.size)
             if used[k] < k:
                 res.notes.append(f"k={k} exceeds the {tr.size} train samples; all {tr.size} used")
-        preds = knn_predict(bank, ybank, queries, sorted(set(used.values())), temperature, len(classes))
+        ranks = 5 if len(classes) > 5 else 1
+        preds = knn_predict(bank, ybank, queries, sorted(set(used.values())), temperature, len(classes),
+                            similarity=similarity, ranks=ranks)
         for k in k_list:
-            res.add("top1", float((preds[used[k]] == ytest).double().mean()), view=view, index=k)
+            ranked = preds[used[k]].reshape(len(te), ranks)
+            res.add("top1", float((ranked[:, 0] == ytest).double().mean()), view=view, index=k)
             res.rows[-1]["k"] = k
+            if ranks == 5:
+                res.add("top5", float((ranked == ytest[:, None]).any(dim=1).double().mean()), view=view, index=k)
+                res.rows[-1]["k"] = k
     return res

@@ -176,3 +176,70 @@ def test_parse_ks():
     assert knn_mod.parse_ks("20,200") == [20, 200]
     assert knn_mod.parse_ks("[5, 5, 1]") == [5, 1]
     assert knn_mod.parse_ks("7") == [7]
+
+
+def naive_knn_full(x, labels, k, similarity="cosine", temperature=0.07, eps=1e-5, test_fraction=0.2, seed=0):
+    """Per query: every train sample's cosine similarity or Euclidean distance (from differences), sorted
+    stably (ties to the lowest index); votes exp(sim/T) or 1/(distance + ε) (solo-learn's two distance_fx);
+    returns (top-1, top-5) with the classes ranked by score, ties to the smaller label."""
+    x = np.asarray(x, dtype=np.float64)
+    n = len(x)
+    perm = np.random.default_rng(seed).permutation(n)
+    n_train = min(max(int(round(n * (1 - test_fraction))), 1), n - 1)
+    tr, te = np.sort(perm[:n_train]), np.sort(perm[n_train:])
+    classes = sorted(set(labels.tolist()))
+    top1 = top5 = 0
+    for q in te:
+        if similarity == "cosine":
+            hat = x / np.linalg.norm(x, axis=1, keepdims=True)
+            key = np.array([-(hat[q] @ hat[j]) for j in tr])
+            w = lambda j: math.exp(-key[j] / temperature)  # noqa: E731
+        else:
+            key = np.array([np.linalg.norm(x[q] - x[j]) for j in tr])
+            w = lambda j: 1.0 / (key[j] + eps)  # noqa: E731
+        scores = {c: 0.0 for c in classes}
+        for j in np.argsort(key, kind="stable")[:k]:
+            scores[labels[tr[j]]] += w(j)
+        ranked = sorted(classes, key=lambda c: (-scores[c], c))
+        top1 += ranked[0] == labels[q]
+        top5 += labels[q] in ranked[:5]
+    return top1 / len(te), top5 / len(te)
+
+
+@pytest.mark.parametrize("similarity", ["cosine", "euclidean"])
+def test_top5_and_euclidean_equal_the_naive_loop(similarity):
+    x, y = _clusters(300, 6, 9, spread=1.6, seed=4)
+    x = x + 2.0  # not centred: the Euclidean and cosine neighbours differ
+    res = run_analyzer("knn", _data(x.astype(np.float32), y), {"ks": "10,40", "similarity": similarity})
+    got = {(r["metric"], r["k"]): r["value"] for r in res.rows}
+    for k in (10, 40):
+        t1, t5 = naive_knn_full(x.astype(np.float32), y, k, similarity)
+        assert got[("top1", k)] == pytest.approx(t1, abs=1e-12)
+        assert got[("top5", k)] == pytest.approx(t5, abs=1e-12)
+        assert got[("top5", k)] >= got[("top1", k)]
+    assert {r["similarity"] for r in res.rows} == {similarity}
+
+
+def test_euclidean_and_ranked_predictions_agree_between_numpy_and_torch():
+    x, y = _clusters(400, 5, 8, spread=2.0, seed=5)
+    t = torch.from_numpy((x + 1.0).astype(np.float32))
+    args = (t[:300], torch.from_numpy(y[:300]), t[300:], [7, 30], 0.07, 8)
+    for similarity in ("cosine", "euclidean"):
+        for ranks in (1, 5):
+            a = knn_mod.knn_predict(*args, use_numpy=True, similarity=similarity, ranks=ranks, block_elems=3000)
+            b = knn_mod.knn_predict(*args, use_numpy=False, similarity=similarity, ranks=ranks, block_elems=3000)
+            for k in (7, 30):
+                assert torch.equal(a[k], b[k]), (similarity, ranks, k)
+
+
+def test_top5_needs_more_than_five_classes():
+    x, y = _clusters(200, 4, 5, spread=1.0)
+    res = run_analyzer("knn", _data(x, y), {"ks": "10"})
+    assert {r["metric"] for r in res.rows} == {"top1"}
+    import reprscope.metrics as M
+    with pytest.raises(ReprscopeError, match="more than five classes"):
+        M.knn_accuracy(x, y, k=10, top=5)
+    x9, y9 = _clusters(200, 4, 9, spread=1.0)
+    rows = run_analyzer("knn", _data(x9, y9), {"ks": "10", "similarity": "euclidean"}).rows
+    assert M.knn_accuracy(x9, y9, k=10, top=5, similarity="euclidean") == next(
+        r["value"] for r in rows if r["metric"] == "top5")
