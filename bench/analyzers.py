@@ -95,6 +95,9 @@ def part_naive(n: int, d: int, reps: int = 3, device: str = "cpu") -> list:
     out = []
     for name in ANALYZERS.names():
         ref = naive.REFERENCES.get(name)
+        if ANALYZERS.get(name).pairwise:
+            print(f"  {name:20s} (compares two layers: bench/similarity.py)")
+            continue
         if ref is None:
             print(f"  {name:20s} (no naive reference)")
             continue
@@ -155,6 +158,8 @@ def part_suite(n: int, d: int, device: str) -> dict:
         with Store(path) as st:
             data = st.layer_data("encoder", device=device)
             for name in ANALYZERS.names():
+                if ANALYZERS.get(name).pairwise:  # the store has one layer: no pair to compare
+                    continue
                 t0 = time.perf_counter()
                 run_analyzer(name, data)
                 per[name] = time.perf_counter() - t0

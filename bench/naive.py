@@ -508,8 +508,31 @@ def label_free(data, fit_start: int = 1, fit_end=None, k: int = 20, max_samples:
     return out
 
 
+def lidar(data, delta: float = 1e-4, eps: float = 1e-7) -> Dict[Key, float]:
+    """LiDAR with a loop over samples for Σ_b and Σ_w (numpy inside), and the eigenvalues of Σ_w⁻¹Σ_b from the
+    general eigensolver (the same as those of the symmetric Σ_w^{-1/2}Σ_bΣ_w^{-1/2})."""
+    ids = _aug_ids(data)
+    z = np.stack([data.view(i) for i in ids])  # (V, n, d)
+    v, n, d = z.shape
+    mus = z.mean(axis=0)
+    mu = mus.mean(axis=0)
+    sb = np.zeros((d, d))
+    sw = np.zeros((d, d))
+    for i in range(n):
+        dm = mus[i] - mu
+        sb += np.outer(dm, dm)
+        dw = z[:, i] - mus[i]
+        sw += dw.T @ dw
+    sb /= n
+    sw /= n * v
+    lam = np.clip(np.linalg.eigvals(np.linalg.solve(sw + delta * np.eye(d), sb)).real, 0, None)
+    p = lam / lam.sum() + eps
+    return {("lidar", "|".join(data.views[i] for i in ids), "", ""): float(np.exp(-np.sum(p * np.log(p))))}
+
+
 REFERENCES: Dict[str, Tuple[Callable, Dict]] = {
     "label_free": (label_free, {"max_samples": 2000}),
+    "lidar": (lidar, {}),
     "center": (center, {}),
     "spectrum": (spectrum, {}),
     "identifiability": (identifiability, {}),

@@ -31,6 +31,7 @@ from .center import center_statistics
 from .identifiability import identifiability as _identifiability_rows
 from .knn import knn as _knn_rows
 from .label_free import label_free as _label_free_rows, nesum_of, power_law_fit, stable_rank_of
+from .lidar import lidar as _lidar_rows
 from .linear_probe import linear_probe as _linear_probe_rows
 from .matrix_information import matrix_information as _matrix_information_rows
 from .similarity import similarity as _similarity_rows
@@ -630,11 +631,25 @@ def mutual_knn_alignment(x: Array, y: Array, *, k: int = 10, max_samples: int = 
     return _one_similarity("mutual_knn", x, y, k=k, max_samples=max_samples, seed=seed)
 
 
+def lidar(z1: Array, *more: Array, delta: float = 1e-4, eps: float = 1e-7) -> float:
+    """LiDAR (Thilak et al. 2023, arXiv:2312.04000): effective rank of Σ_w^{-1/2} Σ_b Σ_w^{-1/2}, every sample a
+    class of its augmented views; ``z1`` (V ≥ 2, n, d), or V arrays (n, d) of the same samples."""
+    if more:
+        arr, dev = _input.stack_views([z1, *more])
+    else:
+        arr, dev = _input.embeddings(z1)
+        if arr.shape[0] < 2:
+            raise ReprscopeError(f"lidar: expected at least two views: z1 of shape (V, n, d) with V ≥ 2 or several "
+                                 f"(n, d) arrays, got {tuple(np.shape(z1))}")
+    res = _run(_lidar_rows, _input.layer_data(arr, dev), {"delta": delta, "eps": eps}, "lidar")
+    return _value(res, "lidar", owner="lidar")
+
+
 __all__ = [
     "ReprscopeWarning", "alignment", "alignment_uniformity", "center_metrics", "center_norm", "center_vector",
     "alpha_req", "cka_rbf", "effective_rank", "head_module", "intrinsic_dimension", "joint_entropy", "knn_accuracy", "linear_probe_accuracy", "matrix_entropy",
     "matrix_information_metrics", "matrix_js", "matrix_kl", "matrix_mutual_information", "nesum", "r2_latents",
-    "linear_cka", "mutual_knn_alignment", "procrustes_distance", "pwcca", "rank_abs", "similarity_metrics",
+    "lidar", "linear_cka", "mutual_knn_alignment", "procrustes_distance", "pwcca", "rank_abs", "similarity_metrics",
     "stable_rank", "svcca",
     "rank_tau", "rankme", "residual_norms", "singular_values", "tangent_fvu", "tangent_metrics", "total_coding_rate",
     "uniformity", "vicreg_statistics", "weight_ranks",
