@@ -21,6 +21,7 @@ from . import metrics  # noqa: E402
 from .analyzers import ANALYZERS  # noqa: E402
 from .api import analyze, extract  # noqa: E402
 from .check import CheckResult, check  # noqa: E402
+from .correlate import correlate  # noqa: E402
 from .errors import ReprscopeError  # noqa: E402
 from .metrics import ReprscopeWarning  # noqa: E402
 from .monitor import Monitor  # noqa: E402
@@ -29,10 +30,10 @@ from .report import make_report as _make_report  # noqa: E402  (before `report` 
 
 def report(tables: Sequence[Any], out: Any, *, formats: Sequence[str] = ("png", "pdf")) -> List[Any]:
     """Write the figures the tables support (spectra, R² per latent across layers, per-layer profiles,
-    trajectories over steps) into the folder ``out``; returns the paths written, with ``.notes`` (figures
+    trajectories over steps, similarity heat maps, which metric predicts accuracy) into the folder ``out``; returns the paths written, with ``.notes`` (figures
     skipped and why). ``tables``: paths of tables written by :func:`analyze` (``table.to_csv``) or the CLI."""
     return _make_report([str(t) for t in tables], out, formats=list(formats), echo=None)
 
 
 __all__ = ["ANALYZERS", "CheckResult", "Monitor", "ReprscopeError", "ReprscopeWarning", "__version__", "analyze",
-           "check", "extract", "metrics", "report"]
+           "check", "correlate", "extract", "metrics", "report"]

@@ -17,6 +17,10 @@
   another source (this source's layers × the other's), values written in the cells;
 * ``settling_<measure>``: for a run whose checkpoints were compared with its last one, the measure between
   each layer and the same layer of the last checkpoint over the steps (how fast each layer settles).
+* ``predicts_accuracy``: for tables of three or more checkpoints or sources with k-NN / linear-probe rows, the
+  Spearman ρ of every label-free metric with each accuracy across them (:func:`reprscope.correlate.correlate`),
+  a heat map per target (metrics × layers, ``*`` where p < 0.05), and the whole table as
+  ``predicts_accuracy.csv`` (ρ, τ-b and both p-values).
 
 In profiles and trajectories a metric ``M_std`` reported next to ``M`` (matrix_information's spread over
 batches) is drawn as a band M ± M_std on M's panel rather than as a panel of its own, the two matrix forms of
@@ -621,6 +625,55 @@ def _heat_maps(measure: str, panels: Sequence[Tuple[str, List[str], List[str], D
     return _save(fig, out, f"similarity_{measure}", formats)
 
 
+def plot_predictors(df: pd.DataFrame, out: Path, formats: Sequence[str], notes: Optional[List[str]] = None) -> List[Path]:
+    """``predicts_accuracy``: the rank correlation of every label-free metric with accuracy, as a table (CSV) and
+    a heat map of Spearman's ρ per target."""
+    from .correlate import correlate
+    from .table import escape_csv
+
+    notes = [] if notes is None else notes
+    try:
+        corr = correlate(df.drop(columns=[c for c in (TABLE, RUN, LABEL) if c in df.columns]))
+    except ReprscopeError as exc:
+        notes.append(f"predicts_accuracy not drawn: {exc}")
+        return []
+    if corr.empty:
+        notes.append("predicts_accuracy not drawn: no label-free metric and accuracy share three or more points")
+        return []
+    paths = [out / "predicts_accuracy.csv"]
+    escape_csv(corr).to_csv(paths[0], index=False)
+    targets = list(dict.fromkeys(corr["target"]))
+    plt = _plt()
+    layers = list(dict.fromkeys(corr["layer"]))
+    preds = list(dict.fromkeys(corr["predictor"]))
+    cols = min(2, len(targets))
+    nrows = math.ceil(len(targets) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=((2.8 + 0.6 * len(layers)) * cols + 2.5, (1.2 + 0.28 * len(preds)) * nrows),
+                             squeeze=False, layout="constrained")
+    for ax in axes.flat[len(targets):]:
+        ax.set_visible(False)
+    image = None
+    for ax, target in zip(axes.flat, targets):
+        g = corr[corr["target"] == target]
+        rho = {(p, l): v for p, l, v in zip(g["predictor"], g["layer"], g["spearman"])}
+        pval = {(p, l): v for p, l, v in zip(g["predictor"], g["layer"], g["spearman_p"])}
+        mat = np.array([[rho.get((p, l), np.nan) for l in layers] for p in preds], dtype=float)
+        image = ax.imshow(np.ma.masked_invalid(mat), cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
+        for i, p in enumerate(preds):
+            for j, l in enumerate(layers):
+                if np.isfinite(mat[i, j]):
+                    star = "*" if pval[(p, l)] < 0.05 else ""
+                    ax.text(j, i, f"{mat[i, j]:.2f}{star}", ha="center", va="center", fontsize=6,
+                            color="white" if abs(mat[i, j]) > 0.6 else "black")
+        ax.set_xticks(range(len(layers)), layers, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(preds)), preds, fontsize=6)
+        n_pts = int(g["n"].max())
+        ax.set_title(f"{target}  (n = {n_pts} checkpoints/sources)", fontsize=9)
+    fig.colorbar(image, ax=list(axes.flat[:len(targets)]), shrink=0.8, label="Spearman ρ")
+    fig.suptitle("Which label-free metric ranks the checkpoints as the accuracy does (* p < 0.05)")
+    return paths + _save(fig, out, "predicts_accuracy", formats)
+
+
 def _staging_parent(out: Path) -> Path:
     """The folder the temporary folder goes in: ``out``'s parent, or its nearest existing ancestor."""
     if out.exists() and not out.is_dir():
@@ -686,7 +739,7 @@ def make_report(tables: Sequence[str], out: Path | str, formats: Sequence[str] =
     try:
         staged: List[Path] = []
         try:
-            for fn in (plot_spectra, plot_r2, plot_profiles, plot_trajectories, plot_similarity):
+            for fn in (plot_spectra, plot_r2, plot_profiles, plot_trajectories, plot_similarity, plot_predictors):
                 staged += fn(df, staging, formats, notes)
         except OSError as exc:  # a full or read-only disk while drawing
             raise ReprscopeError(f"cannot write figures into '{out}': {exc.strerror or exc}; nothing was written",
