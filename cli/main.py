@@ -76,7 +76,8 @@ CLI_FLAGS = {"views": "--views", "batch_size": "--batch-size", "limit": "--limit
              "preprocess": "--preprocess", "branch": "--branch", "arch": "--arch", "fmt": "--format",
              "metrics": "--metrics/--layers", "layers": "--layers", "analyzers": "--analyzers", "params": "--param",
              "out": "--out", "device": "--device", "set_data": "--set", "config": "--set/--config", "resume": "--resume",
-             "scale": "--scale", "compare": "--compare"}
+             "scale": "--scale", "compare": "--compare",
+             "bootstrap": "--bootstrap", "ci": "--ci"}
 
 
 def _fail(msg: str, code: int = 2) -> None:
@@ -238,6 +239,9 @@ def analyze(
     preprocess: str = typer.Option("source", "--preprocess", help=PREPROCESS_HELP),
     compare: Optional[Path] = typer.Option(None, "--compare", help="A checkpoint or .h5 store of the same inputs: "
                                            "similarity compares every layer of each SOURCE with every layer of it."),
+    bootstrap: int = typer.Option(0, "--bootstrap", help="B resamples of the samples: a percentile interval of every "
+                                  "scalar metric (columns value_lo, value_hi, bootstrap)."),
+    ci: float = typer.Option(0.95, "--ci", help="Level of the --bootstrap interval."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar and no summary."),
 ) -> None:
     """Analyze SOURCE(s) and print a summary; write the tidy table with --out."""
@@ -255,7 +259,7 @@ def analyze(
     res = run_analyze([str(s) for s in sources], data=data, analyzers=chosen, params=pp, layers=_split_all(layers, "--layers"),
                       views=views, limit=limit, device=str(resolve_device(device)), progress=not quiet,
                       set_data=_data_sets(sets), fmt=fmt, branch=branch, arch=arch, preprocess=preprocess,
-                      compare=compare)
+                      compare=compare, bootstrap=bootstrap, ci=ci)
     if not quiet:
         typer.echo(summarize(res.table))
         for note in condense_notes(res.notes):

@@ -30,10 +30,10 @@ Source = Union[str, os.PathLike, nn.Module, Mapping[str, Any]]
 
 #: Keyword options by kind of source (anything else is an error naming these).
 PATH_OPTIONS = ("views", "limit", "batch_size", "seed", "progress", "set_data", "fmt", "branch", "arch", "preprocess",
-                "compare")
-MODULE_OPTIONS = ("views", "clean", "limit", "batch_size", "seed", "pool", "forward", "progress")
+                "compare", "bootstrap", "ci")
+MODULE_OPTIONS = ("views", "clean", "limit", "batch_size", "seed", "pool", "forward", "progress", "bootstrap", "ci")
 ARRAY_OPTIONS = ("labels", "labels_coarse", "latents", "latent_names", "content_mask", "views", "seed", "heads",
-                 "spaces", "progress")
+                 "spaces", "progress", "bootstrap", "ci")
 
 
 def _check_options(kind: str, options: Mapping[str, Any], valid: Sequence[str]) -> None:
@@ -90,6 +90,8 @@ def analyze(source: Union[Source, Sequence[Union[str, os.PathLike]]], data: Any 
             layer's space, other names are ``intermediate``).
         analyzers: names (``reprscope.ANALYZERS.names()``; default: all).
         params: ``{analyzer: {parameter: value}}``, e.g. ``{"spectrum": {"tau": 1e-3}}``.
+        bootstrap, ci (options of every source): B resamples of the samples for a percentile interval at level
+            ``ci`` (default 0.95) of every scalar metric (columns ``value_lo``, ``value_hi``, ``bootstrap``).
         device: where the linear algebra (and a module's forward) runs, e.g. ``"cuda"``; default the CPU (a
             module's forward: the model's device).
         **options: path sources: ``views``, ``limit``, ``batch_size``, ``seed``, ``progress``, ``set_data``,
@@ -108,6 +110,11 @@ def analyze(source: Union[Source, Sequence[Union[str, os.PathLike]]], data: Any 
         also issued as :class:`~reprscope.metrics.ReprscopeWarning`.
     """
     chosen, pp = _selected(analyzers, params)
+    from .pipeline import check_bootstrap
+
+    boot = {"bootstrap": int(options.pop("bootstrap", 0) or 0) if not isinstance(options.get("bootstrap"), bool)
+            else options.pop("bootstrap"), "ci": options.pop("ci", 0.95)}
+    check_bootstrap(**boot)
     if isinstance(source, nn.Module):
         _check_options("a module", options, MODULE_OPTIONS)
         if data is None:
@@ -121,7 +128,8 @@ def analyze(source: Union[Source, Sequence[Union[str, os.PathLike]]], data: Any 
 
             with Store(path) as st:
                 rows, notes = analyze_store(st, chosen, pp, None, source=st.attrs["source"],
-                                            progress=bool(options.get("progress", True)), device=device or "cpu")
+                                            progress=bool(options.get("progress", True)), device=device or "cpu",
+                                            **boot)
         return _finish(make_table(rows), notes)
     if isinstance(source, Mapping):
         _check_options("arrays", options, ARRAY_OPTIONS)
@@ -131,7 +139,8 @@ def analyze(source: Union[Source, Sequence[Union[str, os.PathLike]]], data: Any 
         layer_list, base = _array_layers(source, layers=layers, device=device or "cpu", **options)
         from .pipeline import analyze_layers
 
-        rows, notes = analyze_layers(layer_list, chosen, pp, base, progress=bool(options.get("progress", False)))
+        rows, notes = analyze_layers(layer_list, chosen, pp, base, progress=bool(options.get("progress", False)),
+                                     seed=int(options.get("seed", 0)), **boot)
         return _finish(make_table(rows), notes)
     sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
     if not sources or not all(isinstance(s, (str, os.PathLike)) for s in sources):
@@ -145,7 +154,7 @@ def analyze(source: Union[Source, Sequence[Union[str, os.PathLike]]], data: Any 
     from .pipeline import analyze as run
 
     res = run([str(s) for s in sources], data=data, analyzers=chosen, params=pp, layers=layers,
-              device=device or "cpu", **options)
+              device=device or "cpu", **options, **boot)
     return _finish(res.table, res.notes)
 
 

@@ -39,7 +39,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import pandas as pd
 
 from .errors import ReprscopeError
-from .table import COLUMNS, CONTEXT_COLUMNS, PAIR_COLUMNS
+from .table import COLUMNS, CONTEXT_COLUMNS, INTERVAL_COLUMNS, PAIR_COLUMNS
 
 KEY = ["step", "layer", "view", "analyzer", "metric", "index"]
 DIRECTIONS = ("both", "higher", "lower")
@@ -219,7 +219,7 @@ def compare(new: pd.DataFrame, base: pd.DataFrame, rules: Sequence[Rule], metric
     new = select_rows(new, metrics, layers)
     # parameters and the other layer of a pair are keys; the other source is a path, not compared (as source)
     shared = set(base.columns) & set(new.columns)
-    params = sorted(c for c in shared if c not in COLUMNS + CONTEXT_COLUMNS + PAIR_COLUMNS)
+    params = sorted(c for c in shared if c not in COLUMNS + CONTEXT_COLUMNS + PAIR_COLUMNS + INTERVAL_COLUMNS)
     params += [c for c in PAIR_COLUMNS if c in shared and c != "source_b"]
     b, n = _key_frame(base, params), _key_frame(new, params)
     steps_b, steps_n = b["step"].unique(), n["step"].unique()

@@ -18,6 +18,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .analyzers import ANALYZERS, run_analyzer, run_pair
+from .analyzers.base import bootstrap_intervals
 from .analyzers.base import ENCODER_ONLY, LayerData
 from .data.base import parse_data_arg
 from .errors import ReprscopeError
@@ -127,7 +128,8 @@ def store_base(store: Store, source: Optional[str] = None) -> Dict[str, Any]:
 
 def analyze_store(store: Store, analyzers: Sequence[str], params: Mapping[str, Mapping[str, Any]] | None = None,
                   layers: Optional[Sequence[str]] = None, source: Optional[str] = None,
-                  progress: bool = False, device: str = "cpu") -> Tuple[List[Dict[str, Any]], List[str]]:
+                  progress: bool = False, device: str = "cpu", bootstrap: int = 0,
+                  ci: float = 0.95) -> Tuple[List[Dict[str, Any]], List[str]]:
     """Run ``analyzers`` on every (or the given) layer of ``store``; rows carry every table column and the
     context columns (:data:`~reprscope.table.CONTEXT_COLUMNS`: the store's data set and sample count)."""
     params = params or {}
@@ -139,7 +141,17 @@ def analyze_store(store: Store, analyzers: Sequence[str], params: Mapping[str, M
         names = [n for n in names if n in set(layers)]
     seed = int(store.attrs.get("seed", 0))
     return analyze_layers([(n, lambda n=n: store.layer_data(n, seed=seed, device=device)) for n in names], analyzers,
-                          params, base, progress=progress, desc=f"analyze {Path(base['source']).name}")
+                          params, base, progress=progress, desc=f"analyze {Path(base['source']).name}",
+                          bootstrap=bootstrap, ci=ci, seed=seed)
+
+
+def check_bootstrap(bootstrap: int, ci: float) -> None:
+    """Raise ReprscopeError unless ``bootstrap`` is an int ≥ 0 (at most 10 000) and 0 < ``ci`` < 1."""
+    if isinstance(bootstrap, bool) or not isinstance(bootstrap, (int, np.integer)) or not 0 <= bootstrap <= 10_000:
+        raise ReprscopeError(f"bootstrap must be a number of resamples from 0 to 10000 (e.g. 200), got {bootstrap!r}",
+                             arg="bootstrap")
+    if not isinstance(ci, (int, float)) or not 0 < float(ci) < 1:
+        raise ReprscopeError(f"ci must be a confidence level between 0 and 1 (e.g. 0.95), got {ci!r}", arg="ci")
 
 
 def pairwise_names(analyzers: Sequence[str]) -> List[str]:
@@ -149,11 +161,14 @@ def pairwise_names(analyzers: Sequence[str]) -> List[str]:
 
 def analyze_layers(layers: Sequence[Tuple[str, Callable[[], LayerData]]], analyzers: Sequence[str],
                    params: Mapping[str, Mapping[str, Any]] | None, base: Mapping[str, Any], progress: bool = False,
-                   desc: str = "analyze") -> Tuple[List[Dict[str, Any]], List[str]]:
+                   desc: str = "analyze", bootstrap: int = 0, ci: float = 0.95,
+                   seed: int = 0) -> Tuple[List[Dict[str, Any]], List[str]]:
     """Run ``analyzers`` on every layer (name, a function giving its LayerData), one layer in memory at a time;
     every row carries ``base`` (the source, step, method and context columns) and its layer. A pairwise
     analyzer runs on every pair of layers instead (the upper triangle of the layer × layer matrix, in the
-    order given), its rows with the second layer in ``layer_b`` and ``source_b`` empty."""
+    order given), its rows with the second layer in ``layer_b`` and ``source_b`` empty. ``bootstrap`` > 0 adds
+    percentile intervals at level ``ci`` (:func:`~reprscope.analyzers.base.bootstrap_intervals`, seeded by
+    ``seed``)."""
     params = params or {}
     names = [n for n, _ in layers]
     pairwise = pairwise_names(analyzers)
@@ -169,7 +184,10 @@ def analyze_layers(layers: Sequence[Tuple[str, Callable[[], LayerData]]], analyz
             res = run_analyzer(a, data, params.get(a))
             for note in res.notes:
                 (encoder_only.setdefault(a, []) if note.endswith(ENCODER_ONLY) else notes).append(note)
+            if bootstrap:
+                notes.extend(bootstrap_intervals(a, data, params.get(a), res.rows, bootstrap, ci, seed))
             rows.extend({**base, "layer": layer, **r} for r in res.rows)
+        data.cache.pop("bootstrap_full", None)
     # an encoder-only analyzer is silent on the other layers when it ran on the encoder layer; when it ran on
     # no layer at all (layers without the encoder, a source without one) its skips say why there is nothing
     ran = {r["analyzer"] for r in rows}
@@ -313,7 +331,8 @@ def analyze(sources: Sequence[str | os.PathLike], *, data: Optional[str] = None,
             views: int = 2, limit: Optional[int] = None, batch_size: int = 1024, device: str = "cpu",
             seed: int = 0, progress: bool = True, set_data: Optional[Dict[str, Any]] = None,
             fmt: Optional[str] = None, branch: Optional[str] = None, arch: Optional[str] = None,
-            preprocess: str = "source", compare: Optional[str | os.PathLike] = None) -> AnalysisResult:
+            preprocess: str = "source", compare: Optional[str | os.PathLike] = None, bootstrap: int = 0,
+            ci: float = 0.95) -> AnalysisResult:
     """Analyze every source and return one tidy table (``branch``/``arch``/``preprocess``: see
     :func:`store_for_checkpoint`).
 
@@ -321,11 +340,15 @@ def analyze(sources: Sequence[str | os.PathLike], *, data: Optional[str] = None,
     checkpoint or store of the same inputs) also every layer of each source with every layer of it; and, with
     several sources and no ``compare`` (a run directory), every layer of each source with the same layer of the
     last one (how fast each layer settles during training).
+
+    ``bootstrap`` = B > 0 gives the rows of scalar metrics a percentile interval at level ``ci`` over B resamples
+    of the samples (columns ``value_lo``, ``value_hi``, ``bootstrap``).
     """
     options = LoadOptions(branch=branch, arch=arch)
     if preprocess not in PREPROCESS_MODES:
         raise ReprscopeError(f"preprocess must be one of {', '.join(PREPROCESS_MODES)}; got '{preprocess}'", arg="preprocess")
     chosen = select_analyzers(analyzers)
+    check_bootstrap(bootstrap, ci)
     for a in chosen:  # bad --param values fail before any extraction or progress output
         resolve_params(f"analyzer {a}", ANALYZERS.get(a).params, dict((params or {}).get(a) or {}))
     items = resolve_sources(sources)
@@ -352,7 +375,8 @@ def analyze(sources: Sequence[str | os.PathLike], *, data: Optional[str] = None,
             notes.append(f"--data/--set (data=/set_data= in Python) do not apply to the store {item.path.name}: its embeddings were extracted "
                          "already (on the data set its attributes name)")
         with Store(path) as st:
-            r, n = analyze_store(st, chosen, params, layers, source=str(item.path), progress=progress, device=device)
+            r, n = analyze_store(st, chosen, params, layers, source=str(item.path), progress=progress, device=device,
+                                 bootstrap=bootstrap, ci=ci)
         rows.extend(r)
         notes.extend(f"{item.path.name}: {x}" if len(items) > 1 else x for x in n)
         stores.append(path)

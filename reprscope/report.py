@@ -218,7 +218,9 @@ def single_layer_rows(df: pd.DataFrame) -> pd.DataFrame:
 
 def scalar_rows(df: pd.DataFrame) -> pd.DataFrame:
     """One number per (run, step, layer, view, analyzer, series, form) — scalars and short vectors — with the
-    spread of a metric ``M`` that has an ``M_std`` companion in column ``err`` (NaN elsewhere).
+    spread of a metric ``M`` that has an ``M_std`` companion in column ``err`` (NaN elsewhere), and the band to
+    draw in ``lo``/``hi``: the bootstrap interval (``value_lo``/``value_hi``) where the table has one, else
+    value ± err.
 
     The run is ``_run`` where ``df`` has it (see :func:`assign_runs`), else the source. Columns: those of the
     table plus ``series`` (metric[index]), ``form`` ("" when the table has none) and ``err``; the ``M_std``
@@ -234,15 +236,28 @@ def scalar_rows(df: pd.DataFrame) -> pd.DataFrame:
     index = keep["index"].astype(str)
     keep["series"] = (keep["metric"].astype(str) + np.where(index != "", "[" + index + "]", "")).astype(object)
     if keep.empty:
-        return keep.assign(err=pd.Series(dtype=float))
+        return keep.assign(err=pd.Series(dtype=float), lo=pd.Series(dtype=float), hi=pd.Series(dtype=float))
     first = keep.groupby(keys, dropna=False, sort=False).first().reset_index()
     metrics = set(zip(first["analyzer"], first["metric"]))
     is_std = np.array([m.endswith("_std") and i == "" and (a, m[:-4]) in metrics
                        for a, m, i in zip(first["analyzer"], first["metric"], first["index"])], dtype=bool)
     if not is_std.any():
-        return first.assign(err=np.nan)
+        return _bands(first.assign(err=np.nan))
     spread = first[is_std].assign(series=lambda t: t["metric"].str[:-4])[keys + ["value"]].rename(columns={"value": "err"})
-    return first[~is_std].merge(spread, on=keys, how="left")
+    return _bands(first[~is_std].merge(spread, on=keys, how="left"))
+
+
+def _bands(rows: pd.DataFrame) -> pd.DataFrame:
+    lo = rows["value"] - rows["err"]
+    hi = rows["value"] + rows["err"]
+    if "value_lo" in rows.columns:
+        has = rows["value_lo"].notna() & rows["value_hi"].notna()
+        lo = lo.where(~has, rows["value_lo"])
+        hi = hi.where(~has, rows["value_hi"])
+    return rows.assign(lo=lo.astype(float), hi=hi.astype(float))
+
+
+
 
 
 # ---------------------------------------------------------------------------------------------------- drawing
@@ -273,11 +288,18 @@ def _legend(fig, entries: Sequence[Tuple[str, Dict]], title: Optional[str] = Non
                title_fontsize=7, ncols=1 if len(entries) <= 18 else 2, frameon=False)
 
 
-def _line(ax, x, y, err, **kw) -> None:
-    """A line with markers, and a band y ± err where the spread is known."""
+def _line(ax, x, y, lo, hi, **kw) -> None:
+    """A line with markers, and a band lo … hi where it is known (a bootstrap interval or ± a spread)."""
     line, = ax.plot(x, y, **{"marker": "o", "ms": 3, **kw})
-    if err is not None and np.isfinite(err).any():
-        ax.fill_between(x, y - err, y + err, color=line.get_color(), alpha=0.2, lw=0)
+    if lo is not None and np.isfinite(lo).any():
+        ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
+
+
+def _band_text(g: pd.DataFrame) -> str:
+    boot = "value_lo" in g.columns and g["value_lo"].notna().any()
+    std = g["err"].notna().any()
+    parts = (["bootstrap intervals"] if boot else []) + (["± std over batches"] if std else [])
+    return f" (bands: {', '.join(parts)})" if parts else ""
 
 
 def _form_entries(forms: Sequence[str]) -> List[Tuple[str, Dict]]:
@@ -462,14 +484,15 @@ def plot_profiles(df: pd.DataFrame, out: Path, formats: Sequence[str], notes: Op
                 st = dict(style[(run, view)])
                 if len(forms) > 1:
                     st["ls"] = FORM_STYLE.get(form, ":")
-                _line(ax, x[has], t["value"].to_numpy(dtype=float)[has], t["err"].to_numpy(dtype=float)[has], **st)
+                _line(ax, x[has], t["value"].to_numpy(dtype=float)[has], t["lo"].to_numpy(dtype=float)[has],
+                      t["hi"].to_numpy(dtype=float)[has], **st)
             ax.set_xticks(x, layers, rotation=45, ha="right", fontsize=7)
             ax.set_ylabel(name, fontsize=8)
             ax.grid(alpha=0.3)
         _legend(fig, entries + _form_entries(forms), title=title or None)
         single = f" — {run_names[keys[0][0]]}" if len(run_names) == 1 else ""
         single += f", view {views[0]}" if len(views) == 1 else ""
-        band = " (bands: ± std over batches)" if g["err"].notna().any() else ""
+        band = _band_text(g)
         fig.suptitle(f"{analyzer}: metrics across layers{single}{band}")
         paths += _save(fig, out, f"profile_{analyzer}", formats)
     return paths
@@ -512,7 +535,7 @@ def plot_trajectories(df: pd.DataFrame, out: Path, formats: Sequence[str], notes
                 if len(forms) > 1:
                     st["ls"] = FORM_STYLE.get(form, ":")
                 _line(ax, t["step"].to_numpy(dtype=float), t["value"].to_numpy(dtype=float),
-                      t["err"].to_numpy(dtype=float), **st)
+                      t["lo"].to_numpy(dtype=float), t["hi"].to_numpy(dtype=float), **st)
             ax.set_xlabel("training step")
             ax.set_ylabel(name, fontsize=8)
             ax.grid(alpha=0.3)
@@ -521,7 +544,7 @@ def plot_trajectories(df: pd.DataFrame, out: Path, formats: Sequence[str], notes
         _legend(fig, entries + _form_entries(forms), title=title or None)
         who = f" — {labels[runs[0]]}" if len(runs) == 1 else ""
         who += f", layer {layers[0]}" if len(layers) == 1 else ""
-        band = " (bands: ± std over batches)" if g["err"].notna().any() else ""
+        band = _band_text(g)
         fig.suptitle(f"{analyzer}: metrics over training{who}{band}")
         paths += _save(fig, out, f"trajectory_{analyzer}", formats)
     return paths
@@ -587,7 +610,7 @@ def plot_similarity(df: pd.DataFrame, out: Path, formats: Sequence[str], notes: 
             ax.set_title(str(r[LABEL].iloc[0]), fontsize=9)
             ax.grid(alpha=0.3)
         _legend(fig, [(l, _style(i)) for i, l in enumerate(depth_order(g))], title="layer")
-        fig.suptitle(f"{measure}: each layer against the same layer of the run's last checkpoint")
+        fig.suptitle(f"{measure}: each layer against\nthe same layer of the run's last checkpoint", fontsize=10)
         paths += _save(fig, out, f"settling_{measure}", formats)
     return paths
 

@@ -5,7 +5,8 @@ One row per value, long format, columns in this order::
     source, step, method, layer, view, analyzer, metric, index, value
 
 followed by the context columns ``data`` and ``n`` (the store's data set and sample count), for comparisons the
-pair columns ``source_b`` and ``layer_b`` (the other side of the pair), and the parameter
+pair columns ``source_b`` and ``layer_b`` (the other side of the pair), with ``--bootstrap`` the interval
+columns ``value_lo``, ``value_hi`` and ``bootstrap``, and the parameter
 columns (``tau``, ``ridge``, ``k`` …). ``index`` is empty for scalars and the latent
 name, dimension or rank position for vector results; ``view`` is ``all``, a view name or a pair
 ``aug1|aug2``. ``value`` is a finite float: non-finite results never reach the table (analyzers report them
@@ -35,6 +36,11 @@ CONTEXT_COLUMNS = ["data", "n"]
 #: the rows of every other analyzer. ``check`` keys rows on ``layer_b``; like ``source``, ``source_b`` is a path
 #: and is not compared.
 PAIR_COLUMNS = ["source_b", "layer_b"]
+
+#: Columns of a bootstrap interval (``analyze --bootstrap B``): ``value_lo``, ``value_hi`` (the percentile
+#: interval) and ``bootstrap`` (the resamples that gave the value); empty on rows without one. Not keys of
+#: ``check``.
+INTERVAL_COLUMNS = ["value_lo", "value_hi", "bootstrap"]
 _STR_COLS = ["source", "method", "layer", "view", "analyzer", "metric", "index"]
 _INT_LIKE = re.compile(r"^-?\d+\.0+$")
 
@@ -76,8 +82,12 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
     for c in PAIR_COLUMNS:
         if c in df.columns:
             df[c] = df[c].map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)).astype(object)
-    fixed = COLUMNS + CONTEXT_COLUMNS + PAIR_COLUMNS
-    extra = ([c for c in CONTEXT_COLUMNS + PAIR_COLUMNS if c in df.columns]
+    for c in INTERVAL_COLUMNS:
+        if c in df.columns:
+            df[c] = pd.to_numeric(df[c], errors="coerce")
+            df[c] = df[c].astype("Int64") if c == "bootstrap" else df[c].astype(float)
+    fixed = COLUMNS + CONTEXT_COLUMNS + PAIR_COLUMNS + INTERVAL_COLUMNS
+    extra = ([c for c in fixed[len(COLUMNS):] if c in df.columns]
              + [c for c in df.columns if c not in fixed])
     return df[COLUMNS + extra].reset_index(drop=True)
 

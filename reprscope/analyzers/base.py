@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, Sequence
 
+import numpy as np
+
 
 from ..metrics._core import HeadModule, LayerData, Result, finite_mask
 from ..params import Param, resolve_params
@@ -49,11 +51,12 @@ class AnalyzerSpec:
     min_samples: int = 2
     reads_embeddings: bool = True
     pairwise: bool = False
+    no_bootstrap: str = ""
 
 
 def register_analyzer(name: str, *, params: Sequence[Param] = (), needs: Sequence[str] = (), summary: str = "",
                       paper: str = "", min_samples: int = 2, reads_embeddings: bool = True,
-                      pairwise: bool = False) -> Callable:
+                      pairwise: bool = False, no_bootstrap: str = "") -> Callable:
     """Decorator registering ``fn(data, **params) -> Result`` as analyzer ``name``.
 
     ``reads_embeddings=False`` declares an analyzer that never looks at the embeddings (``weights``: it
@@ -68,7 +71,7 @@ def register_analyzer(name: str, *, params: Sequence[Param] = (), needs: Sequenc
     def deco(fn: Callable[..., Result]) -> Callable[..., Result]:
         summary_line = summary or (fn.__doc__ or "").strip().splitlines()[0]
         ANALYZERS.register(name)(AnalyzerSpec(name, fn, tuple(params), tuple(needs), summary_line, paper, min_samples,
-                                              reads_embeddings, pairwise))
+                                              reads_embeddings, pairwise, no_bootstrap))
         return fn
 
     return deco
@@ -79,7 +82,8 @@ def register_declared(fn: Callable[..., Result]) -> Callable[..., Result]:
     declaration (name, parameters, needs)."""
     d = fn.declaration
     return register_analyzer(d.name, params=d.params, needs=d.needs, summary=d.summary, paper=d.paper,
-                             min_samples=d.min_samples, reads_embeddings=d.reads_embeddings, pairwise=d.pairwise)(fn)
+                             min_samples=d.min_samples, reads_embeddings=d.reads_embeddings, pairwise=d.pairwise,
+                             no_bootstrap=d.no_bootstrap)(fn)
 
 
 def missing_need(spec: AnalyzerSpec, data: LayerData) -> Optional[str]:
@@ -168,3 +172,81 @@ def run_pair(name: str, x: LayerData, y: LayerData, params: Optional[Mapping[str
     for r in out.rows:
         res.rows.append({**r, "analyzer": name, **_stamp(values)})
     return res
+
+
+#: Bytes a bootstrap may hold in memory for one layer: the layer's samples once, plus one resample of them.
+BOOTSTRAP_MEMORY = 3 * 2**30
+
+#: Metrics with more entries than this (spectra) get no interval: the bands are for scalars and short vectors.
+BOOTSTRAP_MAX_ENTRIES = 4
+
+
+def _row_key(r: Mapping[str, Any]) -> tuple:
+    return (r.get("view"), r.get("metric"), str(r.get("index", "")), r.get("form"), r.get("k"))
+
+
+def bootstrap_intervals(name: str, data: LayerData, params: Optional[Mapping[str, Any]], rows: list,
+                        replicates: int, level: float = 0.95, seed: int = 0) -> list:
+    """Percentile bootstrap intervals for the rows ``run_analyzer(name, data, params)`` gave: ``value_lo``,
+    ``value_hi`` (the (1 − level)/2 and (1 + level)/2 quantiles over ``replicates`` resamples of the samples
+    with replacement, seeded) and ``bootstrap`` (the replicates that gave the metric) are added to every row of
+    a scalar metric (or a vector of at most BOOTSTRAP_MAX_ENTRIES entries). Returns the notes.
+
+    Each replicate runs the analyzer on an in-memory resample (the analyzer's cost × ``replicates``; the
+    layer is read once). Analyzers whose estimate a resample with copies of samples would bias declare why
+    (``no_bootstrap``) and get no interval; neither does a layer whose resample would not fit in
+    BOOTSTRAP_MEMORY.
+    """
+    spec: AnalyzerSpec = ANALYZERS.get(name)
+    notes: list = []
+    if replicates <= 0 or not rows:
+        return notes
+    if spec.no_bootstrap or not spec.reads_embeddings:
+        if spec.reads_embeddings:
+            notes.append(f"{name} on {data.layer}: no bootstrap interval: {spec.no_bootstrap}")
+        return notes
+    values = resolve_params(f"analyzer {name}", spec.params, dict(params or {}))
+    keep = finite_mask(data)
+    base = data if keep.all() else data.cache.get("finite_data") or data.take(keep)
+    n, v, d = base.n, len(base.views), base.dim
+    need = 2 * v * n * d * np.dtype(base.dtype).itemsize
+    if need > BOOTSTRAP_MEMORY:
+        notes.append(f"{name} on {data.layer}: no bootstrap interval: a resample of {v}×{n}×{d} needs "
+                     f"{need / 2**30:.1f} GiB (more than {BOOTSTRAP_MEMORY / 2**30:.0f}); analyze fewer samples (limit)")
+        return notes
+    if "bootstrap_full" not in data.cache:
+        data.cache["bootstrap_full"] = np.stack([base.view(i, dtype=base.dtype) for i in range(v)])
+    full = data.cache["bootstrap_full"]
+    counts: dict = {}
+    for r in rows:
+        counts.setdefault(r["metric"], set()).add(str(r.get("index", "")))
+    wanted = {_row_key(r) for r in rows if len(counts[r["metric"]]) <= BOOTSTRAP_MAX_ENTRIES}
+    got: dict = {k: [] for k in wanted}
+    rng = np.random.default_rng(seed)
+    cut = lambda a, i: None if a is None else np.asarray(a)[i]  # noqa: E731
+    for _ in range(int(replicates)):
+        idx = rng.integers(0, n, size=n)
+        rep = LayerData(layer=base.layer, space=base.space, views=list(base.views), embeddings=full[:, idx],
+                        latents=cut(base.latents, idx), latent_names=list(base.latent_names),
+                        content_mask=base.content_mask, labels=cut(base.labels, idx),
+                        labels_coarse=cut(base.labels_coarse, idx), modules=base.modules, seed=base.seed,
+                        device=base.device, chunk_size=base.chunk_size)
+        for r in spec.fn(rep, **values).rows:
+            k = _row_key(r)
+            if k in got:
+                got[k].append(float(r["value"]))
+    lo_q, hi_q = (1 - level) / 2, (1 + level) / 2
+    short = 0
+    for r in rows:
+        vals = got.get(_row_key(r))
+        if vals is None:
+            continue
+        if len(vals) < max(2, replicates // 2):
+            short += 1
+            continue
+        r["value_lo"], r["value_hi"] = (float(q) for q in np.quantile(vals, [lo_q, hi_q]))
+        r["bootstrap"] = len(vals)
+    if short:
+        notes.append(f"{name} on {data.layer}: {short} metrics were undefined in more than half of the resamples; "
+                     "no interval for them")
+    return notes

@@ -168,6 +168,7 @@ def log_mean_exp_pairs(x: torch.Tensor, t: float, block: int = _BLOCK, product_d
     needs=("two_views",),
     summary="alignment and uniformity of ℓ2-normalised embeddings on the hypersphere (Wang & Isola 2020)",
     paper="Wang & Isola 2020, arXiv:2005.10242 (L_align, L_uniform)",
+    no_bootstrap="copies of a sample add pairs at distance 0 to the uniformity average",
 )
 def uniformity(data: LayerData, t: float = 2.0, alpha: float = 2.0, max_samples: int = 8192) -> Result:
     """Alignment of the first two augmented views and uniformity of each (Wang & Isola 2020).

@@ -130,6 +130,7 @@ def levina_bickel_dimension(r: np.ndarray, k: int) -> Optional[float]:
     paper="Agrawal et al. 2022 (α-ReQ, NeurIPS); He & Ozay 2022 (NESum, ICML); Facco et al. 2017 (TwoNN, "
           "Sci. Rep.); Levina & Bickel 2004 (NeurIPS)",
     min_samples=3,
+    no_bootstrap="copies of a sample are nearest neighbours at distance 0 (intrinsic dimension)",
 )
 def label_free(data: LayerData, fit_start: int = 1, fit_end: Optional[int] = None, k: int = 20,
                max_samples: int = 5000, seed: int = 0) -> Result:

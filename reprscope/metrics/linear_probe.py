@@ -198,6 +198,7 @@ def fit_logistic_np(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float, max
     needs=("labels",),
     summary="top-1 accuracy of an L2-regularised multinomial logistic regression on frozen, standardised features",
     paper="Bardes, Ponce & LeCun 2022, arXiv:2105.04906, §4.1 (linear evaluation)",
+    no_bootstrap="copies of a resampled sample land on both sides of the train/test split",
 )
 def linear_probe(data: LayerData, l2: float = 1e-4, test_fraction: float = 0.2, seed: int = 0,
                  max_iter: int = 100) -> Result:

@@ -490,6 +490,7 @@ class _JacobianFVU:
     needs=("encoder_layer", "two_views", "projector"),
     summary="hardest negatives, InfoNCE and its Prop. 3.1 upper bound, FVU of δh by the projector's column space (encoder layer only)",
     paper="Cosentino et al. 2022, arXiv:2205.06926, Prop. 3.1, Eq. 3–10",
+    no_bootstrap="a copy of a sample in its own batch is a hardest negative at distance 0",
 )
 def tangent(data: LayerData, batch_size: int = 512, temperature: float = 0.5, max_jacobian_samples: int = 1024,
             seed: int = 0) -> Result:

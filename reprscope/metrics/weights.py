@@ -132,6 +132,7 @@ def _report(res: Result, key: str, w: np.ndarray, tau: float, tau_abs: float) ->
     reads_embeddings=False,
     summary="singular values and ranks of every stored head weight (and a linear head's product map); once per source, on the encoder layer",
     paper="Cosentino et al. 2022, arXiv:2205.06926, Eq. 2; Roy & Vetterli 2007",
+    no_bootstrap="the stored weights do not depend on the samples",
 )
 def weights(data: LayerData, tau: float = 0.01, tau_abs: float = 0.01) -> Result:
     """Spectra and ranks of the weight matrices of every stored head (Cosentino et al. 2022 Eq. 2).
