@@ -242,6 +242,8 @@ def analyze(
     bootstrap: int = typer.Option(0, "--bootstrap", help="B resamples of the samples: a percentile interval of every "
                                   "scalar metric (columns value_lo, value_hi, bootstrap)."),
     ci: float = typer.Option(0.95, "--ci", help="Level of the --bootstrap interval."),
+    random_init: bool = typer.Option(False, "--random-init", help="Also analyze each checkpoint's architecture at "
+                                     "initialisation (source CKPT#random_init): the chance level of every metric."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar and no summary."),
 ) -> None:
     """Analyze SOURCE(s) and print a summary; write the tidy table with --out."""
@@ -259,7 +261,7 @@ def analyze(
     res = run_analyze([str(s) for s in sources], data=data, analyzers=chosen, params=pp, layers=_split_all(layers, "--layers"),
                       views=views, limit=limit, device=str(resolve_device(device)), progress=not quiet,
                       set_data=_data_sets(sets), fmt=fmt, branch=branch, arch=arch, preprocess=preprocess,
-                      compare=compare, bootstrap=bootstrap, ci=ci)
+                      compare=compare, bootstrap=bootstrap, ci=ci, random_init=random_init)
     if not quiet:
         typer.echo(summarize(res.table))
         for note in condense_notes(res.notes):

@@ -273,14 +273,19 @@ def store_for_checkpoint(path: Path, data: Optional[str], set_data: Optional[Dic
                          limit: Optional[int] = None, batch_size: int = 1024, device: str = "cpu", seed: int = 0,
                          progress: bool = True, cache: bool = True, fmt: Optional[str] = None,
                          options: Optional[LoadOptions] = None, preprocess: str = "source",
-                         notes: Optional[List[str]] = None) -> Path:
-    """Extract ``path`` (cached by checkpoint hash and extraction settings) and return the store's path.
+                         notes: Optional[List[str]] = None, random_init: bool = False) -> Path:
+    """Extract ``path`` (cached by checkpoint hash and extraction settings) and return the store's path;
+    ``random_init``: the same architecture at initialisation (:func:`~reprscope.formats.base.random_init`).
 
     Args:
         options: ``--branch`` / ``--arch`` for the loader; ``preprocess``: ``source`` or ``data``
             (:mod:`reprscope.formats.preprocess`); ``notes`` collects what the preprocessing did.
     """
     model = load_checkpoint(path, fmt, options)
+    if random_init:
+        from .formats.base import random_init as reinit
+
+        model = reinit(model, seed)
     spec = dict(model.dataset or {}) if not data else parse_data_arg(data)
     if data and model.dataset and spec["name"] == model.dataset.get("name"):
         spec = {**model.dataset, **spec}  # same data set as in training: keep its parameters (seed, mixing …)
@@ -332,7 +337,7 @@ def analyze(sources: Sequence[str | os.PathLike], *, data: Optional[str] = None,
             seed: int = 0, progress: bool = True, set_data: Optional[Dict[str, Any]] = None,
             fmt: Optional[str] = None, branch: Optional[str] = None, arch: Optional[str] = None,
             preprocess: str = "source", compare: Optional[str | os.PathLike] = None, bootstrap: int = 0,
-            ci: float = 0.95) -> AnalysisResult:
+            ci: float = 0.95, random_init: bool = False) -> AnalysisResult:
     """Analyze every source and return one tidy table (``branch``/``arch``/``preprocess``: see
     :func:`store_for_checkpoint`).
 
@@ -343,6 +348,10 @@ def analyze(sources: Sequence[str | os.PathLike], *, data: Optional[str] = None,
 
     ``bootstrap`` = B > 0 gives the rows of scalar metrics a percentile interval at level ``ci`` over B resamples
     of the samples (columns ``value_lo``, ``value_hi``, ``bootstrap``).
+
+    ``random_init`` adds the rows of the same architecture at initialisation (source ``<checkpoint>#random_init``,
+    no step): once for a run directory (its last checkpoint's architecture), once per other checkpoint; an
+    ``.h5`` store holds no weights and gets a note.
     """
     options = LoadOptions(branch=branch, arch=arch)
     if preprocess not in PREPROCESS_MODES:
@@ -380,6 +389,11 @@ def analyze(sources: Sequence[str | os.PathLike], *, data: Optional[str] = None,
         rows.extend(r)
         notes.extend(f"{item.path.name}: {x}" if len(items) > 1 else x for x in n)
         stores.append(path)
+    if random_init:
+        r, n = _random_init_rows(sources, items, chosen, params, layers, data, set_data, views, limit, batch_size,
+                                 device, seed, progress, fmt, options, preprocess)
+        rows.extend(r)
+        notes.extend(n)
     if pairwise and against is not None:
         cpath = against.path
         if against.kind == "checkpoint":
@@ -411,6 +425,38 @@ def analyze(sources: Sequence[str | os.PathLike], *, data: Optional[str] = None,
                 rows.extend(r)
                 notes.extend(n)
     return AnalysisResult(make_table(rows), list(dict.fromkeys(notes)), stores)
+
+
+def _random_init_rows(sources: Sequence[str | os.PathLike], items: Sequence[Source], chosen: Sequence[str],
+                      params: Optional[Mapping[str, Mapping[str, Any]]], layers: Optional[Sequence[str]],
+                      data: Optional[str], set_data: Optional[Dict[str, Any]], views: int, limit: Optional[int],
+                      batch_size: int, device: str, seed: int, progress: bool, fmt: Optional[str],
+                      options: LoadOptions, preprocess: str) -> Tuple[List[Dict[str, Any]], List[str]]:
+    """The rows of each given checkpoint's architecture at initialisation (a run directory: its last one)."""
+    rows: List[Dict[str, Any]] = []
+    notes: List[str] = []
+    chosen_ckpts: List[Path] = []
+    for s in sources:
+        p = Path(s)
+        in_dir = [i.path for i in items if i.kind == "checkpoint" and i.path.parent == p] if p.is_dir() else []
+        if p.is_dir() and in_dir:
+            chosen_ckpts.append(in_dir[-1])
+        elif p.suffix.lower() in (".h5", ".hdf5"):
+            notes.append(f"{p.name} is a store: it holds no weights, so it has no random_init baseline")
+        elif not p.is_dir():
+            chosen_ckpts.append(p)
+    single = [a for a in chosen if not ANALYZERS.get(a).pairwise]
+    for ckpt in chosen_ckpts:
+        path = store_for_checkpoint(ckpt, data, set_data, views, limit, batch_size, device, seed, progress, fmt=fmt,
+                                    options=options, preprocess=preprocess, random_init=True)
+        with Store(path) as st:
+            r, n = analyze_store(st, single, params, layers, source=f"{ckpt}#random_init", progress=progress,
+                                 device=device)
+        for row in r:
+            row["step"] = None
+        rows.extend(r)
+        notes.extend(f"{ckpt.name}#random_init: {x}" for x in n)
+    return rows, notes
 
 
 _NOTE = re.compile(r"^(?P<pre>.*?) on (?P<layer>[\w.]+): (?P<msg>.*)$")

@@ -367,3 +367,42 @@ def payload_summary(payload: Any, limit: int = 40) -> List[str]:
     if len(groups) > limit:
         lines.append(f"  … and {len(groups) - limit} more prefixes")
     return lines
+
+
+#: Standard deviation of the truncated normal given to parameters no module re-initialises (ViT class tokens
+#: and position embeddings: timm's own initialisation of them).
+TOKEN_INIT_STD = 0.02
+
+
+def random_init(model: LoadedModel, seed: int = 0) -> LoadedModel:
+    """The same architecture at initialisation: a copy of ``model`` whose every layer is re-initialised.
+
+    Every submodule with ``reset_parameters`` (convolutions, linear layers, norms, which also resets
+    BatchNorm's running statistics) is reset with PyTorch's default initialisation, seeded; parameters that no
+    module resets (class tokens, position embeddings) are drawn from a normal of std TOKEN_INIT_STD truncated at
+    ±2 std. The result is a chance baseline for every metric: what the architecture gives before training.
+    """
+    import copy
+    import hashlib
+
+    import torch
+    from torch import nn
+
+    bundle = copy.deepcopy(model.bundle)
+    gen_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(int(seed))
+        reset: set = set()
+        for module in bundle.modules():
+            if hasattr(module, "reset_parameters") and callable(module.reset_parameters):
+                module.reset_parameters()
+                reset.update(id(p) for p in module.parameters(recurse=False))
+        with torch.no_grad():
+            for p in bundle.parameters():
+                if id(p) not in reset:
+                    nn.init.trunc_normal_(p, std=TOKEN_INIT_STD, a=-2 * TOKEN_INIT_STD, b=2 * TOKEN_INIT_STD)
+    finally:
+        torch.random.set_rng_state(gen_state)
+    sha = hashlib.sha256(f"{model.sha256}:random_init:{int(seed)}".encode()).hexdigest()
+    return LoadedModel(**{**model.__dict__, "bundle": bundle, "sha256": sha, "step": None, "epoch": None,
+                          "source": f"{model.source}#random_init"})
