@@ -128,9 +128,11 @@ def analyze(source: Union[Source, Sequence[Union[str, os.PathLike]]], data: Any 
             from .pipeline import analyze_store
 
             with Store(path) as st:
+                from .metrics.esd import module_weights
+
                 rows, notes = analyze_store(st, chosen, pp, None, source=st.attrs["source"],
                                             progress=bool(options.get("progress", True)), device=device or "cpu",
-                                            **boot)
+                                            weights=module_weights(source) if "esd" in chosen else None, **boot)
         return _finish(make_table(rows), notes)
     if isinstance(source, Mapping):
         _check_options("arrays", options, ARRAY_OPTIONS)

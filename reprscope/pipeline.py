@@ -129,9 +129,10 @@ def store_base(store: Store, source: Optional[str] = None) -> Dict[str, Any]:
 def analyze_store(store: Store, analyzers: Sequence[str], params: Mapping[str, Mapping[str, Any]] | None = None,
                   layers: Optional[Sequence[str]] = None, source: Optional[str] = None,
                   progress: bool = False, device: str = "cpu", bootstrap: int = 0,
-                  ci: float = 0.95) -> Tuple[List[Dict[str, Any]], List[str]]:
+                  ci: float = 0.95, weights: Optional[Dict[str, Any]] = None) -> Tuple[List[Dict[str, Any]], List[str]]:
     """Run ``analyzers`` on every (or the given) layer of ``store``; rows carry every table column and the
-    context columns (:data:`~reprscope.table.CONTEXT_COLUMNS`: the store's data set and sample count)."""
+    context columns (:data:`~reprscope.table.CONTEXT_COLUMNS`: the store's data set and sample count).
+    ``weights``: the source network's weight matrices by module path (a checkpoint's: ``esd``)."""
     params = params or {}
     base = store_base(store, source)
     names = [l["name"] for l in store.layers()]
@@ -140,7 +141,12 @@ def analyze_store(store: Store, analyzers: Sequence[str], params: Mapping[str, M
             store.embeddings(l)  # raises with the list of layers
         names = [n for n in names if n in set(layers)]
     seed = int(store.attrs.get("seed", 0))
-    return analyze_layers([(n, lambda n=n: store.layer_data(n, seed=seed, device=device)) for n in names], analyzers,
+    def make(name: str) -> LayerData:
+        data = store.layer_data(name, seed=seed, device=device)
+        data.weights = dict(weights or {})
+        return data
+
+    return analyze_layers([(n, lambda n=n: make(n)) for n in names], analyzers,
                           params, base, progress=progress, desc=f"analyze {Path(base['source']).name}",
                           bootstrap=bootstrap, ci=ci, seed=seed)
 
@@ -383,9 +389,14 @@ def analyze(sources: Sequence[str | os.PathLike], *, data: Optional[str] = None,
         elif data or set_data:
             notes.append(f"--data/--set (data=/set_data= in Python) do not apply to the store {item.path.name}: its embeddings were extracted "
                          "already (on the data set its attributes name)")
+        weights = None
+        if item.kind == "checkpoint" and "esd" in chosen:  # every weight of the network, not only the heads
+            from .metrics.esd import module_weights
+
+            weights = module_weights(load_checkpoint(item.path, fmt, options).bundle)
         with Store(path) as st:
             r, n = analyze_store(st, chosen, params, layers, source=str(item.path), progress=progress, device=device,
-                                 bootstrap=bootstrap, ci=ci)
+                                 bootstrap=bootstrap, ci=ci, weights=weights)
         rows.extend(r)
         notes.extend(f"{item.path.name}: {x}" if len(items) > 1 else x for x in n)
         stores.append(path)

@@ -80,6 +80,8 @@ class LayerData:
         mask: (n_stored,) bool, the samples kept (None: all).
         device: torch device for the heavy linear algebra (``cpu``, ``cuda``…).
         chunk_size: samples per chunk on the streaming path.
+        weights: the source network's weight matrices by module path, when the source is a checkpoint or a
+            module (``esd``); empty for a store (which holds only its heads, in ``modules``).
     """
 
     layer: str
@@ -96,6 +98,7 @@ class LayerData:
     mask: Optional[np.ndarray] = None
     device: str = "cpu"
     chunk_size: int = 8192
+    weights: Dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     cache: Dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
