@@ -4,14 +4,16 @@
 testing data", Nat. Commun. 12:4122, arXiv:2002.06947).
 
 For a weight W (out × in; a convolution's (out, in, k_h, k_w) kernel is read as k_h·k_w matrices W[:, :, a, b]
-whose eigenvalues are pooled into one ESD) the eigenvalues λ_i = σ_i² of WᵀW (not divided by N: α does not
+whose eigenvalues are pooled into one ESD, a Conv2d's halved as WeightWatcher's default ``conv2d_norm`` does)
+the eigenvalues λ_i = σ_i² of WᵀW (not divided by N: α does not
 depend on the scale, the norms below are WeightWatcher's logs of these λ):
 
 * ``alpha`` — the exponent of a power law p(λ) ∝ λ^(−α) fitted to the tail λ ≥ λ_min by maximum likelihood,
-  α = 1 + n_tail / Σ log(λ_i / λ_min), with λ_min (``xmin``) the candidate eigenvalue that minimises the
+  α = 1 + n_tail / Σ log(λ_i / λ_min), with λ_min (``xmin``) the eigenvalue that minimises the
   Kolmogorov–Smirnov distance ``ks_distance`` between the tail and the fit (Clauset, Shalizi & Newman 2009,
-  arXiv:0706.1062 — the ``powerlaw`` package's procedure that WeightWatcher calls); candidates leave at least
-  ``min_tail`` eigenvalues in the tail;
+  arXiv:0706.1062), written as WeightWatcher's own default fit: every eigenvalue but the largest a candidate,
+  D against the empirical CDF i/n; no fit below ``min_evals`` = 20 eigenvalues (where WeightWatcher uses a
+  bias-corrected small-sample variant instead);
 * ``alpha_weighted`` — α · log10 λ_max; ``log_spectral_norm`` — log10 λ_max; ``log_norm`` — log10 Σλ
   (= log10 ‖W‖_F²); ``stable_rank`` — Σλ / λ_max;
 * ``mp_softrank`` — λ₊ / λ_max and ``num_spikes`` — #{λ > λ₊}, λ₊ = N σ² (1 + 1/√Q)² the Marchenko–Pastur
@@ -33,6 +35,10 @@ import numpy as np
 from ..params import Param
 from ._core import HeadModule, LayerData, Result, declare
 from .weights import layer_weight
+
+#: Factor of a Conv2d's eigenvalues: WeightWatcher's default ``conv2d_norm`` multiplies the pooled kernel slices
+#: by √(conv2d_count / 2) with conv2d_count = 1 (its pooled mode), i.e. the eigenvalues by 1/2.
+CONV2D_SCALE = 0.5
 
 #: Metrics per weight, in table order.
 METRICS = ("alpha", "alpha_weighted", "xmin", "ks_distance", "log_spectral_norm", "log_norm", "stable_rank",
@@ -78,40 +84,41 @@ def eigenvalues(w: np.ndarray) -> Tuple[np.ndarray, int, int]:
     return np.sort(lam)[::-1], n, m
 
 
-def fit_power_law(lam: np.ndarray, min_tail: int = 10) -> Optional[Tuple[float, float, float, int]]:
-    """(α, λ_min, KS distance, tail size) of the continuous power-law fit with the KS-optimal λ_min; None when
-    fewer than ``min_tail`` positive eigenvalues (or all equal)."""
+def fit_power_law(lam: np.ndarray, min_evals: int = 20) -> Optional[Tuple[float, float, float, int]]:
+    """(α, λ_min, KS distance, tail size) of the continuous power-law fit with the KS-optimal λ_min, as
+    WeightWatcher's own fit (``WW_powerlaw.fit_power_law_standard``): every sorted eigenvalue but the largest is a
+    candidate λ_min, α = 1 + n / Σ_{tail} log(λ/λ_min), D = max |1 − (λ/λ_min)^(1−α) − i/n| over the tail
+    (i = 0 … n − 1), the first candidate of smallest D wins. None with fewer than ``min_evals`` positive
+    eigenvalues (WeightWatcher switches to a bias-corrected small-sample fit below 20)."""
     x = np.sort(np.asarray(lam, dtype=np.float64)[np.asarray(lam) > 0])
-    if x.size < max(2, min_tail):
+    if x.size < max(2, min_evals):
         return None
     logs = np.log(x)
+    suffix = np.cumsum(logs[::-1])[::-1]  # Σ_{j ≥ i} log x_j
     best = None
-    # candidates: every distinct value that leaves at least min_tail points at or above it
-    for i in np.flatnonzero(np.r_[True, np.diff(x) > 0])[: x.size - min_tail + 1]:
-        tail = x[i:]
-        s = float(np.sum(logs[i:] - logs[i]))
+    for i in range(x.size - 1):
+        n = x.size - i
+        s = float(suffix[i] - n * logs[i])
         if s <= 0:
             continue
-        n = tail.size
         alpha = 1.0 + n / s
-        fit = 1.0 - (tail / x[i]) ** (1.0 - alpha)  # the fitted CDF at each tail point
-        emp_hi = np.arange(1, n + 1) / n
-        emp_lo = np.arange(0, n) / n
-        d = float(max(np.max(np.abs(emp_hi - fit)), np.max(np.abs(fit - emp_lo))))
+        d = float(np.max(np.abs(1.0 - (x[i:] / x[i]) ** (1.0 - alpha) - np.arange(n) / n)))
         if best is None or d < best[2]:
             best = (alpha, float(x[i]), d, n)
     return best
 
 
-def esd_metrics(w: np.ndarray, min_tail: int = 10) -> Dict[str, float]:
+def esd_metrics(w: np.ndarray, min_evals: int = 20) -> Dict[str, float]:
     """The metrics of one weight (see the module docstring); α, xmin and the KS distance only when a fit exists."""
     lam, n, m = eigenvalues(w)
+    if np.ndim(w) == 4:  # WeightWatcher's conv2d_norm: a pooled Conv2d's W scaled by √(1/2)
+        lam = lam * CONV2D_SCALE
     top = float(lam[0])
     out: Dict[str, float] = {}
     if top <= 0:
         return out
     total = float(lam.sum())
-    fit = fit_power_law(lam, min_tail)
+    fit = fit_power_law(lam, min_evals)
     if fit is not None:
         alpha, xmin, d, _ = fit
         out.update(alpha=alpha, alpha_weighted=alpha * np.log10(top), xmin=xmin, ks_distance=d)
@@ -125,7 +132,7 @@ def esd_metrics(w: np.ndarray, min_tail: int = 10) -> Dict[str, float]:
 
 @declare(
     "esd",
-    params=[Param("min_tail", 10, "int", "fewest eigenvalues in the fitted power-law tail", low=2)],
+    params=[Param("min_evals", 20, "int", "fewest eigenvalues for a power-law fit", low=2)],
     needs=("encoder_layer",),
     summary="WeightWatcher-style spectra of every weight matrix: power-law α with its fitted xmin, α-weighted, "
             "log norms, stable rank, Marchenko–Pastur soft rank and spikes",
@@ -133,7 +140,7 @@ def esd_metrics(w: np.ndarray, min_tail: int = 10) -> Dict[str, float]:
     reads_embeddings=False,
     no_bootstrap="the weights do not depend on the samples",
 )
-def esd(data: LayerData, min_tail: int = 10) -> Result:
+def esd(data: LayerData, min_evals: int = 20) -> Result:
     """ESD metrics of every weight of the source (``data.weights``, else its stored heads), index = module path."""
     res = Result()
     weights = data.weights or head_weights(data.modules)
@@ -142,13 +149,13 @@ def esd(data: LayerData, min_tail: int = 10) -> Result:
         return res
     small: List[str] = []
     for name, w in weights.items():
-        got = esd_metrics(w, min_tail)
+        got = esd_metrics(w, min_evals)
         if "alpha" not in got:
             small.append(name)
         for metric in METRICS:
             if metric in got:
                 res.add(metric, got[metric], index=name)
     if small:
-        res.notes.append(f"no power-law fit for {len(small)} weights with fewer than {min_tail} eigenvalues "
+        res.notes.append(f"no power-law fit for {len(small)} weights with fewer than {min_evals} eigenvalues "
                          f"({', '.join(small[:3])}{', …' if len(small) > 3 else ''})")
     return res
