@@ -6,17 +6,17 @@ row), what it needs (two views, labels, latents, a stored projector …: a sourc
 a stated reason) and a one-line summary. The public array functions of :mod:`reprscope.metrics` and these
 analyzers call the same code, so every number has one implementation.
 """
-from ..metrics import (align_uniform, center, esd, identifiability, knn, label_free, linear_probe, matrix_information,
+from ..metrics import (align_uniform, center, esd, identifiability, knn, label_free, linear_discriminant, linear_probe,
+                       matrix_information,
                        similarity, spectrum, tangent, vicreg, weights)
-from ..metrics.lidar import lidar as lidar_rows  # the package's name `lidar` is the public function
 from .base import ANALYZERS, AnalyzerSpec, HeadModule, LayerData, Result, register_analyzer, register_declared, run_analyzer, run_pair
 
 for _fn in (center.center, identifiability.identifiability, spectrum.spectrum, vicreg.vicreg, align_uniform.uniformity,
             knn.knn, linear_probe.linear_probe, weights.weights, tangent.tangent,
             matrix_information.matrix_information, label_free.label_free, similarity.similarity,
-            lidar_rows, esd.esd):
+            linear_discriminant.lidar, esd.esd):
     register_declared(_fn)
-del _fn, lidar_rows
+del _fn
 
 __all__ = ["ANALYZERS", "AnalyzerSpec", "HeadModule", "LayerData", "Result", "register_analyzer", "register_declared",
            "run_analyzer", "run_pair"]

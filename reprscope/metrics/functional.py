@@ -31,7 +31,7 @@ from .center import center_statistics
 from .identifiability import identifiability as _identifiability_rows
 from .knn import knn as _knn_rows
 from .label_free import label_free as _label_free_rows, nesum_of, power_law_fit, stable_rank_of
-from .lidar import lidar as _lidar_rows
+from .linear_discriminant import lidar as _lidar_rows
 from .linear_probe import linear_probe as _linear_probe_rows
 from .matrix_information import matrix_information as _matrix_information_rows
 from .similarity import similarity as _similarity_rows
@@ -134,18 +134,21 @@ def _label_free(z: Array, owner: str, **params: Any) -> tuple:
     return arr, _run(_label_free_rows, data, params, owner), data
 
 
-def alpha_req(z: Array, *, fit_start: int = 1, fit_end: Optional[int] = None) -> Dict[str, float]:
+def alpha_req(z: Array, *, fit_start: int = 1, fit_end: Optional[int] = None,
+              fit_weighting: str = "uniform") -> Dict[str, float]:
     """α-ReQ (Agrawal et al. 2022): the power-law decay λ_k ∝ k^(−α) of the covariance eigenvalues, fitted on
-    (log k, log λ_k) over ranks ``fit_start`` … ``fit_end`` (1-based; default every positive eigenvalue).
+    (log k, log λ_k) over ranks ``fit_start`` … ``fit_end`` (1-based; default every positive eigenvalue), ranks
+    weighted equally or by 1/k (``fit_weighting="inverse_rank"``, reptrix's fit).
 
     Returns:
         ``{"alpha": α, "r2": the fit's R², "fit_start": …, "fit_end": …}`` (the first view of (V, n, d)).
     """
     resolve_params("alpha_req", [p for p in _label_free_rows.declaration.params if p.name.startswith("fit_")],
-                   {k: v for k, v in {"fit_start": fit_start, "fit_end": fit_end}.items() if v is not None})
+                   {k: v for k, v in {"fit_start": fit_start, "fit_end": fit_end,
+                                      "fit_weighting": fit_weighting}.items() if v is not None})
     arr, dev = _input.embeddings(z, min_samples=2)
     sv = spectra_of_views(_input.layer_data(arr[:1], dev))[0][0]
-    fit = power_law_fit(sv ** 2 / (arr.shape[1] - 1), fit_start, fit_end)
+    fit = power_law_fit(sv ** 2 / (arr.shape[1] - 1), fit_start, fit_end, fit_weighting)
     if fit is None:
         raise ReprscopeError(f"alpha_req: fewer than two positive eigenvalues in ranks {fit_start}…{fit_end or 'end'}")
     return {"alpha": fit.alpha, "r2": fit.r2, "fit_start": fit.start, "fit_end": fit.end}

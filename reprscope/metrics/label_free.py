@@ -47,8 +47,16 @@ class PowerLawFit:
     end: int
 
 
-def power_law_fit(eigenvalues: np.ndarray, fit_start: int = 1, fit_end: Optional[int] = None) -> Optional[PowerLawFit]:
-    """α-ReQ's fit of descending eigenvalues (None when fewer than two positive ones lie in the range)."""
+#: Weightings of α-ReQ's least squares: ``uniform``, or ``inverse_rank`` (weights 1/k, the fit of Stringer et al.
+#: 2019 that the α-ReQ authors' ``reptrix`` package uses).
+WEIGHTINGS = ("uniform", "inverse_rank")
+
+
+def power_law_fit(eigenvalues: np.ndarray, fit_start: int = 1, fit_end: Optional[int] = None,
+                  weighting: str = "uniform") -> Optional[PowerLawFit]:
+    """α-ReQ's fit of descending eigenvalues (None when fewer than two positive ones lie in the range): least
+    squares of log λ_k = c − α log k over the ranks, every rank weighted equally or by 1/k (``inverse_rank``);
+    R² is that of the line on the fitted ranks, unweighted."""
     lam = np.asarray(eigenvalues, dtype=np.float64)
     positive = int(np.count_nonzero(lam > 0))
     end = positive if fit_end is None else min(int(fit_end), positive)
@@ -57,7 +65,12 @@ def power_law_fit(eigenvalues: np.ndarray, fit_start: int = 1, fit_end: Optional
         return None
     k = np.arange(start, end + 1, dtype=np.float64)
     x, y = np.log(k), np.log(lam[start - 1:end])
-    slope, intercept = np.polyfit(x, y, 1)
+    if weighting == "inverse_rank":  # weighted normal equations, weights w_k = 1/k
+        a = np.stack([x, np.ones_like(x)], axis=1)
+        w = 1.0 / k
+        slope, intercept = np.linalg.solve(a.T @ (a * w[:, None]), (a * w[:, None]).T @ y)
+    else:
+        slope, intercept = np.polyfit(x, y, 1)
     resid = y - (slope * x + intercept)
     ss_tot = float(np.sum((y - y.mean()) ** 2))
     r2 = 1.0 - float(np.sum(resid ** 2)) / ss_tot if ss_tot > 0 else 1.0
@@ -121,6 +134,8 @@ def levina_bickel_dimension(r: np.ndarray, k: int) -> Optional[float]:
         Param("fit_start", 1, "int", "first rank (1-based) of α-ReQ's power-law fit", low=1),
         Param("fit_end", None, "int", "last rank of α-ReQ's fit (none: the last positive eigenvalue)", low=2,
               nullable=True),
+        Param("fit_weighting", "uniform", "choice", "α-ReQ's least squares: uniform, or inverse_rank (weights 1/k, "
+              "as reptrix)", choices=WEIGHTINGS),
         Param("k", 20, "int", "neighbours of the Levina–Bickel estimate", low=2),
         Param("max_samples", 5000, "int", "intrinsic dimension on a seeded subset of this many samples", low=3),
         Param("seed", 0, "int", "seed of that subset", low=0),
@@ -133,7 +148,7 @@ def levina_bickel_dimension(r: np.ndarray, k: int) -> Optional[float]:
     no_bootstrap="copies of a sample are nearest neighbours at distance 0 (intrinsic dimension)",
 )
 def label_free(data: LayerData, fit_start: int = 1, fit_end: Optional[int] = None, k: int = 20,
-               max_samples: int = 5000, seed: int = 0) -> Result:
+               max_samples: int = 5000, seed: int = 0, fit_weighting: str = "uniform") -> Result:
     """Label-free measures of every view (``view`` = its name).
 
     Returns:
@@ -158,7 +173,7 @@ def label_free(data: LayerData, fit_start: int = 1, fit_end: Optional[int] = Non
         if sv.size == 0 or sv[0] == 0:
             res.notes.append(f"collapsed: all samples identical in view {name}; nesum 0, alpha_req undefined")
         else:
-            fit = power_law_fit(lam, fit_start, fit_end)
+            fit = power_law_fit(lam, fit_start, fit_end, fit_weighting)
             if fit is None:
                 res.notes.append(f"alpha_req of view {name}: fewer than two positive eigenvalues in ranks "
                                  f"{fit_start}…{fit_end or 'end'}")

@@ -100,3 +100,18 @@ def test_subset_duplicates_and_collapse():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         M.alpha_req(z[0])  # no note, no warning
+
+
+def test_inverse_rank_weighting_is_the_weighted_normal_equations():
+    lam = np.array([9.0, 4.1, 2.0, 1.3, 0.7, 0.52, 0.3, 0.2])
+    fit = power_law_fit(lam, 2, 7, weighting="inverse_rank")
+    k = np.arange(2, 8, dtype=float)
+    x, y, w = np.log(k), np.log(lam[1:7]), 1 / k
+    # minimise Σ w (y − b − s x)² by hand: weighted means and covariances
+    xm, ym = np.sum(w * x) / w.sum(), np.sum(w * y) / w.sum()
+    slope = np.sum(w * (x - xm) * (y - ym)) / np.sum(w * (x - xm) ** 2)
+    assert fit.alpha == pytest.approx(-slope, rel=1e-12)
+    assert power_law_fit(lam, 2, 7).alpha != pytest.approx(fit.alpha, rel=1e-6)
+    # an exact power law gives the same α under both weightings
+    exact = np.arange(1, 30, dtype=float) ** -1.3
+    assert power_law_fit(exact, weighting="inverse_rank").alpha == pytest.approx(1.3, rel=1e-10)
