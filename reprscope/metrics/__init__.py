@@ -6,7 +6,9 @@ Two layers, one implementation:
   :mod:`~reprscope.metrics.center`, :mod:`~reprscope.metrics.vicreg`, :mod:`~reprscope.metrics.align_uniform`,
   :mod:`~reprscope.metrics.matrix_information`, :mod:`~reprscope.metrics.identifiability`,
   :mod:`~reprscope.metrics.knn`, :mod:`~reprscope.metrics.linear_probe`, :mod:`~reprscope.metrics.weights`,
-  :mod:`~reprscope.metrics.tangent`), each reading a layer's embeddings in chunks
+  :mod:`~reprscope.metrics.tangent`, :mod:`~reprscope.metrics.label_free`,
+  :mod:`~reprscope.metrics.linear_discriminant` (LiDAR), :mod:`~reprscope.metrics.similarity` (CKA, CCA …,
+  of two layers), :mod:`~reprscope.metrics.esd` (weight spectra)), each reading a layer's embeddings in chunks
   (:class:`~reprscope.metrics._core.LayerData`: sufficient statistics per chunk, then a final step — after
   torchmetrics' update/compute) and returning tidy rows; the analyzers (:mod:`reprscope.analyzers`) are
   these computations registered with their parameters and needs;

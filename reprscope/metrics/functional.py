@@ -648,11 +648,29 @@ def lidar(z1: Array, *more: Array, delta: float = 1e-4, eps: float = 1e-7) -> fl
     return _value(res, "lidar", owner="lidar")
 
 
+def mcc(z: Array, latents: Array, *, method: str = "pearson") -> Dict[str, Any]:
+    """Mean correlation coefficient (Hyvärinen & Morioka 2016; permutation-matched as Zimmermann et al. 2021's
+    cl-ica code): the mean |correlation| (``pearson`` or ``spearman``) of the one-to-one matching of latents to
+    embedding dimensions that maximises it (Hungarian algorithm), on all samples.
+
+    Returns:
+        ``{"mcc": value, "match": (k,) matched dimension of each latent (−1 when d < k left it out)}``.
+    """
+    from .identifiability import correlation_matrix, mcc_of
+
+    if method not in ("pearson", "spearman"):
+        raise ReprscopeError(f"The 'method' parameter of mcc must be 'pearson' or 'spearman'. Got {method!r} instead.")
+    arr, dev = _input.embeddings(z)
+    lat = _input.latents(latents, arr.shape[1])
+    value, match = mcc_of(correlation_matrix(_input.layer_data(arr[:1], dev), 0, lat, method))
+    return {"mcc": value, "match": match}
+
+
 __all__ = [
     "ReprscopeWarning", "alignment", "alignment_uniformity", "center_metrics", "center_norm", "center_vector",
     "alpha_req", "cka_rbf", "effective_rank", "head_module", "intrinsic_dimension", "joint_entropy", "knn_accuracy", "linear_probe_accuracy", "matrix_entropy",
     "matrix_information_metrics", "matrix_js", "matrix_kl", "matrix_mutual_information", "nesum", "r2_latents",
-    "lidar", "linear_cka", "mutual_knn_alignment", "procrustes_distance", "pwcca", "rank_abs", "similarity_metrics",
+    "lidar", "linear_cka", "mcc", "mutual_knn_alignment", "procrustes_distance", "pwcca", "rank_abs", "similarity_metrics",
     "stable_rank", "svcca",
     "rank_tau", "rankme", "residual_norms", "singular_values", "tangent_fvu", "tangent_metrics", "total_coding_rate",
     "uniformity", "vicreg_statistics", "weight_ranks",

@@ -134,6 +134,61 @@ def _mean_rows(res: Result, metric: str, values: Dict[int, float], mask: Optiona
             res.add(f"{metric}_{group}_mean", float(np.mean(sel)), view=view)
 
 
+def correlation_matrix(data: LayerData, ref: int, y: np.ndarray, method: str = "pearson") -> np.ndarray:
+    """(k, d) correlations of every latent (columns of ``y``, the kept samples) with every embedding dimension
+    of view ``ref``: Pearson from moments streamed in chunks (shifted by the first chunk's mean), or Spearman
+    (Pearson of the ranks, ties averaged) on the view in memory. A constant column gives 0."""
+    if method == "spearman":
+        from scipy.stats import rankdata
+
+        x = rankdata(data.view(ref, dtype=np.float64), axis=0)
+        return correlation_of(x, rankdata(y, axis=0))
+    shift_x = shift_y = None
+    sx = sxx = sxy = sy = syy = None
+    pos = 0
+    for c in data.chunks([ref], dtype=np.float64):
+        x = c[0]
+        yy = y[pos:pos + x.shape[0]]
+        pos += x.shape[0]
+        if shift_x is None:
+            shift_x, shift_y = x.mean(axis=0), yy.mean(axis=0)
+            sx, sxx = np.zeros(x.shape[1]), np.zeros(x.shape[1])
+            sy, syy = np.zeros(y.shape[1]), np.zeros(y.shape[1])
+            sxy = np.zeros((y.shape[1], x.shape[1]))
+        xc, yc = x - shift_x, yy - shift_y
+        sx += xc.sum(axis=0)
+        sxx += np.einsum("ij,ij->j", xc, xc)
+        sy += yc.sum(axis=0)
+        syy += np.einsum("ij,ij->j", yc, yc)
+        sxy += yc.T @ xc
+    n = pos
+    cov = sxy - np.outer(sy, sx) / n
+    vx, vy = sxx - sx ** 2 / n, syy - sy ** 2 / n
+    denom = np.sqrt(np.outer(np.clip(vy, 0, None), np.clip(vx, 0, None)))
+    return np.divide(cov, denom, out=np.zeros_like(cov), where=denom > 0)
+
+
+def correlation_of(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(k, d) Pearson correlations of the columns of ``y`` (n, k) with those of ``x`` (n, d); 0 for a constant one."""
+    xc, yc = x - x.mean(axis=0), y - y.mean(axis=0)
+    denom = np.sqrt(np.outer((yc ** 2).sum(axis=0), (xc ** 2).sum(axis=0)))
+    cov = yc.T @ xc
+    return np.divide(cov, denom, out=np.zeros_like(cov), where=denom > 0)
+
+
+def mcc_of(corr: np.ndarray) -> "tuple[float, np.ndarray]":
+    """Mean correlation coefficient: the mean |correlation| of the one-to-one matching of latents to embedding
+    dimensions that maximises it (Hungarian algorithm, ``scipy.optimize.linear_sum_assignment``), and the matched
+    dimension of each latent (−1 for a latent left unmatched when d < k)."""
+    from scipy.optimize import linear_sum_assignment
+
+    a = np.abs(corr)
+    rows, cols = linear_sum_assignment(-a)
+    match = np.full(a.shape[0], -1)
+    match[rows] = cols
+    return float(a[rows, cols].mean()), match
+
+
 @declare(
     "identifiability",
     params=[
@@ -145,6 +200,9 @@ def _mean_rows(res: Result, metric: str, values: Dict[int, float], mask: Optiona
         Param("kernel_gamma", None, "float", "RBF gamma; none = 1/(d·mean variance of standardised features)",
               low=0, low_open=True, nullable=True),
         Param("max_kernel_samples", 4000, "int", "train samples used by the kernel readout (subsampled)", low=2),
+        Param("mcc", "pearson", "choice", "correlation of the MCC (mean correlation coefficient after the best "
+              "one-to-one matching of latents to dimensions): pearson, spearman or off", choices=("pearson", "spearman",
+                                                                                                  "off")),
     ],
     needs=("latents",),
     summary="held-out R² and adjusted R² of a ridge (or kernel) readout of each ground-truth latent",
@@ -153,7 +211,7 @@ def _mean_rows(res: Result, metric: str, values: Dict[int, float], mask: Optiona
 )
 def identifiability(data: LayerData, test_fraction: float = 0.2, ridge: float = 1e-3, seed: int = 0,
                     readout: str = "linear", kernel_gamma: Optional[float] = None,
-                    max_kernel_samples: int = 4000) -> Result:
+                    max_kernel_samples: int = 4000, mcc: str = "pearson") -> Result:
     """Held-out R² of a readout of every latent from the reference view's embeddings (Rusak et al. 2022).
 
     Args:
@@ -165,12 +223,16 @@ def identifiability(data: LayerData, test_fraction: float = 0.2, ridge: float = 
         kernel_gamma: RBF γ; None = 1/(d·mean variance of the standardised train features) (= 1/d when no
             feature is constant).
         max_kernel_samples: the kernel readout fits on at most this many train samples.
+        mcc: the correlation of the MCC row (``off``: no MCC).
 
     Returns:
         Rows with ``view`` = the reference view: ``r2`` and ``r2_adjusted`` per latent (``index`` = latent
         name; with a content mask a ``latent_group`` column, ``content`` or ``style``), and their means ``r2_content_mean`` / ``r2_style_mean`` (``r2_mean`` when there is no content
         mask), likewise ``r2_adjusted_*``. A latent constant on the test split is skipped with a note; the
-        adjusted rows are skipped with a note when n_test − d − 1 ≤ 0.
+        adjusted rows are skipped with a note when n_test − d − 1 ≤ 0. ``mcc``: the mean |correlation| of the
+        best one-to-one matching of latents to embedding dimensions on all samples (Hyvärinen & Morioka 2016;
+        the permutation-matched MCC of Zimmermann et al. 2021's cl-ica code), with ``mcc_dim`` rows per latent
+        (the matched dimension).
     """
     if not 0 < test_fraction < 1:
         raise ReprscopeError(f"The 'test_fraction' parameter of analyzer identifiability must be a float > 0, < 1. "
@@ -202,6 +264,12 @@ def identifiability(data: LayerData, test_fraction: float = 0.2, ridge: float = 
         return res
     tr, te = perm[:n_train], perm[n_train:]
     ytr, yte = y[tr], y[te]
+    if mcc != "off":
+        value, match = mcc_of(correlation_matrix(data, ref, y, mcc))
+        res.add("mcc", value, view=view)
+        for j, dim in enumerate(match):
+            if dim >= 0:
+                _add_latent(res, "mcc_dim", float(dim), view, names[j], None if mask is None else bool(mask[j]))
 
     if readout == "linear" and ridge > 0 and d <= n_train:
         # The streaming path: memory bounded by d×d, one pass to fit and one to predict.

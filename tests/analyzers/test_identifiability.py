@@ -178,7 +178,7 @@ def test_per_latent_rows_carry_their_group():
     res = run_analyzer("identifiability", _data(x, y, names=["scale", "hue", "pos_x", "noise"],
                                                 mask=[True, True, False, False]))
     groups = {(r["metric"], r["index"]): r.get("latent_group") for r in res.rows if r["index"] != ""}
-    assert groups == {(m, n): g for m in ("r2", "r2_adjusted")
+    assert groups == {(m, n): g for m in ("r2", "r2_adjusted", "mcc_dim")
                       for n, g in (("scale", "content"), ("hue", "content"), ("pos_x", "style"), ("noise", "style"))}
     assert all("latent_group" not in r for r in res.rows if r["index"] == "")
     assert all("latent_group" not in r for r in run_analyzer("identifiability", _data(x, y)).rows)
@@ -351,3 +351,62 @@ def test_bad_parameter_raises(params, name):
     x, y = _problem(20, 2, 1)
     with pytest.raises(ReprscopeError, match=f"'{name}' parameter"):
         run_analyzer("identifiability", _data(x, y), params)
+
+
+# -- MCC: the mean correlation after the best one-to-one matching of latents to dimensions ----------------------
+
+
+def _mcc_data(n=400, k=4, d=6, seed=0):
+    rng = np.random.default_rng(seed)
+    lat = rng.uniform(-1, 1, size=(n, k))
+    x = rng.normal(size=(n, d)) * 0.5
+    perm = rng.permutation(d)[:k]
+    x[:, perm] += lat * np.array([2.0, -3.0, 0.5, 1.5]) + 10.0  # permuted, scaled, one sign flipped, offset
+    return x, lat, perm
+
+
+def _mcc_rows(x, lat, params=None, chunk=8192):
+    data = LayerData(layer="l", space="encoder", views=["clean"], embeddings=x[None], latents=lat,
+                     latent_names=[f"z{j}" for j in range(lat.shape[1])], chunk_size=chunk)
+    return run_analyzer("identifiability", data, params)
+
+
+def test_mcc_equals_brute_force_matching_and_finds_the_permutation():
+    import itertools
+
+    from scipy import stats
+
+    from reprscope.metrics.identifiability import correlation_matrix, mcc_of
+
+    x, lat, perm = _mcc_data()
+    data = LayerData(layer="l", space="encoder", views=["clean"], embeddings=x[None], chunk_size=37)
+    corr = correlation_matrix(data, 0, lat)
+    ref = np.corrcoef(np.hstack([lat, x]).T)[:4, 4:]
+    assert np.allclose(corr, ref, atol=1e-12)
+    rho = stats.spearmanr(np.hstack([lat, x])).statistic[:4, 4:]
+    assert np.allclose(correlation_matrix(data, 0, lat, "spearman"), rho, atol=1e-12)
+    best = max(np.mean([abs(ref[i, p[i]]) for i in range(4)]) for p in itertools.permutations(range(6), 4))
+    value, match = mcc_of(corr)
+    assert value == pytest.approx(best, rel=1e-12)
+    assert list(match) == list(perm)
+    res = _mcc_rows(x, lat, chunk=50)
+    rows = {(r["metric"], r["index"]): r["value"] for r in res.rows}
+    assert rows[("mcc", "")] == pytest.approx(best, rel=1e-12)
+    assert [rows[("mcc_dim", f"z{j}")] for j in range(4)] == list(perm)
+    assert not any(r["metric"] == "mcc" for r in _mcc_rows(x, lat, {"mcc": "off"}).rows)
+
+
+def test_mcc_is_one_for_a_monotone_copy_with_spearman():
+    x, lat, _ = _mcc_data()
+    copy = np.hstack([np.exp(lat[:, ::-1]), np.zeros((len(lat), 1))])  # monotone, permuted, a constant column
+    rows = {r["metric"]: r["value"] for r in _mcc_rows(copy, lat, {"mcc": "spearman"}).rows if r["index"] == ""}
+    assert rows["mcc"] == pytest.approx(1.0, abs=1e-12)
+
+
+def test_mcc_function_equals_the_row():
+    import reprscope.metrics as M
+
+    x, lat, perm = _mcc_data(seed=3)
+    rows = {(r["metric"], r["index"]): r["value"] for r in _mcc_rows(x, lat).rows}
+    got = M.mcc(x, lat)
+    assert got["mcc"] == rows[("mcc", "")] and list(got["match"]) == list(perm)
