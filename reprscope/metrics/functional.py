@@ -387,13 +387,15 @@ def total_coding_rate(z: Array, *, mu: float = 1.0, batch_size: Union[int, str] 
 
 def r2_latents(z: Array, latents: Array, *, readout: str = "linear", latent_names: Optional[List[str]] = None,
                test_fraction: float = 0.2, ridge: float = 1e-3, seed: int = 0, kernel_gamma: Optional[float] = None,
-               max_kernel_samples: int = 4000) -> Dict[str, Dict[str, float]]:
+               max_kernel_samples: int = 4000, kernel_cv: int = 0) -> Dict[str, Dict[str, float]]:
     """Held-out R² and adjusted R² of a ridge (``linear``) or RBF kernel ridge (``kernel``) readout of every
     ground-truth latent from the embeddings (the protocol of Rusak et al. 2022, "Content suppresses style").
 
     Args:
         z: (n, d) embeddings (for (V, n, d) the first view is read); latents: (n, k) or (n,).
         test_fraction, seed: the seeded split; ridge: α = ridge·n_train.
+        kernel_cv: with ``readout="kernel"``, folds of cross-validation on the train split that choose γ and the
+            ridge from a grid (0: the given ones).
 
     Returns:
         ``{"r2": {name: value}, "r2_adjusted": {name: value}}`` (adjusted with p = d, the embedding width).
@@ -406,7 +408,8 @@ def r2_latents(z: Array, latents: Array, *, readout: str = "linear", latent_name
     data = _input.layer_data(arr, dev, latents_=lat, latent_names=names)
     res = _run(_identifiability_rows, data, {"readout": readout, "test_fraction": test_fraction, "ridge": ridge,
                                              "seed": seed, "kernel_gamma": kernel_gamma,
-                                             "max_kernel_samples": max_kernel_samples}, "r2_latents")
+                                             "max_kernel_samples": max_kernel_samples, "mcc": "off",
+                                             "kernel_cv": kernel_cv}, "r2_latents")
     out: Dict[str, Dict[str, float]] = {"r2": {}, "r2_adjusted": {}}
     for r in res.rows:
         if r["metric"] in out:

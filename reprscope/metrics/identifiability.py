@@ -134,6 +134,42 @@ def _mean_rows(res: Result, metric: str, values: Dict[int, float], mask: Optiona
             res.add(f"{metric}_{group}_mean", float(np.mean(sel)), view=view)
 
 
+#: Grids of the cross-validated kernel readout: multiples of the default γ, and ridge penalties per sample.
+CV_GAMMA_FACTORS = (0.1, 0.3, 1.0, 3.0, 10.0)
+CV_RIDGES = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+
+
+def kernel_cv_fn(xtr: np.ndarray, ytr: np.ndarray, gamma0: float, folds: int, seed: int,
+              gammas: "tuple[float, ...]" = CV_GAMMA_FACTORS, ridges: "tuple[float, ...]" = CV_RIDGES
+              ) -> "tuple[float, float, float]":
+    """(γ, ridge, mean validation R²) of the grid point with the best R² averaged over latents and ``folds``
+    seeded folds of the train samples (one choice for all latents, as a multi-output grid search). For each γ
+    and fold the fold's kernel is eigendecomposed once, so every ridge costs a matrix product
+    (K_val U (Λ + α)⁻¹ Uᵀ y)."""
+    m = xtr.shape[0]
+    order = np.random.default_rng(seed + 7).permutation(m)
+    parts = np.array_split(order, folds)
+    scores = np.zeros((len(gammas), len(ridges)))
+    for gi, gf in enumerate(gammas):
+        g = gamma0 * gf
+        for f in range(folds):
+            val = parts[f]
+            fit = np.concatenate([parts[j] for j in range(folds) if j != f])
+            ybar = ytr[fit].mean(axis=0)
+            lam, u = np.linalg.eigh(rbf_kernel(xtr[fit], xtr[fit], g))
+            proj = u.T @ (ytr[fit] - ybar)
+            kv = rbf_kernel(xtr[val], xtr[fit], g) @ u
+            yv = ytr[val]
+            ss_tot = ((yv - yv.mean(axis=0)) ** 2).sum(axis=0)
+            for ri, r in enumerate(ridges):
+                pred = kv @ (proj / (lam + r * fit.size)[:, None]) + ybar
+                ok = ss_tot > 0
+                r2 = 1.0 - ((yv - pred) ** 2).sum(axis=0)[ok] / ss_tot[ok]
+                scores[gi, ri] += float(np.mean(r2)) / folds if r2.size else -np.inf
+    gi, ri = np.unravel_index(int(np.argmax(scores)), scores.shape)
+    return gamma0 * gammas[gi], ridges[ri], float(scores[gi, ri])
+
+
 def correlation_matrix(data: LayerData, ref: int, y: np.ndarray, method: str = "pearson") -> np.ndarray:
     """(k, d) correlations of every latent (columns of ``y``, the kept samples) with every embedding dimension
     of view ``ref``: Pearson from moments streamed in chunks (shifted by the first chunk's mean), or Spearman
@@ -200,6 +236,8 @@ def mcc_of(corr: np.ndarray) -> "tuple[float, np.ndarray]":
         Param("kernel_gamma", None, "float", "RBF gamma; none = 1/(d·mean variance of standardised features)",
               low=0, low_open=True, nullable=True),
         Param("max_kernel_samples", 4000, "int", "train samples used by the kernel readout (subsampled)", low=2),
+        Param("kernel_cv", 0, "int", "kernel readout: choose γ (× 0.1 … 10 of the default) and the ridge (1e-5 … "
+              "0.1) by this many folds of cross-validation on the train split (0: the given ones)", low=0),
         Param("mcc", "pearson", "choice", "correlation of the MCC (mean correlation coefficient after the best "
               "one-to-one matching of latents to dimensions): pearson, spearman or off", choices=("pearson", "spearman",
                                                                                                   "off")),
@@ -211,7 +249,7 @@ def mcc_of(corr: np.ndarray) -> "tuple[float, np.ndarray]":
 )
 def identifiability(data: LayerData, test_fraction: float = 0.2, ridge: float = 1e-3, seed: int = 0,
                     readout: str = "linear", kernel_gamma: Optional[float] = None,
-                    max_kernel_samples: int = 4000, mcc: str = "pearson") -> Result:
+                    max_kernel_samples: int = 4000, mcc: str = "pearson", kernel_cv: int = 0) -> Result:
     """Held-out R² of a readout of every latent from the reference view's embeddings (Rusak et al. 2022).
 
     Args:
@@ -224,6 +262,10 @@ def identifiability(data: LayerData, test_fraction: float = 0.2, ridge: float = 
             feature is constant).
         max_kernel_samples: the kernel readout fits on at most this many train samples.
         mcc: the correlation of the MCC row (``off``: no MCC).
+        kernel_cv: with ``readout=kernel``, k ≥ 2 folds of cross-validation on the train split choose γ and the
+            ridge from a grid (CV_GAMMA_FACTORS × the default γ, CV_RIDGES), one choice for all latents; rows
+            ``kernel_gamma``, ``kernel_ridge`` and ``kernel_cv_r2`` say what was chosen. Costs
+            len(grid γ) × k eigendecompositions of the fold kernels.
 
     Returns:
         Rows with ``view`` = the reference view: ``r2`` and ``r2_adjusted`` per latent (``index`` = latent
@@ -264,6 +306,8 @@ def identifiability(data: LayerData, test_fraction: float = 0.2, ridge: float = 
         return res
     tr, te = perm[:n_train], perm[n_train:]
     ytr, yte = y[tr], y[te]
+    if kernel_cv == 1:
+        res.notes.append("kernel_cv=1 is not a cross-validation; use 0 (off) or at least 2 folds")
     if mcc != "off":
         value, match = mcc_of(correlation_matrix(data, ref, y, mcc))
         res.add("mcc", value, view=view)
@@ -291,6 +335,15 @@ def identifiability(data: LayerData, test_fraction: float = 0.2, ridge: float = 
             if kernel_gamma is None:
                 var = float(xtr.var(axis=0).mean()) if d else 0.0
                 kernel_gamma = 1.0 / (max(d, 1) * (var if var > 0 else 1.0))
+            if kernel_cv >= 2:
+                if m < 2 * kernel_cv:
+                    res.notes.append(f"kernel_cv={kernel_cv} needs at least {2 * kernel_cv} train samples; the given "
+                                     "γ and ridge were used")
+                else:
+                    kernel_gamma, ridge, cv_r2 = kernel_cv_fn(xtr, ytr, kernel_gamma, kernel_cv, seed)
+                    res.add("kernel_gamma", kernel_gamma, view=view)
+                    res.add("kernel_ridge", ridge, view=view)
+                    res.add("kernel_cv_r2", cv_r2, view=view)
             ybar = ytr.mean(axis=0)
             kmat = rbf_kernel(xtr, xtr, kernel_gamma)
             alpha = ridge * m

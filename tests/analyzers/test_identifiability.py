@@ -410,3 +410,39 @@ def test_mcc_function_equals_the_row():
     rows = {(r["metric"], r["index"]): r["value"] for r in _mcc_rows(x, lat).rows}
     got = M.mcc(x, lat)
     assert got["mcc"] == rows[("mcc", "")] and list(got["match"]) == list(perm)
+
+
+def test_kernel_cv_equals_a_brute_force_grid_and_refits_with_the_choice():
+    from reprscope.metrics.identifiability import CV_GAMMA_FACTORS, CV_RIDGES, kernel_cv_fn, rbf_kernel
+
+    rng = np.random.default_rng(11)
+    lat = rng.uniform(-1, 1, size=(300, 2))
+    x = np.hstack([np.tanh(2 * lat @ rng.normal(size=(2, 4))), np.sin(3 * lat)]) + 0.05 * rng.normal(size=(300, 6))
+    xtr, ytr = x[:240], lat[:240]
+    g, r, score = kernel_cv_fn(xtr, ytr, 0.2, 3, seed=0)
+    # brute force: every grid point, every fold, a direct solve
+    parts = np.array_split(np.random.default_rng(7).permutation(240), 3)
+    best = None
+    for gf in CV_GAMMA_FACTORS:
+        for rr in CV_RIDGES:
+            tot = 0.0
+            for f in range(3):
+                fit = np.concatenate([parts[j] for j in range(3) if j != f])
+                val = parts[f]
+                ybar = ytr[fit].mean(axis=0)
+                coef = np.linalg.solve(rbf_kernel(xtr[fit], xtr[fit], 0.2 * gf) + rr * fit.size * np.eye(fit.size),
+                                       ytr[fit] - ybar)
+                pred = rbf_kernel(xtr[val], xtr[fit], 0.2 * gf) @ coef + ybar
+                yv = ytr[val]
+                tot += np.mean(1 - ((yv - pred) ** 2).sum(0) / ((yv - yv.mean(0)) ** 2).sum(0)) / 3
+            if best is None or tot > best[2] + 1e-12:
+                best = (0.2 * gf, rr, tot)
+    assert (g, r) == pytest.approx(best[:2]) and score == pytest.approx(best[2], rel=1e-7)
+    # the analyzer refits with the chosen γ and ridge: the same rows as a fixed readout with them
+    data = LayerData(layer="l", space="encoder", views=["clean"], embeddings=x[None], latents=lat, latent_names=["a", "b"])
+    cv = {(q["metric"], q["index"]): q["value"] for q in
+          run_analyzer("identifiability", data, {"readout": "kernel", "kernel_cv": 3, "mcc": "off"}).rows}
+    fixed = {(q["metric"], q["index"]): q["value"] for q in
+             run_analyzer("identifiability", data, {"readout": "kernel", "mcc": "off", "kernel_gamma": cv[("kernel_gamma", "")],
+                                                    "ridge": cv[("kernel_ridge", "")]}).rows}
+    assert cv[("r2", "a")] == pytest.approx(fixed[("r2", "a")], rel=1e-9)
