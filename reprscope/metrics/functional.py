@@ -301,8 +301,8 @@ def vicreg_statistics(z1: Array, z2: Optional[Array] = None, *, gamma: float = 1
 
 def matrix_information_metrics(z1: Array, z2: Optional[Array] = None, *, alpha: float = 1.0, mu: float = 1.0,
                                batch_size: Union[int, str] = 512, max_batches: Optional[int] = 16,
-                               center: bool = False, seed: int = 0, kl_eps: float = 1e-6
-                               ) -> Dict[str, Dict[str, float]]:
+                               center: bool = False, seed: int = 0, kl_eps: float = 1e-6,
+                               dime_permutations: int = 4) -> Dict[str, Dict[str, float]]:
     """Every value of the ``matrix_information`` analyzer, by form: ``{"gram": {...}, "cov": {...}}``.
 
     Two PSD matrices per batch of m samples: the Gram form K = ẐẐᵀ of the ℓ2-normalised rows, and the covariance
@@ -314,7 +314,8 @@ def matrix_information_metrics(z1: Array, z2: Optional[Array] = None, *, alpha: 
     data = _input.layer_data(arr, dev)
     res = _run(_matrix_information_rows, data, {"alpha": alpha, "mu": mu, "batch_size": batch_size,
                                                  "max_batches": max_batches, "center": center, "seed": seed,
-                                                 "kl_eps": kl_eps}, "matrix_information")
+                                                 "kl_eps": kl_eps, "dime_permutations": dime_permutations},
+               "matrix_information")
     out: Dict[str, Dict[str, float]] = {}
     for r in res.rows:
         out.setdefault(r["form"], {})[r["metric"]] = float(r["value"])
@@ -354,6 +355,25 @@ def joint_entropy(z1: Array, z2: Optional[Array] = None, *, alpha: float = 1.0, 
     """Matrix joint entropy H_α(K₁ ⊙ K₂) of two views (Tan et al. 2024, arXiv:2309.17281, Def. 3.3)."""
     return _mi_value("joint_entropy", "joint_entropy", z1, z2, form, alpha=alpha, batch_size=batch_size,
                      max_batches=max_batches, center=center, seed=seed)
+
+
+def matrix_conditional_entropy(z1: Array, z2: Optional[Array] = None, *, alpha: float = 1.0, form: str = "gram",
+                               batch_size: Union[int, str] = 512, max_batches: Optional[int] = 16,
+                               center: bool = False, seed: int = 0) -> float:
+    """Matrix conditional entropy H_α(K₁|K₂) = H_α(K₁ ⊙ K₂) − H_α(K₂) of view 1 given view 2 (Sanchez Giraldo,
+    Rao & Principe 2014, arXiv:1211.2459)."""
+    return _mi_value("conditional_entropy", "matrix_conditional_entropy", z1, z2, form, alpha=alpha,
+                     batch_size=batch_size, max_batches=max_batches, center=center, seed=seed)
+
+
+def dime(z1: Array, z2: Optional[Array] = None, *, alpha: float = 1.0, permutations: int = 4,
+         batch_size: Union[int, str] = 512, max_batches: Optional[int] = 16, seed: int = 0) -> float:
+    """DiME (Skean et al. 2023, arXiv:2301.08164): mean over ``permutations`` seeded shuffles π of view 2 of
+    H_α(K₁ ⊙ K₂^π) − H_α(K₁ ⊙ K₂), Gram matrices of the ℓ2-normalised rows, per batch, averaged."""
+    if not isinstance(permutations, (int, np.integer)) or isinstance(permutations, bool) or permutations < 1:
+        raise ReprscopeError(f"The 'permutations' parameter of dime must be an int >= 1. Got {permutations!r} instead.")
+    return _mi_value("dime", "dime", z1, z2, "gram", alpha=alpha, batch_size=batch_size, max_batches=max_batches,
+                     seed=seed, dime_permutations=permutations)
 
 
 def matrix_kl(z1: Array, z2: Optional[Array] = None, *, form: str = "gram", kl_eps: float = 1e-6,
@@ -671,7 +691,7 @@ def mcc(z: Array, latents: Array, *, method: str = "pearson") -> Dict[str, Any]:
 
 __all__ = [
     "ReprscopeWarning", "alignment", "alignment_uniformity", "center_metrics", "center_norm", "center_vector",
-    "alpha_req", "cka_rbf", "effective_rank", "head_module", "intrinsic_dimension", "joint_entropy", "knn_accuracy", "linear_probe_accuracy", "matrix_entropy",
+    "alpha_req", "cka_rbf", "dime", "effective_rank", "head_module", "intrinsic_dimension", "joint_entropy", "knn_accuracy", "linear_probe_accuracy", "matrix_conditional_entropy", "matrix_entropy",
     "matrix_information_metrics", "matrix_js", "matrix_kl", "matrix_mutual_information", "nesum", "r2_latents",
     "lidar", "linear_cka", "mcc", "mutual_knn_alignment", "procrustes_distance", "pwcca", "rank_abs", "similarity_metrics",
     "stable_rank", "svcca",

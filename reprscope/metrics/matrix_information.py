@@ -38,7 +38,7 @@ import math
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -291,19 +291,22 @@ def column_normalise(z: torch.Tensor, center: bool) -> Tuple[torch.Tensor, int]:
     return z / torch.where(zero, torch.ones_like(norms), norms)[None, :], int(zero.sum())
 
 
-def form_values(form: str, f1: torch.Tensor, f2: torch.Tensor, alpha: float, mu: float, kl_eps: float
-                ) -> Tuple[Dict[str, Optional[float]], List[str]]:
+def form_values(form: str, f1: torch.Tensor, f2: torch.Tensor, alpha: float, mu: float, kl_eps: float,
+                perms: Sequence[np.ndarray] = ()) -> Tuple[Dict[str, Optional[float]], List[str]]:
     """Every metric of one form for K₁ = F₁F₁ᵀ and K₂ = F₂F₂ᵀ (p×p each) of one batch.
 
     Args:
         form: ``gram`` (F = Ẑ, (m, d), K m×m) or ``cov`` (F = Z̄ᵀ, (d, m), K d×d).
         f1, f2: the two views' float64 factors, (p, q₁) and (p, q₂).
         alpha: Rényi order α > 0; mu: μ of the coding rates; kl_eps: eigenvalue floor of :func:`matrix_kl`.
+        perms: permutations of the batch's samples for ``dime`` (form ``gram`` only: the covariance form's
+            matrices do not change when the samples of one view are shuffled).
 
     Returns:
         (values by metric name, None where undefined; notes). Besides FORM_METRICS, form ``gram`` gives
         ``tcr`` and ``tcr_mcr2`` of view 1 (:func:`coding_rates`), form ``cov`` gives ``tcr_joint`` =
-        log det(μ I_d + K₁ ⊙ K₂) (Tan et al. 2024 Thm. 4.17).
+        log det(μ I_d + K₁ ⊙ K₂) (Tan et al. 2024 Thm. 4.17). Both forms give ``conditional_entropy``
+        H_α(K₁ ⊙ K₂) − H_α(K₂) (view 1 given view 2); form ``gram`` with ``perms`` gives ``dime``.
     """
     k1, k2 = PSD.of_factor(f1), PSD.of_factor(f2)
     out: Dict[str, Optional[float]] = {m: None for m in FORM_METRICS}
@@ -324,6 +327,10 @@ def form_values(form: str, f1: torch.Tensor, f2: torch.Tensor, alpha: float, mu:
         mutual_information=ha + hb - hj, joint_entropy=hj, effective_rank=math.exp(h1), kl=kl,
         js=renyi_entropy(mixture(k1, k2).probs(), 1.0) - (h1 + h1b) / 2, eig_js=eig_js(k1.probs(), k2.probs()),
     )
+    out["conditional_entropy"] = hj - hb
+    if form == "gram" and len(perms):
+        shuffled = [entropy(hadamard(k1, PSD.of_factor(f2[torch.from_numpy(p).to(f2.device)])), alpha) for p in perms]
+        out["dime"] = float(np.mean(shuffled)) - hj
     if kl is None:
         notes.append("kl is undefined with kl_eps = 0: view 1's matrix has mass outside the support of view 2's")
     if form == "cov":
@@ -378,6 +385,7 @@ def _plan(n: int, m: int, max_batches: Optional[int], seed: int) -> Tuple[List[i
         Param("seed", 0, "int", "seed of the random subset of batches"),
         Param("kl_eps", 1e-6, "float", "floor, relative to tr K, the eigenvalues of K are clipped at in the "
               "matrix KL divergence (0 = none)", low=0),
+        Param("dime_permutations", 4, "int", "shuffles of view 2 per batch averaged in DiME (0 = no DiME)", low=0),
     ],
     needs=("two_views",),
     summary="matrix Rényi entropies, mutual information, joint entropy, TCR and matrix KL/JS of two views "
@@ -386,7 +394,8 @@ def _plan(n: int, m: int, max_batches: Optional[int], seed: int) -> Tuple[List[i
     no_bootstrap="copies of a sample make the batch Gram matrices rank-deficient",
 )
 def matrix_information(data: LayerData, batch_size=512, alpha: float = 1.0, mu: float = 1.0, center: bool = False,
-                       max_batches: Optional[int] = 16, seed: int = 0, kl_eps: float = 1e-6) -> Result:
+                       max_batches: Optional[int] = 16, seed: int = 0, kl_eps: float = 1e-6,
+                       dime_permutations: int = 4) -> Result:
     """Matrix information between the first two augmented views, per batch, averaged (Tan et al. 2024 §3–4).
 
     Args:
@@ -399,6 +408,8 @@ def matrix_information(data: LayerData, batch_size=512, alpha: float = 1.0, mu: 
         max_batches: at most this many batches, a random subset (``seed``) of the full ones (None: all).
         seed: seed of that subset.
         kl_eps: eigenvalue floor of ``kl``, relative to tr K.
+        dime_permutations: P shuffles of view 2's samples per batch (seeded by ``seed`` and the batch) for
+            ``dime``.
 
     Returns:
         Rows with ``view`` = "aug1|aug2" (the two view names) and a ``form`` column (``gram`` | ``cov``). For each
@@ -408,7 +419,11 @@ def matrix_information(data: LayerData, batch_size=512, alpha: float = 1.0, mu: 
         H_α(K₁ ⊙ K₂) (Def. 3.3), ``effective_rank`` exp(H₁(K₁)), ``kl`` KL(K₁‖K₂) = tr[K₁(log K₁ − log K₂)] (Def. 4.9),
         ``js`` H₁((ρ₁+ρ₂)/2) − (H₁(K₁) + H₁(K₂))/2, ``eig_js`` the JS divergence of the two eigenvalue
         distributions; plus ``n_batches``. Form ``gram`` also has ``tcr`` log det(μI_d + Ẑ₁ᵀẐ₁) (Def. 4.8) and
-        ``tcr_mcr2``; form ``cov`` has ``tcr_joint`` log det(μI_d + K₁ ⊙ K₂) (Thm. 4.17). Every batch has at
+        ``tcr_mcr2``; form ``cov`` has ``tcr_joint`` log det(μI_d + K₁ ⊙ K₂) (Thm. 4.17). Both forms have
+        ``conditional_entropy`` H_α(K₁|K₂) = H_α(K₁ ⊙ K₂) − H_α(K₂) (Sanchez Giraldo, Rao & Principe 2014,
+        arXiv:1211.2459); form ``gram`` has ``dime`` = mean over P shuffles π of H_α(K₁ ⊙ K₂^π) − H_α(K₁ ⊙ K₂)
+        (Skean et al. 2023, arXiv:2301.08164: the joint entropy of unpaired views minus that of paired ones,
+        ≥ 0 in expectation, bounded by log m). Every batch has at
         least 2 samples (batch_size ≥ 2, and a layer analysed has n ≥ 2); undefined values (all-zero views, kl with kl_eps = 0 off-support) become notes.
     """
     res = Result()
@@ -438,7 +453,9 @@ def matrix_information(data: LayerData, batch_size=512, alpha: float = 1.0, mu: 
             zb, zc[v] = column_normalise(z[v], center)
             hats.append(zh)
             bars.append(zb)
-        forms = [(form, *form_values(form, f1, f2, alpha, mu, kl_eps))
+        rng = np.random.default_rng([seed, b])
+        perms = [rng.permutation(z.shape[1]) for _ in range(dime_permutations)]
+        forms = [(form, *form_values(form, f1, f2, alpha, mu, kl_eps, perms if form == "gram" else ()))
                  for form, f1, f2 in (("gram", hats[0], hats[1]), ("cov", bars[0].T, bars[1].T))]
         return forms, zr, zc
 
@@ -470,7 +487,8 @@ def matrix_information(data: LayerData, batch_size=512, alpha: float = 1.0, mu: 
                              "and its eigenvalues are normalised by its trace instead of d")
     res.notes.extend(f"{s} ({c} batch{'es' if c > 1 else ''})" for s, c in notes.items())
 
-    order = {"gram": FORM_METRICS + ("tcr", "tcr_mcr2"), "cov": FORM_METRICS + ("tcr_joint",)}
+    order = {"gram": FORM_METRICS + ("conditional_entropy",) + (("dime",) if dime_permutations else ())
+             + ("tcr", "tcr_mcr2"), "cov": FORM_METRICS + ("conditional_entropy", "tcr_joint")}
     for form in FORMS:
         _add(res, "n_batches", float(used), view, form)
         for metric in order[form]:

@@ -477,3 +477,36 @@ def test_batches_side_by_side_equal_one_after_another(monkeypatch):
     four = run_analyzer("matrix_information", _data(z1, z2), params)
     assert one.rows == four.rows and one.notes == four.notes
     assert any("zero embedding row" in n for n in four.notes)
+
+
+# -- conditional entropy and DiME ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("alpha", [1.0, 2.0, 0.5])
+def test_conditional_entropy_and_dime_equal_explicit_matrices(alpha):
+    z1, z2 = _views(60, 5, seed=3)
+    res = _run(z1, z2, alpha=alpha, seed=4, dime_permutations=3)
+    for form in ("gram", "cov"):
+        k1, k2 = naive_matrix(z1, form), naive_matrix(z2, form)
+        want = naive_entropy(k1 * k2, alpha) - naive_entropy(k2, alpha)
+        assert _rows(res, form)["conditional_entropy"] == pytest.approx(want, rel=1e-7, abs=1e-9)
+    # DiME: the joint entropy with view 2's samples shuffled (the documented seeded permutations of batch 0),
+    # minus the paired one
+    rng = np.random.default_rng([4, 0])
+    k1, k2 = naive_matrix(z1, "gram"), naive_matrix(z2, "gram")
+    shuffled = []
+    for _ in range(3):
+        p = rng.permutation(60)
+        shuffled.append(naive_entropy(k1 * naive_matrix(z2[p], "gram"), alpha))
+    want = np.mean(shuffled) - naive_entropy(k1 * k2, alpha)
+    assert _rows(res, "gram")["dime"] == pytest.approx(want, rel=1e-7, abs=1e-9)
+    assert "dime" not in _rows(res, "cov")
+
+
+def test_dime_is_large_for_paired_views_and_near_zero_for_independent_ones():
+    z1, z2 = _views(200, 8, seed=5, noise=0.05)
+    paired = _rows(_run(z1, z2), "gram")["dime"]
+    other = np.random.default_rng(6).normal(size=z2.shape) * np.linspace(0.3, 2.0, 8) + 0.4
+    unpaired = _rows(_run(z1, other), "gram")["dime"]
+    assert paired > 0.5 and abs(unpaired) < 0.1 * paired
+    assert "dime" not in _rows(_run(z1, z2, dime_permutations=0), "gram")
