@@ -302,7 +302,7 @@ def vicreg_statistics(z1: Array, z2: Optional[Array] = None, *, gamma: float = 1
 def matrix_information_metrics(z1: Array, z2: Optional[Array] = None, *, alpha: float = 1.0, mu: float = 1.0,
                                batch_size: Union[int, str] = 512, max_batches: Optional[int] = 16,
                                center: bool = False, seed: int = 0, kl_eps: float = 1e-6,
-                               dime_permutations: int = 4) -> Dict[str, Dict[str, float]]:
+                               dime_permutations: int = 4, quantities: str = "all") -> Dict[str, Dict[str, float]]:
     """Every value of the ``matrix_information`` analyzer, by form: ``{"gram": {...}, "cov": {...}}``.
 
     Two PSD matrices per batch of m samples: the Gram form K = ẐẐᵀ of the ℓ2-normalised rows, and the covariance
@@ -314,8 +314,8 @@ def matrix_information_metrics(z1: Array, z2: Optional[Array] = None, *, alpha: 
     data = _input.layer_data(arr, dev)
     res = _run(_matrix_information_rows, data, {"alpha": alpha, "mu": mu, "batch_size": batch_size,
                                                  "max_batches": max_batches, "center": center, "seed": seed,
-                                                 "kl_eps": kl_eps, "dime_permutations": dime_permutations},
-               "matrix_information")
+                                                 "kl_eps": kl_eps, "dime_permutations": dime_permutations,
+                                                 "quantities": quantities}, "matrix_information")
     out: Dict[str, Dict[str, float]] = {}
     for r in res.rows:
         out.setdefault(r["form"], {})[r["metric"]] = float(r["value"])
@@ -325,6 +325,8 @@ def matrix_information_metrics(z1: Array, z2: Optional[Array] = None, *, alpha: 
 def _mi_value(metric: str, owner: str, z1: Array, z2: Optional[Array], form: str, **params: Any) -> float:
     if form not in ("gram", "cov"):
         raise ReprscopeError(f"The 'form' parameter of {owner} must be 'gram' or 'cov'. Got {form!r} instead.")
+    if metric in ("entropy_alpha", "mutual_information", "joint_entropy", "conditional_entropy"):
+        params = {**params, "quantities": "alpha"}  # only what is asked (at α = 2: no eigendecomposition)
     vals = matrix_information_metrics(z1, z2, **params)
     if metric not in vals.get(form, {}):
         raise ReprscopeError(f"{owner}: {metric} ({form} form) is undefined on these embeddings")

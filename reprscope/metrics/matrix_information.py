@@ -113,8 +113,10 @@ class PSD:
         return cls(f, None, int(f.shape[0]), float((f * f).sum()))
 
     @classmethod
-    def of_matrix(cls, k: torch.Tensor) -> "PSD":
-        if not torch.equal(k, k.T):  # products of exactly symmetric matrices need no symmetrising
+    def of_matrix(cls, k: torch.Tensor, symmetric: bool = False) -> "PSD":
+        """K given explicitly; ``symmetric=True`` when it is exactly symmetric by construction (a Hadamard product
+        of exactly symmetric matrices), which skips the p×p check and symmetrising."""
+        if not symmetric and not torch.equal(k, k.T):
             k = (k + k.T) / 2
         return cls(None, k, int(k.shape[0]), float(torch.diagonal(k).sum()))
 
@@ -192,7 +194,8 @@ def hadamard(k1: PSD, k2: PSD) -> PSD:
     p, q1, q2 = k1.size, k1.factor.shape[1], k2.factor.shape[1]
     if q1 * q2 < p:
         return PSD.of_factor(face_split(k1.factor, k2.factor))
-    return PSD.of_matrix(k1.outer() * k2.outer())
+    # outer() is exactly symmetric (a syrk, or symmetrised), so is the elementwise product of two of them
+    return PSD.of_matrix(k1.outer() * k2.outer(), symmetric=True)
 
 
 def mixture(k1: PSD, k2: PSD) -> PSD:
@@ -292,7 +295,8 @@ def column_normalise(z: torch.Tensor, center: bool) -> Tuple[torch.Tensor, int]:
 
 
 def form_values(form: str, f1: torch.Tensor, f2: torch.Tensor, alpha: float, mu: float, kl_eps: float,
-                perms: Sequence[np.ndarray] = ()) -> Tuple[Dict[str, Optional[float]], List[str]]:
+                perms: Sequence[np.ndarray] = (), only_alpha: bool = False
+                ) -> Tuple[Dict[str, Optional[float]], List[str]]:
     """Every metric of one form for K₁ = F₁F₁ᵀ and K₂ = F₂F₂ᵀ (p×p each) of one batch.
 
     Args:
@@ -301,6 +305,8 @@ def form_values(form: str, f1: torch.Tensor, f2: torch.Tensor, alpha: float, mu:
         alpha: Rényi order α > 0; mu: μ of the coding rates; kl_eps: eigenvalue floor of :func:`matrix_kl`.
         perms: permutations of the batch's samples for ``dime`` (form ``gram`` only: the covariance form's
             matrices do not change when the samples of one view are shuffled).
+        only_alpha: only ``entropy_alpha``, ``mutual_information``, ``joint_entropy`` and
+            ``conditional_entropy`` (the order-α quantities; at α = 2 no eigendecomposition at all).
 
     Returns:
         (values by metric name, None where undefined; notes). Besides FORM_METRICS, form ``gram`` gives
@@ -310,13 +316,18 @@ def form_values(form: str, f1: torch.Tensor, f2: torch.Tensor, alpha: float, mu:
     """
     k1, k2 = PSD.of_factor(f1), PSD.of_factor(f2)
     out: Dict[str, Optional[float]] = {m: None for m in FORM_METRICS}
-    if form == "gram":
+    if form == "gram" and not only_alpha:
         out.update(coding_rates(k1, mu))  # defined even for an all-zero view: log det(μ I_d) = d log μ
     if k1.trace == 0 or k2.trace == 0:
-        if form == "cov":
+        if form == "cov" and not only_alpha:
             out["tcr_joint"] = k1.size * math.log(mu)  # K₁ ⊙ K₂ = 0
         return out, ["all embeddings are zero in a view of a batch: its matrix is 0 and the entropies are undefined"]
     notes: List[str] = []
+    if only_alpha:
+        ha, hb = entropy(k1, alpha), entropy(k2, alpha)
+        hj = entropy(hadamard(k1, k2), alpha)
+        return {"entropy_alpha": ha, "mutual_information": ha + hb - hj, "joint_entropy": hj,
+                "conditional_entropy": hj - hb}, notes
     kl = matrix_kl(k1, k2, kl_eps)  # first: view 2's eigh serves its entropies too
     h1, h1b = renyi_entropy(k1.probs(), 1.0), renyi_entropy(k2.probs(), 1.0)
     ha, hb = entropy(k1, alpha), entropy(k2, alpha)
@@ -386,6 +397,8 @@ def _plan(n: int, m: int, max_batches: Optional[int], seed: int) -> Tuple[List[i
         Param("kl_eps", 1e-6, "float", "floor, relative to tr K, the eigenvalues of K are clipped at in the "
               "matrix KL divergence (0 = none)", low=0),
         Param("dime_permutations", 4, "int", "shuffles of view 2 per batch averaged in DiME (0 = no DiME)", low=0),
+        Param("quantities", "all", "choice", "all, or only the order-α ones (entropy_alpha, mutual_information, "
+              "joint_entropy, conditional_entropy: at alpha = 2 no eigendecomposition)", choices=("all", "alpha")),
     ],
     needs=("two_views",),
     summary="matrix Rényi entropies, mutual information, joint entropy, TCR and matrix KL/JS of two views "
@@ -395,7 +408,7 @@ def _plan(n: int, m: int, max_batches: Optional[int], seed: int) -> Tuple[List[i
 )
 def matrix_information(data: LayerData, batch_size=512, alpha: float = 1.0, mu: float = 1.0, center: bool = False,
                        max_batches: Optional[int] = 16, seed: int = 0, kl_eps: float = 1e-6,
-                       dime_permutations: int = 4) -> Result:
+                       dime_permutations: int = 4, quantities: str = "all") -> Result:
     """Matrix information between the first two augmented views, per batch, averaged (Tan et al. 2024 §3–4).
 
     Args:
@@ -410,6 +423,7 @@ def matrix_information(data: LayerData, batch_size=512, alpha: float = 1.0, mu: 
         kl_eps: eigenvalue floor of ``kl``, relative to tr K.
         dime_permutations: P shuffles of view 2's samples per batch (seeded by ``seed`` and the batch) for
             ``dime``.
+        quantities: ``alpha`` computes only the order-α quantities (and ``n_batches``).
 
     Returns:
         Rows with ``view`` = "aug1|aug2" (the two view names) and a ``form`` column (``gram`` | ``cov``). For each
@@ -454,8 +468,9 @@ def matrix_information(data: LayerData, batch_size=512, alpha: float = 1.0, mu: 
             hats.append(zh)
             bars.append(zb)
         rng = np.random.default_rng([seed, b])
-        perms = [rng.permutation(z.shape[1]) for _ in range(dime_permutations)]
-        forms = [(form, *form_values(form, f1, f2, alpha, mu, kl_eps, perms if form == "gram" else ()))
+        perms = [rng.permutation(z.shape[1]) for _ in range(dime_permutations if quantities == "all" else 0)]
+        forms = [(form, *form_values(form, f1, f2, alpha, mu, kl_eps, perms if form == "gram" else (),
+                                     only_alpha=quantities == "alpha"))
                  for form, f1, f2 in (("gram", hats[0], hats[1]), ("cov", bars[0].T, bars[1].T))]
         return forms, zr, zc
 
@@ -489,6 +504,8 @@ def matrix_information(data: LayerData, batch_size=512, alpha: float = 1.0, mu: 
 
     order = {"gram": FORM_METRICS + ("conditional_entropy",) + (("dime",) if dime_permutations else ())
              + ("tcr", "tcr_mcr2"), "cov": FORM_METRICS + ("conditional_entropy", "tcr_joint")}
+    if quantities == "alpha":
+        order = {f: ("entropy_alpha", "mutual_information", "joint_entropy", "conditional_entropy") for f in FORMS}
     for form in FORMS:
         _add(res, "n_batches", float(used), view, form)
         for metric in order[form]:

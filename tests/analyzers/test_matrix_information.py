@@ -510,3 +510,26 @@ def test_dime_is_large_for_paired_views_and_near_zero_for_independent_ones():
     unpaired = _rows(_run(z1, other), "gram")["dime"]
     assert paired > 0.5 and abs(unpaired) < 0.1 * paired
     assert "dime" not in _rows(_run(z1, z2, dime_permutations=0), "gram")
+
+
+@pytest.mark.parametrize("alpha", [2.0, 1.0])
+def test_order_alpha_quantities_alone_equal_the_full_computation(alpha):
+    z1, z2 = _views(80, 6, seed=9)
+    full = _run(z1, z2, alpha=alpha)
+    fast = _run(z1, z2, alpha=alpha, quantities="alpha")
+    for form in ("gram", "cov"):
+        f, q = _rows(full, form), _rows(fast, form)
+        base = {"entropy_alpha", "mutual_information", "joint_entropy", "conditional_entropy"}
+        assert set(q) == base | {b + "_std" for b in base} | {"n_batches"}
+        for k, v in q.items():
+            assert v == f[k], (form, k)
+
+
+def test_mutual_information_function_at_alpha_2_is_the_frobenius_identity():
+    import reprscope.metrics as M
+
+    z1, z2 = _views(300, 40, seed=10)  # d² > n: K₁ ⊙ K₂ formed explicitly
+    k1, k2 = naive_matrix(z1, "gram"), naive_matrix(z2, "gram")
+    h2 = lambda k: 2 * np.log(np.trace(k)) - np.log(np.sum(k * k))  # noqa: E731
+    want = h2(k1) + h2(k2) - h2(k1 * k2)
+    assert M.matrix_mutual_information(z1, z2, alpha=2, batch_size="all") == pytest.approx(want, rel=1e-12)
