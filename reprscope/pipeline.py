@@ -490,6 +490,15 @@ def condense_notes(notes: Sequence[str]) -> List[str]:
     return out + other
 
 
+#: Bookkeeping metrics left out of the console summary (they describe the computation).
+SUMMARY_SKIP = ("n_batches", "alpha_req_fit_start", "alpha_req_fit_end")
+
+
+def _number(v: float) -> str:
+    """A summary cell: whole numbers (counts, ranks) as integers, others with three decimals."""
+    return f"{v:.0f}" if float(v).is_integer() and abs(v) < 1e15 else f"{v:.3f}"
+
+
 #: Entries up to which a vector metric is shown in the summary as one column per entry.
 SUMMARY_MAX_INDEX = 4
 
@@ -509,10 +518,13 @@ def summarize(df: pd.DataFrame, max_metrics: int = 6) -> str:
     layer_order = list(dict.fromkeys(df["layer"]))
     for analyzer, g in scal.groupby("analyzer", sort=False):
         g = g.groupby(["source", "layer", "metric"], sort=False).first().reset_index()
-        metrics = list(dict.fromkeys(g["metric"]))[:max_metrics]
+        present = [m for m in dict.fromkeys(g["metric"]) if m.split("[")[0] not in SUMMARY_SKIP]
+        head = ANALYZERS.get(analyzer).headline if analyzer in ANALYZERS.names() else ()
+        first = [m for h in head for m in present if m.split("[")[0] == h]  # the analyzer's headline metrics first
+        metrics = list(dict.fromkeys(first + present))[:max_metrics]
         piv = g[g["metric"].isin(metrics)].pivot_table(index=["source", "layer"], columns="metric", values="value", sort=False)
         piv = piv.reindex(columns=metrics)
         if piv.index.get_level_values("source").nunique() == 1:
             piv = piv.droplevel("source").reindex([l for l in layer_order if l in piv.index.get_level_values(-1)])
-        parts.append(f"[{analyzer}]\n" + piv.to_string(float_format=lambda v: f"{v:.3f}"))
+        parts.append(f"[{analyzer}]\n" + piv.to_string(float_format=_number))
     return "\n\n".join(parts)

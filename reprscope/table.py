@@ -23,7 +23,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional
 import pandas as pd
 
 from .errors import ReprscopeError
-from .io_utils import atomic_path
+from .io_utils import atomic_path, describe_file
 
 COLUMNS = ["source", "step", "method", "layer", "view", "analyzer", "metric", "index", "value"]
 
@@ -159,6 +159,13 @@ def read_table(path: os.PathLike | str) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise ReprscopeError(f"table '{path}' does not exist; write one with `reprscope analyze` (reprscope.analyze(...).to_csv)")
+    with open(path, "rb") as fh:
+        what = describe_file(fh.read(512))
+    parquet = path.suffix.lower() in (".parquet", ".pq")
+    fits = (parquet and what.startswith("a Parquet")) or (not parquet and what.startswith("a text file"))
+    if what and not fits:
+        raise ReprscopeError(f"'{path}' is {what}, not a table; expected a CSV or Parquet table written by "
+                             "`reprscope analyze --out`")
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
             df = pd.read_parquet(path)

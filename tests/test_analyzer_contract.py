@@ -138,8 +138,11 @@ def test_float64_input(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_does_not_modify_input(name):
-    emb = synthetic()
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_does_not_modify_input(name, dtype):
+    """In-memory chunks of the stored dtype are views of the caller's array: nothing may work on them in place
+    (float64 input is where a widening copy no longer protects it)."""
+    emb = synthetic().astype(dtype)
     d = make_data(emb.copy())
     before = (d.embeddings.copy(), d.latents.copy(), d.labels.copy())
     run_analyzer(name, d)

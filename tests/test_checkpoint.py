@@ -289,7 +289,7 @@ def test_truncated_checkpoint(tmp_path, tiny_ckpt):
 def test_text_file(tmp_path, text):
     p = tmp_path / "notes.pt"
     p.write_text(text)
-    with pytest.raises(ReprscopeError, match="notes.pt.*not a readable PyTorch checkpoint") as ei:
+    with pytest.raises(ReprscopeError, match="notes.pt.*is a text file, not a checkpoint") as ei:
         load_checkpoint(p)
     assert "arbitrary unpickling" not in str(ei.value)  # garbage is not a security refusal
 

@@ -265,8 +265,8 @@ ERRORS = {
     # files
     "extract_missing_ckpt": (["extract", "{tmp}/missing.pt", "--out", "{tmp}/o.h5"], "does not exist"),
     "analyze_missing_ckpt": (["analyze", "{tmp}/missing.pt", "--out", "{tmp}/o.csv"], "does not exist"),
-    "extract_non_ckpt": (["extract", "{text}", "--out", "{tmp}/o.h5"], "not a readable PyTorch checkpoint"),
-    "analyze_non_ckpt": (["analyze", "{text}", "--out", "{tmp}/o.csv"], "not a readable PyTorch checkpoint"),
+    "extract_non_ckpt": (["extract", "{text}", "--out", "{tmp}/o.h5"], "is a text file, not a checkpoint"),
+    "analyze_non_ckpt": (["analyze", "{text}", "--out", "{tmp}/o.csv"], "is a text file, not a checkpoint"),
     "analyze_dir_without_ckpts": (["analyze", "{empty_dir}", "--out", "{tmp}/o.csv"], "no ckpt-*.pt"),
     "analyze_h5_without_datasets": (["analyze", "{foreign}", "--out", "{tmp}/o.csv"], "not a reprscope embedding store"),
     "analyze_non_hdf5": (["analyze", "{fake_h5}", "--out", "{tmp}/o.csv"], "not an HDF5 file"),

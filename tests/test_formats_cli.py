@@ -100,7 +100,7 @@ CASES: Dict[str, Tuple[Callable[[Path], Path], str]] = {
     "empty": (_write("empty.pth", b""), "is empty; expected a PyTorch checkpoint"),
     "truncated": (_truncated, "not a readable PyTorch checkpoint (PytorchStreamReader failed reading zip archive"),
     "corrupt": (_corrupt, "not a readable PyTorch checkpoint"),
-    "text": (_write("notes.pth", b"this is not a checkpoint\n"), "not a readable PyTorch checkpoint"),
+    "text": (_write("notes.pth", b"this is not a checkpoint\n"), "is a text file, not a checkpoint"),
     "noise": (_write("noise.pth", bytes(range(256)) * 16), "not a readable PyTorch checkpoint"),
     "list": (_torch("list.pth", [torch.zeros(2)]), "holds a list, not a checkpoint dict"),
     "unrecognised": (_torch("other.pth", {"model": {"w": torch.zeros(2)}, "epoch": 3}),

@@ -294,3 +294,33 @@ def test_no_partial_or_stray_files(results):
     figs = work / "figs"
     assert all(p.parent == figs and len(p.name) <= 110 for p in figs.rglob("*") if p.is_file())
     assert not (work.parent / "escape").exists() and not (work / "escape").exists()
+
+
+@pytest.mark.parametrize("command, given, says", [
+    ("inspect", "table", "comma-separated values"),
+    ("inspect", "store", "an HDF5 file"),
+    ("check-baseline", "store", "an HDF5 file"),
+    ("check-baseline", "checkpoint", "a zip archive"),
+    ("inspect", "image", "a PNG image"),
+])
+def test_a_file_of_another_kind_is_named_in_one_line(tmp_path, command, given, says):
+    """A table given as a checkpoint, a store or a checkpoint given as a baseline: the error says what the file
+    is and what was expected, instead of a parser's message."""
+    from typer.testing import CliRunner
+
+    from reprscope_cli.main import app
+
+    fix = Path(__file__).resolve().parent.parent / "fixtures"
+    files = {"table": fix / "tiny_dgp_table.csv", "store": fix / "tiny_dgp.h5", "checkpoint": fix / "tiny_simclr.pt"}
+    if given == "image":
+        files["image"] = tmp_path / "x.pt"
+        files["image"].write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
+    args = (["inspect", str(files[given])] if command == "inspect"
+            else ["check", str(fix / "tiny_dgp.h5"), "--baseline", str(files[given])])
+    try:
+        runner = CliRunner(mix_stderr=False)
+    except TypeError:
+        runner = CliRunner()
+    r = runner.invoke(app, args)
+    err = r.stderr.strip().splitlines()
+    assert r.exit_code == 2 and len(err) == 1 and err[0].startswith("error:") and says in err[0], r.stderr

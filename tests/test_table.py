@@ -145,7 +145,7 @@ def test_read_table_missing_file(tmp_path):
 def test_read_table_bad_parquet(tmp_path):
     p = tmp_path / "bad.parquet"
     p.write_bytes(b"not parquet at all")
-    with pytest.raises(ReprscopeError, match="cannot read table"):
+    with pytest.raises(ReprscopeError, match="is a text file, not a table"):
         read_table(p)
 
 

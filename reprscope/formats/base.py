@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 
 from ..errors import ReprscopeError
-from ..io_utils import sha256_file
+from ..io_utils import describe_file, sha256_file
 from ..models.bundle import ModelBundle
 from ..registry import Registry
 
@@ -238,7 +238,11 @@ def read_checkpoint(path: os.PathLike | str) -> Tuple[Any, str]:
     if size == 0:
         raise ReprscopeError(f"'{path}' is empty; expected a PyTorch checkpoint (.pt/.pth) or a .safetensors file")
     with open(path, "rb") as fh:
-        head = fh.read(16)
+        head = fh.read(512)
+    what = describe_file(head)
+    if what and not what.startswith(("a pickle", "a zip")):  # torch.save writes a zip (or a legacy pickle)
+        raise ReprscopeError(f"'{path}' is {what}, not a checkpoint; expected a PyTorch checkpoint (.pt/.pth, "
+                             "written by torch.save) or a .safetensors file")
     for name in _READER_ORDER:
         reader: FileReader = READERS.get(name)
         if reader.sniff(head, size):

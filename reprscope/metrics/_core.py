@@ -30,24 +30,25 @@ class Declaration:
     reads_embeddings: bool = True
     pairwise: bool = False
     no_bootstrap: str = ""
+    headline: Sequence[str] = ()
 
 
 def declare(name: str, *, params: Sequence[Param] = (), needs: Sequence[str] = (), summary: str = "",
             paper: str = "", min_samples: int = 2, reads_embeddings: bool = True, pairwise: bool = False,
-            no_bootstrap: str = "") -> Callable:
+            no_bootstrap: str = "", headline: Sequence[str] = ()) -> Callable:
     """Attach a :class:`Declaration` to ``fn`` as ``fn.declaration`` (the function itself is unchanged).
 
     ``pairwise=True`` declares a computation of two layers on the same samples, ``fn(x, y, **params)``
     (representation similarity): the pipeline runs it on pairs of layers instead of on each layer.
     ``no_bootstrap`` says why resampling the samples with replacement would not give a valid confidence
     interval of this computation (a train/test split that copies of a sample land on both sides of, nearest
-    neighbours at distance 0 …); empty when it does.
+    neighbours at distance 0 …); empty when it does. ``headline``: the metrics a summary shows first.
     """
 
     def deco(fn: Callable) -> Callable:
         line = summary or (fn.__doc__ or "").strip().splitlines()[0]
         fn.declaration = Declaration(name, tuple(params), tuple(needs), line, paper, min_samples, reads_embeddings,
-                                     pairwise, no_bootstrap)
+                                     pairwise, no_bootstrap, tuple(headline))
         return fn
 
     return deco

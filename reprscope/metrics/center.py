@@ -123,6 +123,7 @@ def center_statistics(data: LayerData) -> CenterStatistics:
     "center",
     summary="center vector norm ‖s‖, residual norms ‖µ_i − s‖ and view alignment of ℓ2-normalised embeddings",
     paper="'A unifying framework for the stability of SSL: the center vector', ICLR 2024 submission, §2.1",
+    headline=("center_norm", "residual_norm_mean", "alignment"),
 )
 def center(data: LayerData) -> Result:
     """Center vector s = E_x[E_ω[ẑ]] and residual norms (the center-vector paper, ICLR 2024 submission, §2.1, Eq. 1 and 4).

@@ -139,6 +139,7 @@ def esd_metrics(w: np.ndarray, min_evals: int = 20) -> Dict[str, float]:
     paper="Martin & Mahoney 2021, arXiv:1810.01075; Martin, Peng & Mahoney 2021, arXiv:2002.06947",
     reads_embeddings=False,
     no_bootstrap="the weights do not depend on the samples",
+    headline=("alpha", "alpha_weighted", "log_spectral_norm", "stable_rank", "num_spikes"),
 )
 def esd(data: LayerData, min_evals: int = 20) -> Result:
     """ESD metrics of every weight of the source (``data.weights``, else its stored heads), index = module path."""

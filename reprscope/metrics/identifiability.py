@@ -246,6 +246,7 @@ def mcc_of(corr: np.ndarray) -> "tuple[float, np.ndarray]":
     summary="held-out R² and adjusted R² of a ridge (or kernel) readout of each ground-truth latent",
     paper="Rusak, Reizinger, Zimmermann et al. 2022, 'Content suppresses style', §3 (Fig. 1)",
     no_bootstrap="copies of a resampled sample land on both sides of the train/test split",
+    headline=("r2_content_mean", "r2_style_mean", "r2_mean", "mcc"),
 )
 def identifiability(data: LayerData, test_fraction: float = 0.2, ridge: float = 1e-3, seed: int = 0,
                     readout: str = "linear", kernel_gamma: Optional[float] = None,

@@ -237,6 +237,7 @@ def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Te
     summary="top-1 and top-5 accuracy of a weighted k-NN classifier (cosine or Euclidean) on frozen features",
     paper="Bardes, Ponce & LeCun 2022, arXiv:2105.04906, App. C.1; Wu et al. 2018, arXiv:1805.01978, §3.4",
     no_bootstrap="copies of a resampled sample land on both sides of the train/test split (a query finds itself)",
+    headline=("top1", "top5"),
 )
 def knn(data: LayerData, ks: str = "20,200", temperature: float = 0.07, similarity: str = "cosine",
         test_fraction: float = 0.2, seed: int = 0, max_queries: int = 5000) -> Result:

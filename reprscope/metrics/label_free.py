@@ -146,6 +146,7 @@ def levina_bickel_dimension(r: np.ndarray, k: int) -> Optional[float]:
           "Sci. Rep.); Levina & Bickel 2004 (NeurIPS)",
     min_samples=3,
     no_bootstrap="copies of a sample are nearest neighbours at distance 0 (intrinsic dimension)",
+    headline=("alpha_req", "alpha_req_r2", "nesum", "stable_rank", "id_twonn", "id_mle"),
 )
 def label_free(data: LayerData, fit_start: int = 1, fit_end: Optional[int] = None, k: int = 20,
                max_samples: int = 5000, seed: int = 0, fit_weighting: str = "uniform") -> Result:

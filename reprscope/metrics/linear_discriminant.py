@@ -11,8 +11,9 @@ With z_{i,v} the embedding of view v of sample i (V augmented views, n samples),
 
 The expectations are the plain means over samples and views (1/n, 1/(nV)); δ (default 1e-4) and ε (default
 1e-7, RankMe's) are parameters because implementations differ in them. Only the augmented views count
-(``clean`` is not a draw of the augmentation). Everything comes from d×d sums streamed in chunks; Σ_b is summed
-about a shift (the first chunk's mean) so that a large common offset costs no precision.
+(``clean`` is not a draw of the augmentation). Everything comes from d×d sums streamed in chunks about the exact
+view means: the per-view scatters are the layer's shared moments, only the cross-products between views take a
+pass of their own.
 """
 from __future__ import annotations
 
@@ -21,32 +22,41 @@ import torch
 
 from ..params import Param
 from ._core import LayerData, Result, declare
+from .stats import moments
 
 
 def lidar_matrices(data: LayerData) -> "tuple[np.ndarray, np.ndarray, int]":
-    """(Σ_b, Σ_w without δ, n) of the augmented views of ``data``, from one streamed pass in float64."""
+    """(Σ_b, Σ_w without δ, n) of the augmented views of ``data``.
+
+    With a_iv = z_iv − m_v (m_v the mean of view v), C_vw = Σ_i a_iv a_iwᵀ and m̄ the mean of the m_v:
+    n Σ_b = (1/V²) Σ_{v,w} C_vw and nV Σ_w = Σ_v C_vv − (1/V) Σ_{v,w} C_vw + n Σ_v (m_v − m̄)(m_v − m̄)ᵀ.
+    C_vv are the per-view scatters the layer's shared moments hold already (computed once for every analyzer
+    that needs them); only the V(V−1)/2 cross-products C_vw, v < w, take a pass of their own, about the exact
+    means, in float64.
+    """
     views = data.aug_view_ids()
     d, v = data.dim, len(views)
+    mom = moments(data)
+    means = [mom[i].mean for i in views]
     dev = torch.device(data.device)
-    sb = torch.zeros(d, d, dtype=torch.float64, device=dev)
-    sw = torch.zeros(d, d, dtype=torch.float64, device=dev)
-    s_mu = torch.zeros(d, dtype=torch.float64, device=dev)
-    shift = None
-    n = 0
-    for c in data.chunks(views=views, dtype=data.dtype):
-        t = torch.from_numpy(np.ascontiguousarray(c)).to(device=dev, dtype=torch.float64)  # (V, b, d)
-        mu = t.mean(dim=0)  # (b, d)
-        if shift is None:
-            shift = mu.mean(dim=0)
-        dev_mu = mu - shift
-        sb.addmm_(dev_mu.T, dev_mu)
-        s_mu += dev_mu.sum(dim=0)
-        within = (t - mu).reshape(-1, d)
-        sw.addmm_(within.T, within)
-        n += mu.shape[0]
-    mean = s_mu / n
-    sigma_b = (sb / n - torch.outer(mean, mean)).cpu().numpy()
-    return (sigma_b + sigma_b.T) / 2, (sw / (n * v)).cpu().numpy(), n
+    total = sum(mom[i].scatter for i in views).astype(np.float64)
+    if v > 1:
+        mt = torch.from_numpy(np.stack(means)).to(device=dev, dtype=torch.float64)  # (V, d)
+        cross = torch.zeros(d, d, dtype=torch.float64, device=dev)
+        for c in data.chunks(views=views, dtype=data.dtype):
+            t = torch.from_numpy(np.ascontiguousarray(c)).to(device=dev, dtype=torch.float64, copy=True)
+            t -= mt[:, None, :]
+            for a in range(v):
+                for b in range(a + 1, v):
+                    cross.addmm_(t[a].T, t[b])
+        cross = cross.cpu().numpy()
+        total = total + cross + cross.T
+    n = mom[views[0]].n
+    sigma_b = total / (v * v * n)
+    mbar = np.mean(means, axis=0)
+    spread = sum(np.outer(m - mbar, m - mbar) for m in means)
+    sigma_w = (sum(mom[i].scatter for i in views) - total / v + n * spread) / (n * v)
+    return (sigma_b + sigma_b.T) / 2, (sigma_w + sigma_w.T) / 2, n
 
 
 def lidar_of(sigma_b: np.ndarray, sigma_w: np.ndarray, delta: float, eps: float) -> "tuple[float, np.ndarray]":

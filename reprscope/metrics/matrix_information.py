@@ -405,6 +405,7 @@ def _plan(n: int, m: int, max_batches: Optional[int], seed: int) -> Tuple[List[i
             "(Gram and covariance forms)",
     paper="Tan et al. 2024, arXiv:2309.17281, §3–4",
     no_bootstrap="copies of a sample make the batch Gram matrices rank-deficient",
+    headline=("mutual_information", "joint_entropy", "entropy_1", "effective_rank", "dime", "tcr"),
 )
 def matrix_information(data: LayerData, batch_size=512, alpha: float = 1.0, mu: float = 1.0, center: bool = False,
                        max_batches: Optional[int] = 16, seed: int = 0, kl_eps: float = 1e-6,

@@ -344,6 +344,7 @@ def _rows_of(data: LayerData, idx: np.ndarray) -> np.ndarray:
     min_samples=5,
     pairwise=True,
     no_bootstrap="not available for comparisons of two layers yet",
+    headline=("cka_linear", "cka_linear_debiased", "svcca", "pwcca", "procrustes", "mutual_knn"),
 )
 def similarity(x: LayerData, y: LayerData, measures: str = "all", variance: float = 0.99, sigma: float = 1.0,
                batch_size: int = 1024, k: int = 10, max_samples: int = 4096) -> Result:
