@@ -71,6 +71,10 @@ PREPROCESS_HELP = ("source: feed image data the way the checkpoint's source did 
                    "through the data set's parameters; --set data.KEY=... still wins); data: the data set's own.")
 
 
+#: The metavar of an on/off flag: nothing (Typer would print "<bool>", which reads as if the flag took a value).
+FLAG = " "
+
+
 #: The flag of each library argument an error can name (the library speaks of ``views``, the CLI of --views).
 CLI_FLAGS = {"views": "--views", "batch_size": "--batch-size", "limit": "--limit", "data": "--data",
              "preprocess": "--preprocess", "branch": "--branch", "arch": "--arch", "fmt": "--format",
@@ -126,8 +130,8 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main_options(
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for input errors."),
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    debug: bool = typer.Option(False, "--debug", metavar=FLAG, help="Show tracebacks for input errors."),
+    version: bool = typer.Option(False, "--version", metavar=FLAG, callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
     _state["debug"] = debug
 
@@ -148,8 +152,8 @@ def train(
     save_every_steps: Optional[int] = typer.Option(None, "--save-every-steps", help="Checkpoint every N steps."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Training seed."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N or auto."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last.pt."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    resume: bool = typer.Option(False, "--resume", metavar=FLAG, help="Continue from OUT/last.pt."),
+    quiet: bool = typer.Option(False, "--quiet", metavar=FLAG, help="No progress bar."),
 ) -> None:
     """Train METHOD on DATASET with the bundled trainer; writes checkpoints into --out."""
     from reprscope.data import parse_data_arg
@@ -191,7 +195,7 @@ def extract(
     branch: Optional[str] = typer.Option(None, "--branch", help=BRANCH_HELP),
     arch: Optional[str] = typer.Option(None, "--arch", help=ARCH_HELP),
     preprocess: str = typer.Option("source", "--preprocess", help=PREPROCESS_HELP),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    quiet: bool = typer.Option(False, "--quiet", metavar=FLAG, help="No progress bar."),
 ) -> None:
     """Write the embedding store (HDF5) of CKPT's layers on the held-out set."""
     from reprscope.pipeline import extract_checkpoint
@@ -242,9 +246,9 @@ def analyze(
     bootstrap: int = typer.Option(0, "--bootstrap", help="B resamples of the samples: a percentile interval of every "
                                   "scalar metric (columns value_lo, value_hi, bootstrap)."),
     ci: float = typer.Option(0.95, "--ci", help="Level of the --bootstrap interval."),
-    random_init: bool = typer.Option(False, "--random-init", help="Also analyze each checkpoint's architecture at "
+    random_init: bool = typer.Option(False, "--random-init", metavar=FLAG, help="Also analyze each checkpoint's architecture at "
                                      "initialisation (source CKPT#random_init): the chance level of every metric."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar and no summary."),
+    quiet: bool = typer.Option(False, "--quiet", metavar=FLAG, help="No progress bar and no summary."),
 ) -> None:
     """Analyze SOURCE(s) and print a summary; write the tidy table with --out."""
     from reprscope.params import parse_assignments
@@ -281,7 +285,7 @@ def check(
     tolerances: Optional[Path] = typer.Option(None, "--tolerances", help="TOML (or YAML) file with default and rule tables."),
     metrics: Optional[str] = typer.Option(None, "--metrics", help="Globs on ANALYZER/METRIC or METRIC, comma-separated."),
     layers: Optional[str] = typer.Option(None, "--layers", help="Globs on layer names, comma-separated."),
-    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    json_out: bool = typer.Option(False, "--json", metavar=FLAG, help="Print the result as JSON."),
     data: Optional[str] = typer.Option(None, "--data", help="Data set for checkpoints (default: their training data)."),
     views: int = typer.Option(2, "--views", help="Augmented views when a checkpoint is extracted."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Held-out samples when a checkpoint is extracted "
@@ -341,6 +345,24 @@ def inspect(
         raise error
 
 
+@app.command()
+@handle_errors
+def cache(
+    clear: bool = typer.Option(False, "--clear", metavar=FLAG, help="Remove every store of the extraction cache."),
+) -> None:
+    """Show the extraction cache (where, how many stores, how large, its bound) or clear it."""
+    from reprscope.pipeline import cache_dir, cache_entries, cache_limit, prune_cache
+
+    entries = cache_entries()
+    size = sum(p.stat().st_size for p in entries)
+    if clear:
+        removed = prune_cache(limit=0)
+        typer.echo(f"removed {len(removed)} stores ({size / 2**20:.1f} MiB) from {cache_dir() / 'extract'}")
+        return
+    typer.echo(f"{cache_dir() / 'extract'}: {len(entries)} stores, {size / 2**20:.1f} MiB "
+               f"(bound {cache_limit() / 2**30:.1f} GiB, REPRSCOPE_CACHE_MAX; least recently used removed first)")
+
+
 @app.command("list")
 @handle_errors
 def list_(what: str = typer.Argument(..., help="methods | analyzers | datasets | formats | backbones | heads | augmentations | recipes")) -> None:
@@ -355,7 +377,7 @@ def list_(what: str = typer.Argument(..., help="methods | analyzers | datasets |
 def demo(
     out: Path = typer.Option(Path("reprscope-demo"), "--out", help="Directory for the checkpoint, the .h5 and the CSV."),
     steps: int = typer.Option(None, "--steps", help="Training steps (default: about a minute on 2 CPU cores)."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    quiet: bool = typer.Option(False, "--quiet", metavar=FLAG, help="No progress bars."),
 ) -> None:
     """Train SimCLR on the content/style data, extract, analyze, and print Rusak et al. 2022's finding."""
     from reprscope.demo import run_demo
@@ -371,8 +393,8 @@ def reproduce(
     out: Optional[Path] = typer.Option(None, "--out", help="Output directory (default: reproduce/NAME-SCALE)."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto (training and analysis)."),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Folder holding cifar10/, cifar100/ … for the gpu scale."),
-    list_: bool = typer.Option(False, "--list", help="List the recipes."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    list_: bool = typer.Option(False, "--list", metavar=FLAG, help="List the recipes."),
+    quiet: bool = typer.Option(False, "--quiet", metavar=FLAG, help="No progress bars."),
 ) -> None:
     """Reproduce a paper's finding: train its runs, analyze them, write table.csv, figures/ and summary.md."""
     from reprscope.reproduce import RECIPES

@@ -309,9 +309,65 @@ def store_for_checkpoint(path: Path, data: Optional[str], set_data: Optional[Dic
     if not (cache and target.is_file()):
         writable_cache(target.parent)
     if cache and target.is_file():
+        try:
+            os.utime(target)  # used now: the last to be evicted
+        except OSError:
+            pass
         return target
-    return extract(model, dataset, target, views=views, limit=limit, batch_size=batch_size, device=device, seed=seed,
-                   progress=progress)
+    out = extract(model, dataset, target, views=views, limit=limit, batch_size=batch_size, device=device, seed=seed,
+                  progress=progress)
+    prune_cache(keep=out)
+    return out
+
+
+#: Default bound of the extraction cache, bytes (``REPRSCOPE_CACHE_MAX`` overrides, e.g. ``10G``, ``500M``).
+CACHE_MAX = 4 * 2**30
+
+
+def cache_limit() -> int:
+    """The cache bound: ``$REPRSCOPE_CACHE_MAX`` (bytes, or with a K/M/G suffix), else CACHE_MAX."""
+    value = os.environ.get("REPRSCOPE_CACHE_MAX", "").strip()
+    if not value:
+        return CACHE_MAX
+    units = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    try:
+        if value[-1].upper() in units:
+            return int(float(value[:-1]) * units[value[-1].upper()])
+        return int(float(value))
+    except ValueError:
+        raise ReprscopeError(f"REPRSCOPE_CACHE_MAX must be a size such as 4G or 500M, got '{value}'") from None
+
+
+def cache_entries() -> List[Path]:
+    """The stores of the extraction cache (regular ``.h5`` files directly in ``<cache>/extract``, no links
+    followed), least recently used first."""
+    folder = cache_dir() / "extract"
+    if not folder.is_dir():
+        return []
+    files = [p for p in folder.iterdir() if p.suffix == ".h5" and p.is_file() and not p.is_symlink()]
+    return sorted(files, key=lambda p: p.stat().st_mtime)
+
+
+def prune_cache(keep: Optional[Path] = None, limit: Optional[int] = None) -> List[Path]:
+    """Remove the least recently used stores until the cache fits ``limit`` (default :func:`cache_limit`);
+    ``keep`` (the store just written) is never removed. Returns the removed paths."""
+    limit = cache_limit() if limit is None else int(limit)
+    entries = cache_entries()
+    total = sum(p.stat().st_size for p in entries)
+    removed: List[Path] = []
+    for p in entries:
+        if total <= limit:
+            break
+        if keep is not None and p.resolve() == Path(keep).resolve():
+            continue
+        size = p.stat().st_size
+        try:
+            p.unlink()
+        except OSError:
+            continue
+        total -= size
+        removed.append(p)
+    return removed
 
 
 def extract_checkpoint(path: Path, data: Optional[str], out: Path, *, layers: Optional[Sequence[str]] = None,
@@ -381,10 +437,15 @@ def analyze(sources: Sequence[str | os.PathLike], *, data: Optional[str] = None,
     rows: List[Dict[str, Any]] = []
     notes: List[str] = []
     stores: List[Path] = []
-    for item in items:
+    # several sources (a run directory): one labelled bar for them all instead of a bar per extraction and layer
+    many = len(items) > 1
+    label = Path(str(sources[0])).name if len(sources) == 1 else f"{len(items)} sources"
+    outer = tqdm(items, desc=f"analyze {label}", unit="source", disable=not progress or not many)
+    inner = progress and not many
+    for item in outer:
         path = item.path
         if item.kind == "checkpoint":
-            path = store_for_checkpoint(item.path, data, set_data, views, limit, batch_size, device, seed, progress,
+            path = store_for_checkpoint(item.path, data, set_data, views, limit, batch_size, device, seed, inner,
                                         fmt=fmt, options=options, preprocess=preprocess, notes=notes)
         elif data or set_data:
             notes.append(f"--data/--set (data=/set_data= in Python) do not apply to the store {item.path.name}: its embeddings were extracted "
@@ -395,7 +456,7 @@ def analyze(sources: Sequence[str | os.PathLike], *, data: Optional[str] = None,
 
             weights = module_weights(load_checkpoint(item.path, fmt, options).bundle)
         with Store(path) as st:
-            r, n = analyze_store(st, chosen, params, layers, source=str(item.path), progress=progress, device=device,
+            r, n = analyze_store(st, chosen, params, layers, source=str(item.path), progress=inner, device=device,
                                  bootstrap=bootstrap, ci=ci, weights=weights)
         rows.extend(r)
         notes.extend(f"{item.path.name}: {x}" if len(items) > 1 else x for x in n)
@@ -418,7 +479,7 @@ def analyze(sources: Sequence[str | os.PathLike], *, data: Optional[str] = None,
                         raise ReprscopeError(f"cannot compare '{item.path}' with '{against.path}': {why}",
                                              arg="compare")
                     r, n = compare_stores(st, other, pairwise, params, store_base(st, str(item.path)),
-                                          str(against.path), layers=layers, progress=progress, device=device)
+                                          str(against.path), layers=layers, progress=inner, device=device)
                 rows.extend(r)
                 notes.extend(n)
     elif pairwise and len(items) > 1:
@@ -431,7 +492,7 @@ def analyze(sources: Sequence[str | os.PathLike], *, data: Optional[str] = None,
                         notes.append(f"{item.path.name} is not compared with {last.path.name}: {why}")
                         continue
                     r, n = compare_stores(st, other, pairwise, params, store_base(st, str(item.path)),
-                                          str(last.path), layers=layers, same_layer=True, progress=progress,
+                                          str(last.path), layers=layers, same_layer=True, progress=inner,
                                           device=device)
                 rows.extend(r)
                 notes.extend(n)
