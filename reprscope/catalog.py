@@ -17,7 +17,13 @@ KINDS = ("methods", "analyzers", "datasets", "formats", "backbones", "heads", "a
 def catalog(kind: str) -> List[str]:
     """Lines for ``reprscope list KIND``."""
     if kind == "methods":
-        return [f"{n:12s} {METHODS.get(n).summary}  [{format_params(METHODS.get(n).all_params())}]" for n in METHODS.names()]
+        def backbone(n: str) -> str:
+            if getattr(METHODS.get(n), "needs_vit", False):
+                return "default backbone: a tiny ViT (patches of 4 px up to 64 px images)"
+            return "default backbone: mlp for vectors, convnet for images"
+
+        return [f"{n:12s} {METHODS.get(n).summary}; {backbone(n)}  [{format_params(METHODS.get(n).all_params())}]"
+                for n in METHODS.names()]
     if kind == "analyzers":
         lines = []
         for n in ANALYZERS.names():

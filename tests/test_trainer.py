@@ -178,3 +178,20 @@ def test_2000_steps_straight_equal_1000_then_resume_1000(tmp_path):
     resumed = interrupt_and_resume(cfg, tmp_path / "b", stop_at=1100)  # after ckpt-0001000.pt, before ckpt-0002000.pt
     a, b = assert_same_state(straight.last, resumed.last)
     assert a["step"] == b["step"] == 2000
+
+
+def test_the_default_backbone_follows_the_data_and_the_method():
+    from reprscope.train import apply_sets, default_config, resolve_config
+    from reprscope.train.config import AUTO_BACKBONE, default_backbone
+
+    assert default_backbone("simclr", {"name": "dgp"}) == ("mlp", {})
+    assert default_backbone("simclr", {"name": "shapes"}) == ("convnet", {})
+    assert default_backbone("mae", {"name": "shapes"}) == ("vit_tiny_patch16_224", {"patch_size": 4})
+    assert default_backbone("mae", {"name": "shapes", "resolution": 96}) == ("vit_tiny_patch16_224", {"patch_size": 8})
+    cfg = resolve_config(default_config("mae", {"name": "shapes"}))
+    assert cfg["model"]["backbone"].startswith("vit_tiny") and AUTO_BACKBONE not in cfg["model"]
+    # naming another backbone drops the default's kwargs; kwargs set by hand stay
+    cfg = apply_sets(default_config("mae", {"name": "shapes"}), [(["backbone"], "convnet")])
+    assert cfg["model"]["backbone"] == "convnet" and cfg["model"]["backbone_kwargs"] == {}
+    cfg = apply_sets(default_config("mae", {"name": "shapes"}), [(["backbone", "depth"], 2), (["backbone"], "vit_small_patch16_224")])
+    assert cfg["model"]["backbone_kwargs"] == {"patch_size": 4, "depth": 2}

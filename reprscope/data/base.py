@@ -78,11 +78,15 @@ class GeneratedDataset(abc.ABC):
     """Base class of the built-in generated sets. Subclasses set ``name``, ``params`` and implement the hooks.
 
     Class attributes:
+        modality: ``vector`` or ``image`` (what a default backbone must take; see
+            :func:`reprscope.train.config.default_backbone`).
         name: registry name.
         params: declared parameters (``--set data.KEY=VALUE``).
         pair_mode: ``"two_aug"`` (both views augmented, the usual SSL pair) or ``"anchor"`` (the clean anchor
             and one positive, as in the cl-ica / content-style experiments).
     """
+
+    modality: ClassVar[str] = "vector"
 
     name: ClassVar[str] = ""
     params: ClassVar[List[Param]] = []

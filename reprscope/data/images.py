@@ -84,6 +84,8 @@ def fetch_archive(url: str, root: Path, filename: str, md5: str) -> None:
 class _ImageSet(GeneratedDataset):
     """Shared parts: normalisation, batched views from a preset, and a held-out set that is the data itself."""
 
+    modality = "image"
+
     # the held-out set is the images on disk (``limit``), so the generated sets' ``eval_size`` does not apply
     common_params = [p for p in GeneratedDataset.common_params if p.name != "eval_size"]
 

@@ -193,6 +193,8 @@ def _pair(name: str, v: Any, lo: float, hi: float) -> List[float]:
 class Shapes(GeneratedDataset):
     """Coloured shapes on coloured backgrounds with ground-truth latents, rendered on the fly (module docstring)."""
 
+    modality = "image"
+
     name = "shapes"
     summary = "procedural coloured shapes with ground-truth latents (class, position, scale, rotation, hues), no files"
     num_classes = 0

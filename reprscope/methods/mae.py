@@ -297,6 +297,9 @@ class MaskedImageModel(Method):
     """MAE's masked reconstruction; the registered units below add their uniformity regulariser
     (:meth:`regularizer`) to it. Needs a timm ViT backbone and no projector or predictor."""
 
+    #: the method needs a ViT backbone (a default backbone is one)
+    needs_vit: ClassVar[bool] = True
+
     params: ClassVar[List[Param]] = [
         Param("mask_ratio", 0.75, "float", "fraction of patches removed per image (He et al. 2022)", low=0,
               low_open=True, high=0.99),

@@ -135,10 +135,17 @@ def write_summary(recipe: Recipe, scale: str, findings: List[Finding], figs: Lis
              f"(reprscope/reproduce/recipes). This invocation: {seconds:.0f} s wall time, {trained} of {total} "
              f"runs trained now (the others were finished runs in `runs/`, reused).", ""]
     held = [f.held for f in findings if f.held is not None]
-    lines.append(f"**{sum(held)} of {len(held)} findings held.**" if held else "**No finding could be evaluated.**")
+    smoke = scale == "tiny"
+    if smoke:  # a smoke test of the pipeline: its runs are far too short for any verdict to mean something
+        lines.append("**Scale `tiny` is a smoke test: it checks that the recipe runs end to end. Its runs are far "
+                     "too short for the paper's effects to appear, so no finding is judged here; run "
+                     "`--scale cpu` (or `gpu`) for verdicts.**")
+    else:
+        lines.append(f"**{sum(held)} of {len(held)} findings held.**" if held else "**No finding could be evaluated.**")
     lines.append("")
     for i, f in enumerate(findings, 1):
-        verdict = "HELD" if f.held else ("NOT REPRODUCED" if f.held is not None else "NOT EVALUATED")
+        verdict = ("NOT JUDGED (smoke scale)" if smoke else
+                   "HELD" if f.held else ("NOT REPRODUCED" if f.held is not None else "NOT EVALUATED"))
         lines.append(f"## {i}. {f.claim} — {verdict}")
         lines.append("")
         lines.append(f"Source: {f.source}.")

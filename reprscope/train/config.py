@@ -58,16 +58,64 @@ MODEL_KEYS = ("backbone",)
 SECTIONS = ("method", "data", "backbone", "projector", "predictor", "optim", "train", "model")
 
 
-def default_config(method: str, data: Dict[str, Any], backbone: str = "mlp") -> Dict[str, Any]:
-    """The starting point before files and ``--set`` overrides."""
+#: Default backbones: vectors → the MLP; images → the small CNN, or a tiny ViT for the masked-image methods.
+DEFAULT_VECTOR_BACKBONE = "mlp"
+DEFAULT_IMAGE_BACKBONE = "convnet"
+DEFAULT_VIT_BACKBONE = "vit_tiny_patch16_224"
+
+
+def default_backbone(method: str, data: Dict[str, Any]) -> Tuple[str, Dict[str, Any]]:
+    """(backbone, backbone kwargs) that fit the data set and the method when none is named: the MLP for vector
+    data, the small CNN (``convnet``) for images, and for a method that needs a ViT (MAE, U-MAE, M-MAE) timm's
+    tiny ViT with patches of 4 pixels up to 64 px images (8 up to 128, else 16) — a 32×32 image is 8×8 patches."""
+    from ..data import DATASETS
+
+    ds = DATASETS.get(str(data.get("name", "")))
+    if getattr(ds, "modality", "vector") != "image":
+        return DEFAULT_VECTOR_BACKBONE, {}
+    if not getattr(METHODS.get(method), "needs_vit", False):
+        return DEFAULT_IMAGE_BACKBONE, {}
+    res = data.get("resolution")
+    if res is None:
+        res = next((p.default for p in getattr(ds, "params", []) if p.name == "resolution"), 32)
+    res = int(res)
+    patch = 4 if res <= 64 else 8 if res <= 128 else 16
+    while patch > 1 and res % patch:
+        patch //= 2
+    return DEFAULT_VIT_BACKBONE, {"patch_size": patch}
+
+
+def default_config(method: str, data: Dict[str, Any], backbone: Optional[str] = None) -> Dict[str, Any]:
+    """The starting point before files and ``--set`` overrides; ``backbone`` None: :func:`default_backbone`
+    (whose kwargs are dropped again when a file or ``--set backbone=`` names another backbone)."""
     cls = METHODS.get(method)
+    kwargs: Dict[str, Any] = {}
+    auto = backbone is None
+    if auto:
+        backbone, kwargs = default_backbone(method, data)
+    model = {"backbone": backbone, "backbone_kwargs": kwargs,
+             **{p: copy.deepcopy(h) for p, h in cls.default_heads.items()}}
+    if auto:
+        model[AUTO_BACKBONE] = True
     return {
         "method": {"name": method},
         "data": dict(data),
-        "model": {"backbone": backbone, "backbone_kwargs": {}, **{p: copy.deepcopy(h) for p, h in cls.default_heads.items()}},
+        "model": model,
         "optim": copy.deepcopy(cls.default_optim),
         "train": copy.deepcopy(cls.default_train),
     }
+
+
+#: Marks a backbone chosen by :func:`default_backbone` (removed when the config is resolved).
+AUTO_BACKBONE = "_default_backbone"
+
+
+def set_backbone(cfg: Dict[str, Any], name: str) -> None:
+    """Name the backbone; the kwargs of an automatic default go with it (they belonged to that backbone)."""
+    model = cfg["model"]
+    if model.pop(AUTO_BACKBONE, False) and name != model.get("backbone"):
+        model["backbone_kwargs"] = {}
+    model["backbone"] = name
 
 
 def load_config_file(path: str | Path) -> Dict[str, Any]:
@@ -126,9 +174,10 @@ def apply_sets(cfg: Dict[str, Any], sets: Iterable[Tuple[List[str], Any]]) -> Di
         if head not in SECTIONS:
             raise ReprscopeError(f"config key '{'.'.join(path)}' must start with one of: {', '.join(SECTIONS[:-1])}", arg="config")
         if head == "backbone" and not rest:
-            cfg["model"]["backbone"] = value
+            set_backbone(cfg, value)
             continue
         if head == "backbone":
+            cfg["model"].pop(AUTO_BACKBONE, None)  # kwargs set by hand: the backbone is the user's choice now
             target = cfg["model"].setdefault("backbone_kwargs", {})
         elif head in HEAD_PARTS:
             if not rest:
@@ -176,6 +225,7 @@ def resolve_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
     method = build_method(method_cfg.pop("name"), method_cfg)
     dataset = build_dataset(cfg["data"])
     model = cfg["model"]
+    model.pop(AUTO_BACKBONE, None)
     in_shape = list(dataset.input_shape)
     encoder = build_backbone(model["backbone"], in_shape, model.get("backbone_kwargs"))
     heads: Dict[str, Any] = {}
