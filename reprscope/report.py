@@ -271,7 +271,7 @@ def _style(i: int) -> Dict[str, str]:
 def _grid(n: int):
     cols = min(3, n)
     rows = math.ceil(n / cols)
-    fig, axes = _plt().subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False, layout="constrained")
+    fig, axes = _plt().subplots(rows, cols, figsize=(5.2 * cols, 3.9 * rows), squeeze=False, layout="constrained")
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     return fig, list(axes.flat[:n])
@@ -284,7 +284,8 @@ def _legend(fig, entries: Sequence[Tuple[str, Dict]], title: Optional[str] = Non
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], **{"ms": 4, **style}) for _, style in entries]
-    fig.legend(handles, [label for label, _ in entries], loc="outside right upper", fontsize=7, title=title,
+    # right of the panels, centred: at the top the legend's title would run into the figure's title
+    fig.legend(handles, [label for label, _ in entries], loc="outside right center", fontsize=7, title=title,
                title_fontsize=7, ncols=1 if len(entries) <= 18 else 2, frameon=False)
 
 
@@ -345,7 +346,7 @@ def _save(fig, out: Path, stem: str, formats: Sequence[str]) -> List[Path]:
     paths = []
     for fmt in formats:
         p = out / f"{safe_stem(stem)}.{fmt}"
-        fig.savefig(p, dpi=120, bbox_inches="tight")
+        fig.savefig(p, dpi=150, bbox_inches="tight")
         paths.append(p)
     _plt().close(fig)
     return paths
@@ -475,7 +476,8 @@ def plot_profiles(df: pd.DataFrame, out: Path, formats: Sequence[str], notes: Op
             run_names[run] = f"{t[LABEL].iloc[0]} ({step})" if step else t[LABEL].iloc[0]
         style, entries, title = _line_styles(keys, (run_names, {v: f"view {v}" for v in views}), ("run", "view"), forms)
         fig, axes = _grid(len(series))
-        x = np.arange(len(layers))
+        # lines of equal values (two views of a symmetric metric) are dodged sideways so none hides another
+        dodge = {k: (i - (len(keys) - 1) / 2) * min(0.08, 0.3 / max(1, len(keys))) for i, k in enumerate(keys)}
         for ax, name in zip(axes, series):
             s = g[g["series"] == name]
             for (run, view, form), t in s.groupby([RUN, "view", "form"], sort=False):
@@ -484,9 +486,10 @@ def plot_profiles(df: pd.DataFrame, out: Path, formats: Sequence[str], notes: Op
                 st = dict(style[(run, view)])
                 if len(forms) > 1:
                     st["ls"] = FORM_STYLE.get(form, ":")
+                x = np.arange(len(layers)) + dodge.get((run, view), 0.0)
                 _line(ax, x[has], t["value"].to_numpy(dtype=float)[has], t["lo"].to_numpy(dtype=float)[has],
                       t["hi"].to_numpy(dtype=float)[has], **st)
-            ax.set_xticks(x, layers, rotation=45, ha="right", fontsize=7)
+            ax.set_xticks(np.arange(len(layers)), layers, rotation=45, ha="right", fontsize=7)
             ax.set_ylabel(name, fontsize=8)
             ax.grid(alpha=0.3)
         _legend(fig, entries + _form_entries(forms), title=title or None)
