@@ -378,12 +378,14 @@ def list_(what: str = typer.Argument(..., help="methods | analyzers | datasets |
 def demo(
     out: Path = typer.Option(Path("reprscope-demo"), "--out", help="Directory for the checkpoint, the .h5 and the CSV."),
     steps: int = typer.Option(None, "--steps", help="Training steps (default: about a minute on 2 CPU cores)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads for the training (default: every "
+                                          "core on an idle machine, one when the cores are busy)."),
     quiet: bool = typer.Option(False, "--quiet", metavar=FLAG, help="No progress bars."),
 ) -> None:
     """Train SimCLR on the content/style data, extract, analyze, and print Rusak et al. 2022's finding."""
     from reprscope.demo import run_demo
 
-    run_demo(out, steps=steps, progress=not quiet, echo=typer.echo)
+    run_demo(out, steps=steps, progress=not quiet, echo=typer.echo, threads=threads)
 
 
 @app.command()

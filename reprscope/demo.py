@@ -7,10 +7,13 @@ table, with a verdict that says whether it held.
 """
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
 import pandas as pd
+import torch
 
 from .data import build_dataset
 from .extract import Store, extract
@@ -62,13 +65,35 @@ def finding(table: pd.DataFrame) -> Dict[str, float | bool | str]:
             "content_projector": float(piv.loc["projector", "r2_content_mean"]), "held": held}
 
 
+def demo_threads(threads: Optional[int] = None) -> int:
+    """Torch threads for the demo's training: ``threads`` if given; else every core when the machine is idle,
+    one when other work already keeps the cores busy (its small products then gain nothing from a second thread
+    that waits for a busy core; on a loaded 2-core machine two threads took ten times longer than one)."""
+    if threads:
+        return max(1, int(threads))
+    cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # not available on this platform
+        load = 0.0
+    return 1 if load >= cores - 0.5 else max(1, torch.get_num_threads())
+
+
 def run_demo(out: Path | str, steps: Optional[int] = None, progress: bool = True,
-             echo: Callable[[str], None] = print) -> Dict[str, object]:
-    """Train, extract, analyze; print the finding and where everything was written."""
+             echo: Callable[[str], None] = print, threads: Optional[int] = None) -> Dict[str, object]:
+    """Train, extract, analyze; print the finding and where everything was written. ``threads``: torch threads
+    of the training (default :func:`demo_threads`)."""
     out = Path(out)
     cfg = demo_config(steps)
-    echo(f"1/3 training SimCLR on the content/style DGP ({cfg['train']['steps']} steps, batch {cfg['train']['batch_size']}, CPU)")
-    res = train(cfg, out / "run", progress=progress)
+    n_threads = demo_threads(threads)
+    echo(f"1/3 training SimCLR on the content/style DGP ({cfg['train']['steps']} steps, batch {cfg['train']['batch_size']}, "
+         f"CPU, {n_threads} thread{'s' if n_threads > 1 else ''})")
+    before = torch.get_num_threads()
+    torch.set_num_threads(n_threads)
+    try:
+        res = train(cfg, out / "run", progress=progress)
+    finally:
+        torch.set_num_threads(before)
     echo("2/3 extracting every layer on the held-out set")
     model = load_checkpoint(res.last)
     h5 = extract(model, build_dataset(cfg["data"]), out / "embeddings.h5", views=2, progress=progress)
