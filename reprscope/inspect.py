@@ -89,6 +89,10 @@ def describe(model: LoadedModel) -> List[str]:
             lines.append(f"  … and {len(groups) - 50} more groups")
     else:
         lines.append("unused keys: none (every tensor was loaded)")
+    if model.skipped_globals:
+        lines.append(f"skipped objects: {', '.join(model.skipped_globals[:10])}"
+                     f"{' …' if len(model.skipped_globals) > 10 else ''} (named by the file outside the tensors, e.g. "
+                     "an optimizer's filter functions; read as inert stand-ins, never imported or called)")
     return lines
 
 

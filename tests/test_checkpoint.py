@@ -376,3 +376,47 @@ def test_native_ema_branch_loads(tmp_path, method, branch, tiny_ckpt):
     assert state and all(torch.equal(v, ck["method_state"][prefix + k]) for k, v in state.items())
     with pytest.raises(ReprscopeError, match="no 'teacher' branch"):
         load_checkpoint(tiny_ckpt, options=LoadOptions(branch="teacher"))
+
+
+def test_a_training_script_function_in_the_optimizer_is_skipped_not_imported(tmp_path):
+    """VICReg's own model.pth pickles its LARS filter `main_vicreg.exclude_bias_and_norm` in the optimizer's
+    parameter groups: the tensors load, the function is an inert stand-in (its module is never imported), and
+    `inspect` lists it as skipped."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = tmp_path / "make.py"
+    (tmp_path / "main_vicreg.py").write_text("def exclude_bias_and_norm(p):\n    return p.ndim == 1\n")
+    script.write_text(textwrap.dedent('''
+        import torch, torchvision, main_vicreg
+        from torch import nn
+        bb = torchvision.models.resnet18(); bb.fc = nn.Identity()
+        proj = nn.Sequential(nn.Linear(512, 64), nn.BatchNorm1d(64), nn.ReLU(True), nn.Linear(64, 64, bias=False))
+        m = nn.Module(); m.backbone = bb; m.projector = proj
+        f = main_vicreg.exclude_bias_and_norm
+        opt = {"state": {}, "param_groups": [{"params": [0, 1], "lr": 0.2, "weight_decay_filter": f,
+                                              "lars_adaptation_filter": f}]}
+        torch.save(dict(epoch=2, model=m.state_dict(), optimizer=opt), "model.pth")
+    '''))
+    subprocess.run([sys.executable, str(script)], cwd=tmp_path, check=True)
+    (tmp_path / "main_vicreg.py").write_text("raise SystemExit('imported!')\n")  # importing it now would fail
+    model = load_checkpoint(tmp_path / "model.pth")
+    assert model.format == "vicreg" and model.skipped_globals == ["main_vicreg.exclude_bias_and_norm"]
+    assert "main_vicreg" not in sys.modules
+    from reprscope.inspect import inspect_checkpoint
+
+    lines, err = inspect_checkpoint(tmp_path / "model.pth")
+    assert err is None and any(line.startswith("skipped objects: main_vicreg.exclude_bias_and_norm") for line in lines)
+
+
+def test_stand_ins_never_rescue_a_file_without_a_model(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "helper.py").write_text("def f():\n    return 1\n")
+    (tmp_path / "make.py").write_text("import torch, helper\n"
+                                      "torch.save({'model': {'w': torch.zeros(1)}, 'x': helper.f}, 'h.pth')\n")
+    subprocess.run([sys.executable, "make.py"], cwd=tmp_path, check=True)
+    with pytest.raises(ReprscopeError, match="needs arbitrary unpickling, which reprscope refuses.*helper.f"):
+        load_checkpoint(tmp_path / "h.pth")

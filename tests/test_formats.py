@@ -322,7 +322,7 @@ def test_find_state_dict_rules():
         find_state_dict({"epoch": 1, "args": {"lr": 0.1}})
 
 
-def test_allowlisted_load_accepts_namespace_only(tmp_path):
+def test_allowlisted_load_accepts_namespace_only(tmp_path, capsys):
     p = _save(tmp_path, {"model": {"w": torch.ones(2)}, "args": argparse.Namespace(lr=0.1, arch="vit_small")})
     with pytest.raises(ReprscopeError, match="not a checkpoint format reprscope knows"):
         load_checkpoint(p)  # read fine (Namespace allow-listed); the layout is just unknown
@@ -334,8 +334,15 @@ def test_allowlisted_load_accepts_namespace_only(tmp_path):
             return (print, ("pwned",))
 
     p2 = _save(tmp_path, {"args": argparse.Namespace(lr=0.1), "x": Evil()}, "evil.pth")
+    # the reader replaces the global by an inert stand-in (print is never called) …
+    from reprscope.formats.base import SkippedGlobal
+
+    loaded = allowlisted_load(p2)
+    assert isinstance(loaded["x"], SkippedGlobal) and loaded.skipped_globals == ["builtins.print"]
+    assert "pwned" not in capsys.readouterr().out
+    # … and a file whose tensors make no model is refused as before
     with pytest.raises(ReprscopeError, match="refuses"):
-        allowlisted_load(p2)
+        load_checkpoint(p2)
 
 
 @pytest.mark.parametrize("depth,name", [(18, "resnet18"), (34, "resnet34"), (50, "resnet50"), (101, "resnet101")])

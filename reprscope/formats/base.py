@@ -117,6 +117,8 @@ class LoadedModel:
             branch the file holds to where its weights sit.
         preprocess: the source's input preprocessing (None: not an image model, e.g. trained on ``dgp``).
         file_type: ``torch`` (``torch.save``, read with ``weights_only=True``) or ``safetensors``.
+        skipped_globals: globals the file names that were replaced by inert stand-ins (an optimizer's filter
+            functions, config classes), never imported or called.
     """
 
     bundle: ModelBundle
@@ -134,6 +136,7 @@ class LoadedModel:
     preprocess: Optional[Preprocess] = None
     file_type: str = "torch"
     options: LoadOptions = field(default_factory=LoadOptions)
+    skipped_globals: List[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -255,8 +258,67 @@ def read_checkpoint_file(path: os.PathLike | str) -> Any:
     return read_checkpoint(path)[0]
 
 
+#: Globals a checkpoint may name beyond torch's weights-only allow list (inert data holders, loaded as such).
+ALLOWED_GLOBALS = ("argparse.Namespace",)
+
+
+class SkippedGlobal:
+    """An inert stand-in for a global a checkpoint names but reprscope does not allow (a training script's
+    function in an optimizer's parameter groups, an OmegaConf config class …). Never imported, never called:
+    the weights-only unpickler maps the name to a subclass of this, building one from it (REDUCE) makes an
+    instance that keeps nothing, and BUILD's state is dropped."""
+
+    global_name = ""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"<skipped {self.global_name}>"
+
+
+def _placeholder(name: str) -> type:
+    """A SkippedGlobal subclass standing for the global ``name`` (a class built here, never the named object)."""
+    return type("SkippedGlobal", (SkippedGlobal,), {"global_name": name, "__module__": __name__})
+
+
+class PlaceholderPayload(dict):
+    """A checkpoint dict read with placeholders: ``skipped_globals`` lists the globals that were not loaded."""
+
+    skipped_globals: List[str] = []
+
+
+def _load_with_placeholders(path: Path) -> Optional[PlaceholderPayload]:
+    """The payload of a ``torch.save`` archive whose pickle names globals outside the allow list, each replaced by
+    an inert :class:`SkippedGlobal` (the names are read from the pickle's opcodes, nothing is executed); None when
+    the file is not such an archive (a plain pickle) or the payload is not a dict."""
+    try:
+        names = [n for n in torch.serialization.get_unsafe_globals_in_checkpoint(str(path)) if n not in ALLOWED_GLOBALS]
+    except Exception:  # noqa: BLE001 - a plain pickle or a damaged archive: keep the refusal
+        return None
+    if not names or len(names) > 256:
+        return None
+    stand_ins = [(_placeholder(n), n) for n in names]
+    try:
+        with warnings.catch_warnings(), torch.serialization.safe_globals([argparse.Namespace, *stand_ins]):
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - still not loadable with stand-ins (REDUCE on a stand-in's instance …)
+        return None
+    if not isinstance(payload, dict):
+        return None
+    out = PlaceholderPayload(payload)
+    out.skipped_globals = names
+    return out
+
+
 def _torch_load(path: Path) -> Any:
-    """``torch.load(path, weights_only=True)`` with every failure turned into one clear line."""
+    """``torch.load(path, weights_only=True)`` with every failure turned into one clear line. A ``torch.save``
+    archive that names globals outside the allow list is read again with inert stand-ins for them
+    (:class:`SkippedGlobal`); whether its tensors then make a model is the format detection's call."""
     try:
         with warnings.catch_warnings(), torch.serialization.safe_globals([argparse.Namespace]):
             # a plain pickle (not a torch.save archive) makes torch warn about its protocol before we refuse it
@@ -272,6 +334,9 @@ def _torch_load(path: Path) -> Any:
         reasons = [r for r in reasons if r] or [l for l in lines if "unsupported" in l.lower()] or lines[:1]
         msg = reasons[0].split(". Please use")[0] if reasons else type(exc).__name__
         if "unsupported global" in text.lower():
+            loaded = _load_with_placeholders(path)
+            if loaded is not None:
+                return loaded
             raise ReprscopeError(
                 f"'{path}' needs arbitrary unpickling, which reprscope refuses (it could run code): {msg.strip()[:200]}"
             ) from None
@@ -305,8 +370,14 @@ def load_checkpoint(path: os.PathLike | str, fmt: Optional[str] = None,
         raise ReprscopeError(f"'{path}' holds a {type(payload).__name__}, not a checkpoint dict; expected the dict "
                              "torch.save writes for a model (`reprscope inspect` lists what a file holds)")
     forced = fmt is not None
+    skipped = list(getattr(payload, "skipped_globals", []) or [])
     if fmt is None:
         hits = [n for n in FORMATS.names() if FORMATS.get(n).detect(payload)]
+        if not hits and skipped:  # objects reprscope will not build, and no model among the tensors
+            raise ReprscopeError(
+                f"'{path}' needs arbitrary unpickling, which reprscope refuses (it could run code): it names "
+                f"{', '.join(skipped[:5])}{' …' if len(skipped) > 5 else ''}, and no checkpoint format reprscope "
+                "knows is among its tensors")
         if not hits:
             keys = ", ".join(map(str, list(payload)[:8])) + (" …" if len(payload) > 8 else "")
             raise ReprscopeError(
@@ -333,7 +404,7 @@ def load_checkpoint(path: os.PathLike | str, fmt: Optional[str] = None,
     if built.get("branch") is None and options.branch is not None:
         raise ReprscopeError(f"format '{fmt}' did not resolve branch '{options.branch}'", arg="branch")
     return LoadedModel(source=str(path), sha256=sha256_file(path), format=fmt, file_type=file_type,
-                       options=options, **built)
+                       options=options, skipped_globals=skipped, **built)
 
 
 def payload_summary(payload: Any, limit: int = 40) -> List[str]:
