@@ -1,6 +1,8 @@
 """``reprscope inspect``: what the loader made of a checkpoint, in words."""
 from __future__ import annotations
 
+import torch
+
 import os
 from collections import Counter
 from typing import Dict, List, Optional, Tuple
@@ -45,6 +47,26 @@ def _architecture(model: LoadedModel) -> List[str]:
     return lines
 
 
+def _vit_layers(bundle) -> List[str]:
+    """What each stored layer of a timm ViT encoder is (the pooling reprscope applies)."""
+    enc = getattr(bundle, "encoder", None)
+    vit = getattr(enc, "model", None)
+    if vit is None or not hasattr(vit, "blocks") or not hasattr(vit, "patch_embed"):
+        return []
+    pool = getattr(vit, "global_pool", "token")
+    prefix = int(getattr(vit, "num_prefix_tokens", 1))
+    if pool == "token":
+        top = "the class token after the final norm (as DINO's and MoCo v3's linear evaluation read it)"
+    elif pool in ("avg", "avgmax", "max"):
+        fc = "fc_norm" if not isinstance(getattr(vit, "fc_norm", None), torch.nn.Identity) else "no norm after"
+        top = (f"the {pool} pool of the patch tokens ({'prefix tokens left out' if prefix else 'no prefix tokens'}), "
+               f"{'then fc_norm' if fc == 'fc_norm' else 'the final norm before it'} (as MAE's fine-tuning reads it)")
+    else:
+        top = f"timm's '{pool}' pooling"
+    return ["ViT layers: encoder = " + top + f"; encoder.model.blocks.N = the mean of the {prefix} prefix and all patch tokens "
+            "of block N's output, before any final norm (token sequences are mean-pooled at extraction)"]
+
+
 def describe(model: LoadedModel) -> List[str]:
     """Lines: format, method, architecture, branch, preprocessing, parts with parameter counts and key prefixes,
     layers, unused keys."""
@@ -81,6 +103,7 @@ def describe(model: LoadedModel) -> List[str]:
             lines.append(f"  {'':10s} layers: " + " → ".join(
                 s["type"] + (f"({s['in']}→{s['out']})" if "out" in s else "") for s in b.head_specs[part]))
     lines.append("extractable layers: " + ", ".join(f"{i.name} [{i.space}]" for i in b.layer_infos()))
+    lines.extend(_vit_layers(b))
     if model.unused_keys:
         lines.append(f"unused keys ({len(model.unused_keys)}):")
         groups = _group_unused(model.unused_keys)

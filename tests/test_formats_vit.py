@@ -293,3 +293,18 @@ def test_dino_resnet_teacher(tmp_path):
         h_ref = teacher.backbone(x)
         assert _maxdiff(out["h"], h_ref) <= TOL
         assert _maxdiff(out["z"], teacher.head(h_ref)) <= TOL
+
+
+@pytest.mark.parametrize("kwargs, says", [({}, "the class token after the final norm"),
+                                          ({"global_pool": "avg", "fc_norm": True},
+                                           "the avg pool of the patch tokens (prefix tokens left out), then fc_norm")])
+def test_inspect_says_what_each_vit_layer_is(tmp_path, kwargs, says):
+    import timm
+
+    from reprscope.inspect import inspect_checkpoint
+
+    m = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, depth=2, **kwargs)
+    torch.save(m.state_dict(), tmp_path / "vit.pth")
+    lines, err = inspect_checkpoint(tmp_path / "vit.pth")
+    vit = [line for line in lines if line.startswith("ViT layers:")]
+    assert err is None and len(vit) == 1 and says in vit[0] and "encoder.model.blocks.N" in vit[0]
