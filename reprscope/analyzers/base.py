@@ -232,7 +232,11 @@ def bootstrap_intervals(name: str, data: LayerData, params: Optional[Mapping[str
                         content_mask=base.content_mask, labels=cut(base.labels, idx),
                         labels_coarse=cut(base.labels_coarse, idx), modules=base.modules, seed=base.seed,
                         device=base.device, chunk_size=base.chunk_size)
-        for r in spec.fn(rep, **values).rows:
+        try:
+            rep_rows = spec.fn(rep, **values).rows
+        except (ValueError, ArithmeticError, RuntimeError, np.linalg.LinAlgError):  # a degenerate resample
+            continue  # its metrics count as undefined in this replicate
+        for r in rep_rows:
             k = _row_key(r)
             if k in got:
                 got[k].append(float(r["value"]))
