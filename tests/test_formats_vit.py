@@ -308,3 +308,25 @@ def test_inspect_says_what_each_vit_layer_is(tmp_path, kwargs, says):
     lines, err = inspect_checkpoint(tmp_path / "vit.pth")
     vit = [line for line in lines if line.startswith("ViT layers:")]
     assert err is None and len(vit) == 1 and says in vit[0] and "encoder.model.blocks.N" in vit[0]
+
+
+def test_a_torchvision_vit_state_dict_loads_and_equals_the_torchvision_module(tmp_path):
+    """torchvision's VisionTransformer (class_token, conv_proj, encoder.layers.encoder_layer_N …) is read as the
+    same timm ViT: the encoder layer equals torchvision's class token after encoder.ln on the same input."""
+    import torchvision
+
+    from reprscope.formats import load_checkpoint
+
+    torch.manual_seed(0)
+    tv = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=3, hidden_dim=192,
+                                              mlp_dim=384, num_classes=10).eval()
+    torch.save(tv.state_dict(), tmp_path / "tv.pth")
+    model = load_checkpoint(tmp_path / "tv.pth")
+    assert model.format == "torchvision_vit" and all("heads.head" in k for k in model.unused_keys)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        tokens = tv._process_input(x)
+        tokens = torch.cat([tv.class_token.expand(4, -1, -1), tokens], dim=1)
+        ref = tv.encoder(tokens)[:, 0]
+        ours = model.bundle.encoder.forward_features(x)
+    assert torch.allclose(ours, ref, rtol=0, atol=1e-5 * float(ref.abs().max()))

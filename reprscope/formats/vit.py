@@ -635,6 +635,73 @@ def build_vit(payload: Dict[str, Any], options: LoadOptions) -> Dict[str, Any]:
                    branches=branches, branch=None)
 
 
+# -- torchvision ViT (vit_b_16, vit_l_16, vit_h_14 …) ----------------------------------------------------------
+
+#: torchvision's names (``torchvision.models.vision_transformer``) → timm's, per encoder block
+_TV_BLOCK = re.compile(r"^encoder\.layers\.encoder_layer_(\d+)\.(.+)$")
+_TV_IN_BLOCK = {
+    "ln_1.weight": "norm1.weight", "ln_1.bias": "norm1.bias",
+    "self_attention.in_proj_weight": "attn.qkv.weight", "self_attention.in_proj_bias": "attn.qkv.bias",
+    "self_attention.out_proj.weight": "attn.proj.weight", "self_attention.out_proj.bias": "attn.proj.bias",
+    "ln_2.weight": "norm2.weight", "ln_2.bias": "norm2.bias",
+    "mlp.0.weight": "mlp.fc1.weight", "mlp.0.bias": "mlp.fc1.bias",  # torchvision ≥ 0.13 (MLPBlock)
+    "mlp.3.weight": "mlp.fc2.weight", "mlp.3.bias": "mlp.fc2.bias",
+    "mlp.linear_1.weight": "mlp.fc1.weight", "mlp.linear_1.bias": "mlp.fc1.bias",  # older state dicts
+    "mlp.linear_2.weight": "mlp.fc2.weight", "mlp.linear_2.bias": "mlp.fc2.bias",
+}
+_TV_TOP = {"class_token": "cls_token", "conv_proj.weight": "patch_embed.proj.weight",
+           "conv_proj.bias": "patch_embed.proj.bias", "encoder.pos_embedding": "pos_embed",
+           "encoder.ln.weight": "norm.weight", "encoder.ln.bias": "norm.bias"}
+#: torchvision's ViTs: hidden dim → heads (vit_h_14 has head_dim 80, so the width alone does not say it)
+_TV_HEADS = {768: 12, 1024: 16, 1280: 16}
+
+
+def _is_torchvision_vit(payload: Mapping[str, Any]) -> bool:
+    r = _resolve(payload)
+    if r is None:
+        return False
+    state = r[0]
+    return ("class_token" in state and "conv_proj.weight" in state and "encoder.pos_embedding" in state
+            and any(_TV_BLOCK.match(k) for k in state))
+
+
+@register_format("torchvision_vit", detect=_is_torchvision_vit,
+                 summary="a torchvision VisionTransformer state dict (vit_b_16 …: class_token, conv_proj, "
+                         "encoder.layers); read as the same timm ViT, classifier heads unused")
+def build_torchvision_vit(payload: Dict[str, Any], options: LoadOptions) -> Dict[str, Any]:
+    state, origin, container = _resolve(payload) or (None, None, None)
+    if state is None:
+        raise ReprscopeError("torchvision ViT checkpoint holds no state dict")
+    mapped: Dict[str, Any] = {}
+    where: Dict[str, str] = {}
+    classifier: List[str] = []
+    left: List[str] = []
+    for k, v in state.items():
+        m = _TV_BLOCK.match(k)
+        if k in _TV_TOP:
+            new = _TV_TOP[k]
+        elif m and m.group(2) in _TV_IN_BLOCK:
+            new = f"blocks.{m.group(1)}.{_TV_IN_BLOCK[m.group(2)]}"
+        elif k.startswith("heads."):
+            classifier.append(k)
+            continue
+        else:
+            left.append(origin.get(k, k))
+            continue
+        mapped[new] = v
+        where[new] = origin.get(k, k)
+    if left:
+        raise ReprscopeError("torchvision ViT checkpoint has tensors that are not torchvision ViT weights: "
+                             + ", ".join(left[:8]))
+    dim = int(mapped["cls_token"].shape[-1])
+    hint: HeadsHint = lambda d: (_TV_HEADS[d], f"torchvision's ViT of width {d}: {_TV_HEADS[d]} heads") if d in _TV_HEADS else None  # noqa: E731
+    bundle, arch = build_vit_bundle(mapped, where, "", options=options, heads_hint=hint)
+    unused_keys = unused(classifier, origin, "torchvision's classification head; not analysed")
+    del dim
+    return _result(bundle, arch, "unknown", "torchvision_vit", container, payload, {}, unused_keys, role="online",
+                   branches={"online": "the only network in the file"}, branch=None)
+
+
 def claimed_by_timm(payload: Mapping[str, Any]) -> bool:
     """A timm training checkpoint (its ``arch`` names a timm model whose keys the weights match) is read by
     the ``timm`` format, not by the raw ``vit``/``torchvision`` ones."""
