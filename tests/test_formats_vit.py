@@ -330,3 +330,43 @@ def test_a_torchvision_vit_state_dict_loads_and_equals_the_torchvision_module(tm
         ref = tv.encoder(tokens)[:, 0]
         ours = model.bundle.encoder.forward_features(x)
     assert torch.allclose(ours, ref, rtol=0, atol=1e-5 * float(ref.abs().max()))
+
+
+def test_dino_position_embedding_interpolation_is_dinos_own():
+    """At another resolution than its embedding's, a DINO/DINOv2 ViT resamples the position embedding as their
+    interpolate_pos_encoding does — bicubic with scale factor (g + 0.1)/M, no antialiasing — not with timm's
+    antialiased resize; at the embedding's own resolution nothing is resampled."""
+    import torch.nn.functional as F
+
+    from reprscope.formats.vit import dino_resample_pos_embed
+
+    torch.manual_seed(0)
+    pos = torch.randn(1, 1 + 37 * 37, 8)
+    got = dino_resample_pos_embed(pos, (16, 16), (37, 37), 1)
+    grid = pos[:, 1:].reshape(1, 37, 37, 8).permute(0, 3, 1, 2)
+    want = F.interpolate(grid, scale_factor=(16.1 / 37, 16.1 / 37), mode="bicubic", align_corners=False)
+    want = torch.cat([pos[:, :1], want.permute(0, 2, 3, 1).reshape(1, -1, 8)], dim=1)
+    assert got.shape == (1, 257, 8) and torch.equal(got, want)
+    timm_like = F.interpolate(grid, size=(16, 16), mode="bicubic", antialias=True)
+    assert not torch.allclose(got[:, 1:], timm_like.permute(0, 2, 3, 1).reshape(1, -1, 8), atol=1e-3)
+    assert dino_resample_pos_embed(pos, (37, 37), (37, 37), 1) is pos
+
+
+def test_a_dino_vit_uses_that_interpolation_and_survives_a_copy(tmp_path):
+    import copy
+
+    import timm
+
+    from reprscope.formats.vit import ViTArch, ViTEncoder, _dino_pos_embed
+
+    arch = ViTArch("vit_tiny_patch16_224", {"img_size": 64, "patch_size": 16, "embed_dim": 32, "depth": 1,
+                                            "num_heads": 2, "num_classes": 0, "dynamic_img_size": True})
+    enc = ViTEncoder(arch)
+    enc.interpolate_like_dino()
+    assert enc.model._pos_embed.__func__ is _dino_pos_embed
+    twin = copy.deepcopy(enc)
+    assert twin.model._pos_embed.__self__ is twin.model  # bound to the copy, not to the original
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        assert torch.equal(enc(x), twin(x))
+    del timm

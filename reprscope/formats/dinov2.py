@@ -18,8 +18,10 @@ inserting the registers, which carry none). ``mask_token`` only replaces masked 
 ``dino_head`` (MLP → ℓ2 → weight-normed last layer) is the projector; ``ibot_head`` (patch tokens) is unused.
 
 Heads: every DINOv2 ViT has head_dim 64 (ViT-S/B/L/g: 6/12/16/24). Position embedding: DINOv2 interpolates it
-to any input (bicubic), so the encoder is built with timm's ``dynamic_img_size`` (the same output at the
-training grid, timm's bicubic resampling elsewhere); the default preprocessing is DINOv2's evaluation
+to any input, so the encoder is built with timm's ``dynamic_img_size`` and, without registers, resamples the
+embedding as DINOv2's ``interpolate_pos_encoding`` does (bicubic, scale factor (g + 0.1)/M, no antialiasing:
+:meth:`~reprscope.formats.vit.ViTEncoder.interpolate_like_dino`); the register variants interpolate with
+offset 0 and antialiasing, which is timm's own resize. The default preprocessing is DINOv2's evaluation
 transform (resize 256, centre crop 224, ImageNet statistics).
 """
 from __future__ import annotations
@@ -183,6 +185,10 @@ def build_dinov2(payload: Dict[str, Any], options: LoadOptions) -> Dict[str, Any
                                  + ", ".join(stray[:8]))
     bundle, arch = build_vit_bundle(timm_state, where, "", head, options=options, heads_hint=_heads_hint,
                                     dynamic_img_size=True)
+    if "reg_token" not in timm_state:
+        # DINOv2's hub models interpolate their 518-px embedding with an offset of 0.1 and no antialiasing; the
+        # register variants with offset 0 and antialiasing, which is timm's resize (kept for them)
+        bundle.encoder.interpolate_like_dino()
     unused_keys = [f"{bb_origin[k]}: DINOv2 mask token (replaces masked patches in training); not used on whole images"
                    for k in skipped]
     unused_keys += [f"{bb_origin[k]}: classifier on the backbone; not analysed" for k in head_cls]

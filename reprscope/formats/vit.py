@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import math
 import re
+import types
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ReprscopeError
@@ -245,6 +247,62 @@ class ViTEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x)
 
+    def interpolate_like_dino(self) -> None:
+        """Resample the position embedding to another input size as DINO's and DINOv2's own
+        ``interpolate_pos_encoding`` do (:func:`dino_resample_pos_embed`: ``interpolate_offset`` 0.1, no
+        antialiasing) instead of timm's antialiased resize: at the training resolution nothing changes, elsewhere
+        (DINOv2's 518-px embedding at 224 px) the numbers become the original model's. DINOv2's register variants
+        interpolate with offset 0 and antialiasing, which is timm's resize: they keep it."""
+        self.model._pos_embed = types.MethodType(_dino_pos_embed, self.model)
+
+
+#: DINO's and DINOv2's ``interpolate_offset``: the patch grid size is increased by this before the scale factor
+#: is formed (a workaround for floating-point rounding in ``F.interpolate``, kept for identical numbers).
+DINO_INTERPOLATE_OFFSET = 0.1
+
+
+def dino_resample_pos_embed(posemb: torch.Tensor, new_size: Tuple[int, int], old_size: Tuple[int, int],
+                            num_prefix_tokens: int) -> torch.Tensor:
+    """DINO's / DINOv2's interpolation of a (1, prefix + M·M, D) position embedding to a (h, w) patch grid:
+    bicubic ``F.interpolate`` of the M×M grid with ``scale_factor = ((w + 0.1)/M, (h + 0.1)/M)`` on the
+    (1, D, M, M) layout they use, no antialiasing, in float32; the prefix (class token) entries are kept."""
+    if tuple(new_size) == tuple(old_size):
+        return posemb
+    prefix, grid = posemb[:, :num_prefix_tokens], posemb[:, num_prefix_tokens:]
+    dim, dtype = grid.shape[-1], grid.dtype
+    m0, m1 = old_size
+    h, w = new_size
+    g = grid.float().reshape(1, m0, m1, dim).permute(0, 3, 1, 2)
+    g = F.interpolate(g, scale_factor=((w + DINO_INTERPOLATE_OFFSET) / m0, (h + DINO_INTERPOLATE_OFFSET) / m1),
+                      mode="bicubic", antialias=False)
+    if tuple(g.shape[-2:]) != (w, h):  # pragma: no cover - the offset makes the sizes exact
+        raise RuntimeError(f"position embedding resampled to {tuple(g.shape[-2:])}, expected {(w, h)}")
+    g = g.permute(0, 2, 3, 1).reshape(1, -1, dim).to(dtype)
+    return torch.cat([prefix, g], dim=1)
+
+
+def _dino_pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+    """timm ``VisionTransformer._pos_embed`` for a dynamic input size, resampling with
+    :func:`dino_resample_pos_embed` (bound to the model by :meth:`ViTEncoder.interpolate_like_dino`)."""
+    to_cat = []
+    if self.cls_token is not None:
+        to_cat.append(self.cls_token.expand(x.shape[0], -1, -1))
+    if self.reg_token is not None:
+        to_cat.append(self.reg_token.expand(x.shape[0], -1, -1))
+    b, h, w, c = x.shape
+    prefix = 0 if self.no_embed_class else self.num_prefix_tokens
+    pos = dino_resample_pos_embed(self.pos_embed, (h, w), tuple(self.patch_embed.grid_size), prefix)
+    x = x.reshape(b, -1, c)
+    if self.no_embed_class:
+        x = x + pos
+        if to_cat:
+            x = torch.cat(to_cat + [x], dim=1)
+    else:
+        if to_cat:
+            x = torch.cat(to_cat + [x], dim=1)
+        x = x + pos
+    return self.pos_drop(x)
+
 
 # -- DINO head ----------------------------------------------------------------------------------------------
 
@@ -457,6 +515,7 @@ def _build_dino(payload: Mapping[str, Any], options: LoadOptions, default: str =
         # DINO's ViT interpolates its position embedding to any input size (vision_transformer.py)
         bundle, arch = build_vit_bundle(backbone, origin, "backbone", head, options=options, heads_hint=hint,
                                         dynamic_img_size=True)
+        bundle.encoder.interpolate_like_dino()
         preprocess = pp.imagenet(224, "DINO evaluation: resize 256, centre crop 224, ImageNet statistics")
     unused_keys = unused([f"backbone.{k}" for k in classifier], origin, "classifier on the backbone; not analysed")
     if isinstance(payload.get(other), Mapping):
