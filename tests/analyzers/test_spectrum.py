@@ -239,6 +239,7 @@ def test_side_by_side_helper_keeps_order_and_threads(monkeypatch):
     """map_side_by_side: the results of the sequential loop in item order, with several workers on the CPU;
     torch on one intra-op thread inside (restored after)."""
     import threading
+    import time
 
     import torch
 
@@ -249,6 +250,7 @@ def test_side_by_side_helper_keeps_order_and_threads(monkeypatch):
 
     def work(i):
         seen.append((threading.get_ident(), torch.get_num_threads()))
+        time.sleep(0.02)  # long enough that the pool hands the next items to other workers (not one fast worker)
         m = torch.from_numpy(np.random.default_rng(i).normal(size=(30, 30)))
         return float(torch.linalg.eigvalsh(m @ m.T).sum())
 
