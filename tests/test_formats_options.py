@@ -283,7 +283,16 @@ INSPECT: Dict[str, Callable] = {
     "solo_learn": _solo,
     "lightly": lambda t: {"state_dict": LightlyBYOL().state_dict(), **LIGHTNING},
     "timm": lambda t: _timm_case("resnet18", 3)[2],
+    "torchvision_vit": lambda t: _torchvision_vit().state_dict(),
 }
+
+
+def _torchvision_vit():
+    import torchvision
+
+    torch.manual_seed(2)
+    return torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=3, hidden_dim=192,
+                                                mlp_dim=384, num_classes=10)
 
 
 def test_inspect_covers_every_format():
