@@ -164,7 +164,7 @@ def test_preprocess_reported(tmp_path, make, fmt, res, stats):
     pre = loaded.preprocess
     assert (pre.resolution, pre.stats) == (res, stats)
     if stats == "ImageNet":
-        assert pre.mean == pp.IMAGENET_MEAN and pre.resize == round(res / 0.875)
+        assert pre.mean == pp.IMAGENET_MEAN and pre.resize == int(res / 0.875)  # int(): the sources' and timm's rule
     else:
         assert pre.mean == pp.CIFAR_MEAN and pre.resize is None
 
@@ -338,3 +338,10 @@ def test_inspect_with_branch_and_arch(tmp_path):
     r = cli("inspect", FIX / "tiny_simclr.pt")
     assert r.exit_code == 0 and "preprocessing: none (not an image model)" in r.stdout
     assert "branch:       online (default)" in r.stdout
+
+
+def test_a_timm_checkpoint_is_preprocessed_with_its_bicubic_eval_transform(tmp_path):
+    loaded = load_checkpoint(_save(tmp_path, INSPECT["timm"](tmp_path)))
+    pre = loaded.preprocess
+    assert pre.interpolation == "bicubic" and "(bicubic)" in pre.describe()
+    assert pre.data_params()["interpolation"] == "bicubic"

@@ -500,3 +500,29 @@ def test_cifar_labels_saved_as_numpy_scalars_load(tmp_path):
         pickle.dump({b"data": np.zeros((2, 3072), dtype=np.uint8), b"labels": [np.int64(3), np.int64(7)]}, f)
     d = load_pickle_safely(p)
     assert [int(v) for v in d[b"labels"]] == [3, 7]
+
+
+def test_bicubic_clean_view_equals_timms_evaluation_transform(tmp_path):
+    """A timm checkpoint's preprocessing: ⌊224/crop_pct⌋ shorter side with PIL's bicubic, centre crop, its
+    mean/std — the clean view equals timm's own evaluation transform on the same files."""
+    import timm.data
+    from PIL import Image
+
+    from reprscope.data import build_dataset
+
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i, (w, h) in enumerate([(300, 260), (240, 330)]):
+            Image.fromarray(rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)).save(tmp_path / c / f"{i}.png")
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    ds = build_dataset({"name": "imagefolder", "path": str(tmp_path), "resolution": 224, "resize": int(224 / 0.95),
+                        "interpolation": "bicubic", "mean": list(mean), "std": list(std)})
+    tf = timm.data.create_transform(input_size=224, crop_pct=0.95, interpolation="bicubic", mean=mean, std=std)
+    for path in sorted(tmp_path.glob("*/*.png")):
+        from reprscope.data.images import decode_image
+
+        ours = ds.clean(decode_image(str(path)))
+        with Image.open(path) as im:
+            ref = tf(im.convert("RGB"))
+        assert ours.shape == ref.shape and float((ours - ref).abs().max()) < 1e-5

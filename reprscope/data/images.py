@@ -205,6 +205,8 @@ class ImageFolderSet(_ImageSet):
         Param("path", None, "str", "root of the tree: one sub-directory of images per class (required)"),
         Param("resolution", 224, "int", "side of the (square) input", low=8),
         Param("resize", 256, "int", "clean view: shorter side resized to this, then centre-cropped", low=8),
+        Param("interpolation", "bilinear", "choice", "clean view's resize filter: bilinear (antialiased, on the "
+              "tensor), or bicubic (PIL's, as timm's evaluation transform)", choices=("bilinear", "bicubic")),
         Param("mean", list(IMAGENET_MEAN), "floats", "per-channel mean for normalisation (ImageNet)"),
         Param("std", list(IMAGENET_STD), "floats", "per-channel std for normalisation (ImageNet)", low=0, low_open=True),
         Param("limit", 10000, "int", "held-out set: the first N images in sorted order (none: all; ~0.6 MB each at 224)",
@@ -232,7 +234,17 @@ class ImageFolderSet(_ImageSet):
     def clean(self, img: torch.Tensor) -> torch.Tensor:
         """ImageNet evaluation preprocessing of a (3, H, W) uint8 image → (3, r, r) normalised float32."""
         F = _tvf()
-        x = F.resize(img, [int(self.cfg["resize"])], antialias=True)  # shorter side
+        if self.cfg.get("interpolation") == "bicubic":  # PIL's bicubic, exactly what timm's eval transform does
+            from PIL import Image
+
+            pil = Image.fromarray(img.permute(1, 2, 0).numpy())
+            short = int(self.cfg["resize"])
+            w, h = pil.size
+            size = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)  # torchvision's rule
+            pil = pil.resize(size, Image.BICUBIC)
+            x = torch.from_numpy(np.asarray(pil, dtype=np.uint8).copy()).permute(2, 0, 1)
+        else:
+            x = F.resize(img, [int(self.cfg["resize"])], antialias=True)  # shorter side
         x = F.center_crop(x, [int(self.cfg["resolution"])] * 2)
         return _normalize(x.float() / 255.0, self.mean, self.std)
 

@@ -88,6 +88,7 @@ class Preprocess:
             evaluation: 256 → 224); None: no resize (CIFAR images are already 32×32).
         stats: the name of the statistics (``imagenet``, ``cifar10`` …), for messages.
         reason: what in the checkpoint says so.
+        interpolation: the resize filter, ``bilinear`` or ``bicubic`` (timm's evaluation transform).
     """
 
     resolution: int
@@ -96,16 +97,19 @@ class Preprocess:
     resize: Optional[int]
     stats: str
     reason: str
+    interpolation: str = "bilinear"
 
     def data_params(self) -> Dict[str, Any]:
         """The image data sets' parameters that apply this preprocessing."""
         return {"resolution": int(self.resolution), "resize": int(self.resize or self.resolution),
-                "mean": [float(v) for v in self.mean], "std": [float(v) for v in self.std]}
+                "mean": [float(v) for v in self.mean], "std": [float(v) for v in self.std],
+                "interpolation": self.interpolation}
 
     def describe(self) -> str:
         size = (f"resize {self.resize} + centre crop {self.resolution}" if self.resize
                 else f"{self.resolution}×{self.resolution}")
-        return f"{size}, {self.stats} mean/std ({self.reason})"
+        filt = f" ({self.interpolation})" if self.interpolation != "bilinear" else ""
+        return f"{size}{filt}, {self.stats} mean/std ({self.reason})"
 
 
 @dataclass

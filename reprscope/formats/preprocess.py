@@ -10,6 +10,8 @@ unless the user set that parameter (``--set data.mean=…``) or asked for the da
 """
 from __future__ import annotations
 
+import math
+
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from ..errors import ReprscopeError
@@ -32,11 +34,13 @@ CROP_PCT = 0.875
 
 def imagenet(resolution: int = 224, reason: str = "ImageNet-trained", crop_pct: float = CROP_PCT,
              mean: Iterable[float] = IMAGENET_MEAN, std: Iterable[float] = IMAGENET_STD,
-             stats: str = "ImageNet") -> Preprocess:
-    """Resize the shorter side to ``resolution / crop_pct`` (256 for 224), centre-crop ``resolution``."""
+             stats: str = "ImageNet", interpolation: str = "bilinear") -> Preprocess:
+    """Resize the shorter side to ⌊``resolution / crop_pct``⌋ (256 for 224; timm's ``scale_size``), centre-crop
+    ``resolution``; ``interpolation`` ``bilinear`` or ``bicubic``."""
     r = int(resolution)
     return Preprocess(resolution=r, mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std),
-                      resize=int(round(r / crop_pct)) if crop_pct < 1 else r, stats=stats, reason=reason)
+                      resize=int(math.floor(r / crop_pct)) if crop_pct < 1 else r, stats=stats, reason=reason,
+                      interpolation=interpolation)
 
 
 def cifar(reason: str, dataset: str = "cifar10", resolution: int = 32) -> Preprocess:

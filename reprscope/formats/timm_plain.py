@@ -129,7 +129,10 @@ def _preprocess(model: nn.Module, args: Mapping[str, Any], name: str):
     crop = float(args.get("crop_pct") or cfg.get("crop_pct") or pp.CROP_PCT)
     why = "the run's timm args" if from_args else f"timm pretrained_cfg of '{name}'"
     stats = "ImageNet" if tuple(mean) == pp.IMAGENET_MEAN and tuple(std) == pp.IMAGENET_STD else "the run's"
-    return pp.imagenet(size, why, crop_pct=crop, mean=mean, std=std, stats=stats)
+    # timm's evaluation transform resizes with the model's interpolation (bicubic for nearly every model)
+    interp = str(args.get("interpolation") or cfg.get("interpolation") or "bicubic")
+    interp = interp if interp in ("bilinear", "bicubic") else "bicubic"
+    return pp.imagenet(size, why, crop_pct=crop, mean=mean, std=std, stats=stats, interpolation=interp)
 
 
 @register_format("timm", detect=is_timm_checkpoint,
