@@ -24,6 +24,7 @@ from .data.base import parse_data_arg
 from .errors import ReprscopeError
 from .extract import Store, extract
 from .formats import LoadOptions, load_checkpoint
+from .formats.base import LoadedModel
 from .formats.preprocess import MODES as PREPROCESS_MODES, dataset_for_model
 from .io_utils import sha256_file
 from .params import resolve_params
@@ -279,15 +280,17 @@ def store_for_checkpoint(path: Path, data: Optional[str], set_data: Optional[Dic
                          limit: Optional[int] = None, batch_size: int = 1024, device: str = "cpu", seed: int = 0,
                          progress: bool = True, cache: bool = True, fmt: Optional[str] = None,
                          options: Optional[LoadOptions] = None, preprocess: str = "source",
-                         notes: Optional[List[str]] = None, random_init: bool = False) -> Path:
+                         notes: Optional[List[str]] = None, random_init: bool = False,
+                         model: Optional[LoadedModel] = None) -> Path:
     """Extract ``path`` (cached by checkpoint hash and extraction settings) and return the store's path;
-    ``random_init``: the same architecture at initialisation (:func:`~reprscope.formats.base.random_init`).
+    ``random_init``: the same architecture at initialisation (:func:`~reprscope.formats.base.random_init`);
+    ``model``: ``path`` already loaded (it is not read again).
 
     Args:
         options: ``--branch`` / ``--arch`` for the loader; ``preprocess``: ``source`` or ``data``
             (:mod:`reprscope.formats.preprocess`); ``notes`` collects what the preprocessing did.
     """
-    model = load_checkpoint(path, fmt, options)
+    model = model if model is not None else load_checkpoint(path, fmt, options)
     if random_init:
         from .formats.base import random_init as reinit
 
@@ -429,6 +432,8 @@ def analyze(sources: Sequence[str | os.PathLike], *, data: Optional[str] = None,
         if not pairwise:
             raise ReprscopeError("compare needs a pairwise analyzer among the analyzers (similarity)", arg="compare")
         cmp = Path(compare)
+        if not cmp.exists():
+            raise ReprscopeError(f"compare '{cmp}' does not exist", arg="compare")
         if cmp.is_dir():
             raise ReprscopeError(f"compare '{cmp}' is a folder; give one checkpoint or .h5 store", arg="compare")
         against = resolve_sources([cmp])[0]
@@ -444,17 +449,19 @@ def analyze(sources: Sequence[str | os.PathLike], *, data: Optional[str] = None,
     inner = progress and not many
     for item in outer:
         path = item.path
+        weights = None
         if item.kind == "checkpoint":
+            loaded = load_checkpoint(item.path, fmt, options)
+            if "esd" in chosen:  # every weight of the network, not only the heads a store keeps
+                from .metrics.esd import module_weights
+
+                weights = module_weights(loaded.bundle)
             path = store_for_checkpoint(item.path, data, set_data, views, limit, batch_size, device, seed, inner,
-                                        fmt=fmt, options=options, preprocess=preprocess, notes=notes)
+                                        fmt=fmt, options=options, preprocess=preprocess, notes=notes, model=loaded)
+            del loaded
         elif data or set_data:
             notes.append(f"--data/--set (data=/set_data= in Python) do not apply to the store {item.path.name}: its embeddings were extracted "
                          "already (on the data set its attributes name)")
-        weights = None
-        if item.kind == "checkpoint" and "esd" in chosen:  # every weight of the network, not only the heads
-            from .metrics.esd import module_weights
-
-            weights = module_weights(load_checkpoint(item.path, fmt, options).bundle)
         with Store(path) as st:
             r, n = analyze_store(st, chosen, params, layers, source=str(item.path), progress=inner, device=device,
                                  bootstrap=bootstrap, ci=ci, weights=weights)

@@ -355,8 +355,6 @@ def test_dino_position_embedding_interpolation_is_dinos_own():
 def test_a_dino_vit_uses_that_interpolation_and_survives_a_copy(tmp_path):
     import copy
 
-    import timm
-
     from reprscope.formats.vit import ViTArch, ViTEncoder, _dino_pos_embed
 
     arch = ViTArch("vit_tiny_patch16_224", {"img_size": 64, "patch_size": 16, "embed_dim": 32, "depth": 1,
@@ -369,4 +367,3 @@ def test_a_dino_vit_uses_that_interpolation_and_survives_a_copy(tmp_path):
     x = torch.randn(2, 3, 96, 96)
     with torch.no_grad():
         assert torch.equal(enc(x), twin(x))
-    del timm

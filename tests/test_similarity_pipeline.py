@@ -133,3 +133,9 @@ def test_check_leaves_out_the_rows_that_compare_with_another_source(tiny_run, ti
     res = check(first, table, limit=300)
     assert res.ok and res.compared == int((table["source_b"] == "").sum())
     assert any("compare with another source" in n for n in res.notes)
+
+
+def test_compare_with_a_missing_file_names_the_option(tiny_h5, tmp_path):
+    with pytest.raises(ReprscopeError, match="compare '.*nope.h5' does not exist") as ei:
+        reprscope.analyze(tiny_h5, analyzers="similarity", compare=tmp_path / "nope.h5")
+    assert ei.value.arg == "compare"

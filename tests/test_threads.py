@@ -1,6 +1,5 @@
 """The same checkpoint gives the same table on any thread count (so `check` in CI agrees with a laptop)."""
 import numpy as np
-import pandas as pd
 import torch
 from threadpoolctl import threadpool_limits
 

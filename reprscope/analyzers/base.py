@@ -133,7 +133,7 @@ def run_analyzer(name: str, data: LayerData, params: Optional[Mapping[str, Any]]
         return res
     out = spec.fn(data, **values)
     res.notes.extend(f"{name} on {data.layer}: {n}" for n in out.notes)
-    stamp = {k: (v if not isinstance(v, (list, tuple)) else ",".join(map(str, v))) for k, v in values.items()}
+    stamp = _stamp(values)
     for r in out.rows:
         res.rows.append({**r, "analyzer": name, **stamp})
     return res
