@@ -67,6 +67,8 @@ BRANCH_HELP = ("Network to analyse where the checkpoint holds two: teacher, stud
                "MoCo online, …).")
 ARCH_HELP = ("timm architecture instead of the one read from the weights' shapes: NAME or NAME:key=value,... "
              "(e.g. resnet50, vit_small_patch16_224, or vit:num_heads=12 to set only the head count).")
+POOL_HELP = ("How a ViT's tokens become the representation: cls (the class token) or mean (the patch tokens' "
+             "mean, after the final norm); default: what the source's own evaluation reads (DINO cls, MAE mean, …).")
 PREPROCESS_HELP = ("source: feed image data the way the checkpoint's source did (resolution, resize, mean/std "
                    "through the data set's parameters; --set data.KEY=... still wins); data: the data set's own.")
 
@@ -77,7 +79,7 @@ FLAG = " "
 
 #: The flag of each library argument an error can name (the library speaks of ``views``, the CLI of --views).
 CLI_FLAGS = {"views": "--views", "batch_size": "--batch-size", "limit": "--limit", "data": "--data",
-             "preprocess": "--preprocess", "branch": "--branch", "arch": "--arch", "fmt": "--format",
+             "preprocess": "--preprocess", "branch": "--branch", "arch": "--arch", "fmt": "--format", "pool": "--pool",
              "metrics": "--metrics/--layers", "layers": "--layers", "analyzers": "--analyzers", "params": "--param",
              "out": "--out", "device": "--device", "set_data": "--set", "config": "--set/--config", "resume": "--resume",
              "scale": "--scale", "compare": "--compare",
@@ -195,6 +197,7 @@ def extract(
     fmt: Optional[str] = typer.Option(None, "--format", help="Checkpoint format (default: detected; reprscope list formats)."),
     branch: Optional[str] = typer.Option(None, "--branch", help=BRANCH_HELP),
     arch: Optional[str] = typer.Option(None, "--arch", help=ARCH_HELP),
+    pool: Optional[str] = typer.Option(None, "--pool", help=POOL_HELP),
     preprocess: str = typer.Option("source", "--preprocess", help=PREPROCESS_HELP),
     quiet: bool = typer.Option(False, "--quiet", metavar=FLAG, help="No progress bar."),
 ) -> None:
@@ -208,7 +211,7 @@ def extract(
     path = extract_checkpoint(ckpt, data, out, layers=_split_all(layers, "--layers"), device=resolve_device(device),
                               views=views, clean=clean, limit=limit, batch_size=batch_size, seed=seed,
                               progress=not quiet, fmt=fmt, branch=branch, arch=arch, preprocess=preprocess,
-                              set_data=_data_sets(sets), notes=notes)
+                              set_data=_data_sets(sets), notes=notes, pool=pool)
     for note in notes:
         typer.echo(f"note: {note}")
     typer.echo(f"wrote {path}")
@@ -241,6 +244,7 @@ def analyze(
     fmt: Optional[str] = typer.Option(None, "--format", help="Checkpoint format (default: detected; reprscope list formats)."),
     branch: Optional[str] = typer.Option(None, "--branch", help=BRANCH_HELP),
     arch: Optional[str] = typer.Option(None, "--arch", help=ARCH_HELP),
+    pool: Optional[str] = typer.Option(None, "--pool", help=POOL_HELP),
     preprocess: str = typer.Option("source", "--preprocess", help=PREPROCESS_HELP),
     compare: Optional[Path] = typer.Option(None, "--compare", help="A checkpoint or .h5 store of the same inputs: "
                                            "similarity compares every layer of each SOURCE with every layer of it."),
@@ -266,7 +270,7 @@ def analyze(
     res = run_analyze([str(s) for s in sources], data=data, analyzers=chosen, params=pp, layers=_split_all(layers, "--layers"),
                       views=views, limit=limit, device=str(resolve_device(device)), progress=not quiet,
                       set_data=_data_sets(sets), fmt=fmt, branch=branch, arch=arch, preprocess=preprocess,
-                      compare=compare, bootstrap=bootstrap, ci=ci, random_init=random_init)
+                      compare=compare, bootstrap=bootstrap, ci=ci, random_init=random_init, pool=pool)
     if not quiet:
         typer.echo(summarize(res.table))
         for note in condense_notes(res.notes):
@@ -333,13 +337,14 @@ def inspect(
     fmt: Optional[str] = typer.Option(None, "--format", help="Checkpoint format (default: detected; reprscope list formats)."),
     branch: Optional[str] = typer.Option(None, "--branch", help=BRANCH_HELP),
     arch: Optional[str] = typer.Option(None, "--arch", help=ARCH_HELP),
+    pool: Optional[str] = typer.Option(None, "--pool", help=POOL_HELP),
 ) -> None:
     """What the loader detected: format, method, architecture, branch, preprocessing, parts and their keys,
     layers, unused keys. A file no format recognises: its keys and tensors, then the error (exit 2)."""
     from reprscope.formats import LoadOptions
     from reprscope.inspect import inspect_checkpoint
 
-    lines, error = inspect_checkpoint(ckpt, fmt, LoadOptions(branch=branch, arch=arch))
+    lines, error = inspect_checkpoint(ckpt, fmt, LoadOptions(branch=branch, arch=arch, pool=pool))
     if lines:
         typer.echo("\n".join(lines))
     if error is not None:

@@ -30,7 +30,7 @@ Source = Union[str, os.PathLike, nn.Module, Mapping[str, Any]]
 
 #: Keyword options by kind of source (anything else is an error naming these).
 PATH_OPTIONS = ("views", "limit", "batch_size", "seed", "progress", "set_data", "fmt", "branch", "arch", "preprocess",
-                "compare", "bootstrap", "ci", "random_init")
+                "compare", "bootstrap", "ci", "random_init", "pool")
 MODULE_OPTIONS = ("views", "clean", "limit", "batch_size", "seed", "pool", "forward", "progress", "bootstrap", "ci")
 ARRAY_OPTIONS = ("labels", "labels_coarse", "latents", "latent_names", "content_mask", "views", "seed", "heads",
                  "spaces", "progress", "bootstrap", "ci")
@@ -95,7 +95,8 @@ def analyze(source: Union[Source, Sequence[Union[str, os.PathLike]]], data: Any 
         device: where the linear algebra (and a module's forward) runs, e.g. ``"cuda"``; default the CPU (a
             module's forward: the model's device).
         **options: path sources: ``views``, ``limit``, ``batch_size``, ``seed``, ``progress``, ``set_data``,
-            ``fmt``, ``branch``, ``arch``, ``preprocess``, ``compare`` (a checkpoint or store of the same inputs whose
+            ``fmt``, ``branch``, ``arch``, ``pool`` (a ViT checkpoint's ``cls`` or ``mean`` pooling), ``preprocess``,
+            ``compare`` (a checkpoint or store of the same inputs whose
             every layer ``similarity`` compares with every layer of the sources), ``random_init`` (also the
             checkpoints' architectures at initialisation, source ``CKPT#random_init``; as the command line's flags). Modules: ``views``,
             ``clean``, ``limit``, ``batch_size``, ``seed`` (for a data set name), ``pool`` (``mean``: conv maps and

@@ -56,15 +56,18 @@ def _vit_layers(bundle) -> List[str]:
     pool = getattr(vit, "global_pool", "token")
     prefix = int(getattr(vit, "num_prefix_tokens", 1))
     if pool == "token":
-        top = "the class token after the final norm (as DINO's and MoCo v3's linear evaluation read it)"
+        top = ("the class token after the final norm (--pool cls; as DINO's, iBOT's and MoCo v3's linear "
+               "evaluation read it)")
+        blocks = "the class token of block N's output"
     elif pool in ("avg", "avgmax", "max"):
         fc = "fc_norm" if not isinstance(getattr(vit, "fc_norm", None), torch.nn.Identity) else "no norm after"
         top = (f"the {pool} pool of the patch tokens ({'prefix tokens left out' if prefix else 'no prefix tokens'}), "
-               f"{'then fc_norm' if fc == 'fc_norm' else 'the final norm before it'} (as MAE's fine-tuning reads it)")
+               f"{'then fc_norm' if fc == 'fc_norm' else 'after the final norm'} (--pool mean; as MAE's fine-tuning "
+               "and I-JEPA's evaluation read it)")
+        blocks = "the mean of the patch tokens of block N's output" + (" (prefix tokens left out)" if prefix else "")
     else:
-        top = f"timm's '{pool}' pooling"
-    return ["ViT layers: encoder = " + top + f"; encoder.model.blocks.N = the mean of the {prefix} prefix and all patch tokens "
-            "of block N's output, before any final norm (token sequences are mean-pooled at extraction)"]
+        top, blocks = f"timm's '{pool}' pooling", "the mean of all tokens of block N's output"
+    return ["ViT layers: encoder = " + top + f"; encoder.model.blocks.N = {blocks}, before the final norm"]
 
 
 def describe(model: LoadedModel) -> List[str]:

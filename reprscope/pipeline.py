@@ -306,7 +306,8 @@ def store_for_checkpoint(path: Path, data: Optional[str], set_data: Optional[Dic
     if notes is not None:
         notes.extend(applied)
     key = json.dumps({"data": dataset.spec(), "views": views, "limit": limit, "seed": seed, "bs": batch_size,
-                      "format": model.format, "branch": model.branch, "arch": model.options.arch}, sort_keys=True)
+                      "format": model.format, "branch": model.branch, "arch": model.options.arch,
+                      "pool": model.options.pool}, sort_keys=True)
     name = f"{model.sha256[:16]}-{hashlib.sha256(key.encode()).hexdigest()[:10]}.h5"
     target = cache_dir() / "extract" / name
     if not (cache and target.is_file()):
@@ -377,11 +378,12 @@ def extract_checkpoint(path: Path, data: Optional[str], out: Path, *, layers: Op
                        device: str = "cpu", views: int = 2, clean: bool = True, limit: Optional[int] = None,
                        batch_size: int = 1024, seed: int = 0, progress: bool = True, fmt: Optional[str] = None,
                        branch: Optional[str] = None, arch: Optional[str] = None, preprocess: str = "source",
-                       set_data: Optional[Mapping[str, Any]] = None, notes: Optional[List[str]] = None) -> Path:
+                       set_data: Optional[Mapping[str, Any]] = None, notes: Optional[List[str]] = None,
+                       pool: Optional[str] = None) -> Path:
     """Extract a checkpoint into the store ``out`` (the core of ``reprscope extract``): ``data`` a data set name
     (default: the one it was trained on; its parameters kept when the name is the same), ``set_data`` data set
-    parameters; ``notes`` collects what the preprocessing did."""
-    model = load_checkpoint(path, fmt, LoadOptions(branch=branch, arch=arch))
+    parameters; ``notes`` collects what the preprocessing did; ``pool``: a ViT's ``cls`` or ``mean`` pooling."""
+    model = load_checkpoint(path, fmt, LoadOptions(branch=branch, arch=arch, pool=pool))
     spec = dict(model.dataset or {})
     if data:
         given = parse_data_arg(data)
@@ -402,7 +404,7 @@ def analyze(sources: Sequence[str | os.PathLike], *, data: Optional[str] = None,
             seed: int = 0, progress: bool = True, set_data: Optional[Dict[str, Any]] = None,
             fmt: Optional[str] = None, branch: Optional[str] = None, arch: Optional[str] = None,
             preprocess: str = "source", compare: Optional[str | os.PathLike] = None, bootstrap: int = 0,
-            ci: float = 0.95, random_init: bool = False) -> AnalysisResult:
+            ci: float = 0.95, random_init: bool = False, pool: Optional[str] = None) -> AnalysisResult:
     """Analyze every source and return one tidy table (``branch``/``arch``/``preprocess``: see
     :func:`store_for_checkpoint`).
 
@@ -414,11 +416,13 @@ def analyze(sources: Sequence[str | os.PathLike], *, data: Optional[str] = None,
     ``bootstrap`` = B > 0 gives the rows of scalar metrics a percentile interval at level ``ci`` over B resamples
     of the samples (columns ``value_lo``, ``value_hi``, ``bootstrap``).
 
+    ``pool`` chooses a ViT's pooling (``cls``: class token, ``mean``: patch tokens; default the source's own).
+
     ``random_init`` adds the rows of the same architecture at initialisation (source ``<checkpoint>#random_init``,
     no step): once for a run directory (its last checkpoint's architecture), once per other checkpoint; an
     ``.h5`` store holds no weights and gets a note.
     """
-    options = LoadOptions(branch=branch, arch=arch)
+    options = LoadOptions(branch=branch, arch=arch, pool=pool)
     if preprocess not in PREPROCESS_MODES:
         raise ReprscopeError(f"preprocess must be one of {', '.join(PREPROCESS_MODES)}; got '{preprocess}'", arg="preprocess")
     chosen = select_analyzers(analyzers)

@@ -284,7 +284,21 @@ INSPECT: Dict[str, Callable] = {
     "lightly": lambda t: {"state_dict": LightlyBYOL().state_dict(), **LIGHTNING},
     "timm": lambda t: _timm_case("resnet18", 3)[2],
     "torchvision_vit": lambda t: _torchvision_vit().state_dict(),
+    "ijepa": lambda t: _ijepa(),
 }
+
+
+def _ijepa():
+    """I-JEPA's train.py layout: three DDP-saved networks; the encoders are class-token-free ViTs."""
+    torch.manual_seed(4)
+    from timm.models.vision_transformer import VisionTransformer
+
+    vit = VisionTransformer(img_size=32, patch_size=8, embed_dim=192, depth=2, num_heads=3, class_token=False,
+                            global_pool="avg", fc_norm=False, num_classes=0)
+    enc = {f"module.{k}": v for k, v in vit.state_dict().items()}
+    pred = {"module.predictor_embed.weight": torch.randn(96, 192), "module.mask_token": torch.zeros(1, 1, 96),
+            "module.predictor_blocks.0.norm1.weight": torch.ones(96)}
+    return {"encoder": enc, "predictor": pred, "target_encoder": dict(enc), "opt": {}, "scaler": None, "epoch": 2}
 
 
 def _torchvision_vit():

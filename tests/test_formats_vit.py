@@ -17,7 +17,7 @@ from timm.layers import Mlp
 from timm.models.vision_transformer import Block, VisionTransformer
 
 from reprscope.errors import ReprscopeError
-from reprscope.formats import FORMATS, load_checkpoint
+from reprscope.formats import FORMATS, LoadOptions, load_checkpoint
 from reprscope.formats.vit import infer_vit
 
 TOL = 1e-5
@@ -236,7 +236,28 @@ def test_mae_roundtrip(tmp_path):
     assert len(dec) == n_dec and any(u.startswith("mask_token: ") for u in dec)
     assert len(loaded.bundle.state_dict()) + n_dec == len(payload["model"])
     with torch.no_grad():
-        assert _maxdiff(loaded.bundle(X)["h"], _cls(enc, X)) <= TOL
+        # MAE's fine-tuning pools the patch tokens; its linear probe reads the class token (--pool cls)
+        tokens = enc.forward_features(X)
+        assert _maxdiff(loaded.bundle(X)["h"], tokens[:, 1:].mean(dim=1)) <= TOL
+        block = enc.blocks[:2](enc._pos_embed(enc.patch_embed(X)))
+        assert _maxdiff(loaded.bundle.forward_layers(X, ["encoder.model.blocks.1"])["encoder.model.blocks.1"],
+                        block[:, 1:].mean(dim=1)) <= TOL
+        cls = load_checkpoint(tmp_path / "ckpt.pth", options=LoadOptions(pool="cls"))
+        assert _maxdiff(cls.bundle(X)["h"], _cls(enc, X)) <= TOL
+        assert _maxdiff(cls.bundle.forward_layers(X, ["encoder.model.blocks.1"])["encoder.model.blocks.1"],
+                        block[:, 0]) <= TOL
+
+
+def test_pool_cls_is_refused_where_there_is_no_trained_class_token(tmp_path):
+    from reprscope.formats.vit import ViTArch, with_pool
+
+    with pytest.raises(ReprscopeError, match="no class token"):
+        with_pool(ViTArch("v", {"class_token": False}), "cls")
+    with pytest.raises(ReprscopeError, match="fc_norm"):
+        with_pool(ViTArch("v", {"class_token": True, "fc_norm": True}), "cls")
+    with pytest.raises(ReprscopeError, match="pool must be"):
+        LoadOptions(pool="max")
+    assert with_pool(ViTArch("v", {"class_token": True}), "mean").kwargs["global_pool"] == "avg"
 
 
 # -- detection and inference --------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from . import dinov2  # noqa: F401
 from . import timm_plain  # noqa: F401  (timm)
 from . import solo_learn  # noqa: F401
 from . import lightly  # noqa: F401
+from . import ijepa  # noqa: F401
 
 __all__ = ["FORMATS", "READERS", "LoadedModel", "LoadOptions", "Preprocess", "load_checkpoint", "payload_summary",
            "read_checkpoint", "read_checkpoint_file"]

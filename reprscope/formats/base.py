@@ -36,10 +36,13 @@ class LoadOptions:
         branch: ``teacher``, ``student``, ``online`` or ``momentum``; None: the format's default branch.
         arch: a timm model name, optionally with timm kwargs: ``vit_small_patch16_224`` or
             ``vit_small_patch16_224:num_heads=12`` (values parsed as JSON); None: read from the shapes.
+        pool: how a ViT's tokens become the representation: ``cls`` (class token) or ``mean`` (patch tokens).
     """
 
     branch: Optional[str] = None
     arch: Optional[str] = None
+    #: a ViT's pooling, ``cls`` or ``mean`` (``--pool``); None: what the source's own evaluation reads
+    pool: Optional[str] = None
     #: the file being read (set by :func:`load_checkpoint`): formats whose config sits beside the checkpoint
     #: (solo-learn's ``args.json``) read it from there
     source: Optional[str] = None
@@ -49,6 +52,8 @@ class LoadOptions:
             raise ReprscopeError(f"branch must be one of {', '.join(BRANCHES)}; got '{self.branch}'", arg="branch")
         if self.arch is not None:
             parse_arch(self.arch)  # fail early on a malformed --arch
+        if self.pool is not None and self.pool not in ("cls", "mean"):
+            raise ReprscopeError(f"pool must be cls or mean; got '{self.pool}'", arg="pool")
 
     @property
     def arch_name(self) -> Optional[str]:
@@ -405,6 +410,9 @@ def load_checkpoint(path: os.PathLike | str, fmt: Optional[str] = None,
         from ..data.base import data_spec_from_file
 
         built["dataset"] = data_spec_from_file(built["dataset"]) or None
+    if options.pool is not None and not hasattr(built["bundle"].encoder, "pool_tokens"):
+        raise ReprscopeError(f"pool '{options.pool}' chooses how a ViT pools its tokens; the {fmt} checkpoint "
+                             f"'{path}' has a {type(built['bundle'].encoder).__name__} encoder", arg="pool")
     if built.get("branch") is None and options.branch is not None:
         raise ReprscopeError(f"format '{fmt}' did not resolve branch '{options.branch}'", arg="branch")
     return LoadedModel(source=str(path), sha256=sha256_file(path), format=fmt, file_type=file_type,

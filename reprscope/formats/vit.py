@@ -225,6 +225,7 @@ class ViTEncoder(nn.Module):
 
     def __init__(self, arch: ViTArch):
         super().__init__()
+        #: how token sequences become vectors: ``cls`` (the class token) or ``mean`` (the patch tokens' mean)
         if arch.forced:
             import timm
 
@@ -239,6 +240,8 @@ class ViTEncoder(nn.Module):
         self.feature_names: List[str] = [f"model.blocks.{i}" for i in picks]
         size = tuple(int(v) for v in self.model.patch_embed.img_size)
         self.img_size = size[0]
+        self.pool = "cls" if self.model.global_pool == "token" else "mean"
+        self.num_prefix_tokens = int(self.model.num_prefix_tokens)
         self.fixed_input_size = None if getattr(self.model, "dynamic_img_size", False) else size
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -246,6 +249,13 @@ class ViTEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x)
+
+    def pool_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """An intermediate block's (B, T, D) output as (B, D), pooled as the encoder pools: its class token
+        (``cls``) or the mean of its patch tokens, the prefix (class and register) tokens left out (``mean``)."""
+        if self.pool == "cls":
+            return tokens[:, 0]
+        return tokens[:, self.num_prefix_tokens:].mean(dim=1)
 
     def interpolate_like_dino(self) -> None:
         """Resample the position embedding to another input size as DINO's and DINOv2's own
@@ -364,15 +374,22 @@ def build_vit_bundle(backbone: Mapping[str, torch.Tensor], origin: Mapping[str, 
                      head: Optional[Tuple[List[Dict[str, Any]], Dict[str, Any], Dict[str, str]]] = None,
                      options: Optional[LoadOptions] = None, heads_hint: Optional[HeadsHint] = None,
                      dynamic_img_size: bool = False, extra_heads: Optional[Dict[str, Tuple[List[Dict[str, Any]], Dict[str, Any], Dict[str, str]]]] = None,
+                     pool: Optional[str] = None, extra_kwargs: Optional[Dict[str, Any]] = None,
                      ) -> Tuple[ModelBundle, ViTArch]:
     """A bundle from timm-named ViT weights (no classifier) and optional heads ``(spec, weights, where)``.
 
     Args:
         head: the projector; ``extra_heads``: more parts (``predictor``) in the same form.
-        options: ``--arch`` replaces the architecture read from the shapes.
+        options: ``--arch`` replaces the architecture read from the shapes; ``--pool`` the pooling.
         heads_hint, dynamic_img_size: see :func:`infer_vit`.
+        pool: the source's own pooling (``cls`` or ``mean``, what its evaluation reads); None: the class token
+            where the ViT has one, else the patch tokens' mean (a ``fc_norm`` always pools the patch tokens).
+        extra_kwargs: more ``VisionTransformer`` kwargs the source fixes (its LayerNorm ε, activation).
     """
     arch = vit_arch(backbone, options, heads_hint, dynamic_img_size)
+    arch = with_pool(arch, (options.pool if options is not None else None) or pool)
+    if extra_kwargs and not arch.forced:
+        arch = ViTArch(arch.name, {**arch.kwargs, **extra_kwargs}, arch.heads_source, arch.forced)
     parts = {**({"projector": head} if head else {}), **(extra_heads or {})}
     bundle = ModelBundle(ViTEncoder(arch), {p: h[0] for p, h in parts.items()})
     mapped: Dict[str, torch.Tensor] = {}
@@ -388,6 +405,34 @@ def build_vit_bundle(backbone: Mapping[str, torch.Tensor], origin: Mapping[str, 
             where[f"{part}.{k}"] = origin.get(src, src)
     load_strict(bundle, mapped, where, arch_what(arch.name, arch.forced))
     return bundle, arch
+
+
+#: the ViT poolings ``--pool`` chooses between
+POOLS = ("cls", "mean")
+
+
+def with_pool(arch: ViTArch, pool: Optional[str]) -> ViTArch:
+    """``arch`` pooling as ``pool`` says: ``cls`` is timm's ``global_pool="token"`` (the class token after the final
+    norm), ``mean`` its ``"avg"`` (the mean of the patch tokens after the final norm, prefix tokens left out).
+
+    Raises:
+        ReprscopeError: an unknown pooling; ``cls`` for a ViT without a class token or for one whose ``fc_norm``
+            was trained on the patch tokens' mean.
+    """
+    if pool is None:
+        return arch
+    if pool not in POOLS:
+        raise ReprscopeError(f"pool must be one of {', '.join(POOLS)}; got '{pool}'", arg="pool")
+    kw = dict(arch.kwargs)
+    if pool == "cls":
+        if not arch.forced and not kw.get("class_token", True):
+            raise ReprscopeError("this ViT has no class token (it averages its patch tokens); pool cls is not "
+                                 "possible", arg="pool")
+        if kw.get("fc_norm"):
+            raise ReprscopeError("this ViT's fc_norm normalises the mean of its patch tokens (timm/MAE global "
+                                 "pooling); its class token is not a trained output, so pool cls is refused", arg="pool")
+    kw["global_pool"] = "token" if pool == "cls" else "avg"
+    return ViTArch(arch.name, kw, arch.heads_source, arch.forced)
 
 
 def indexed_head(state: Mapping[str, Any], prefix: str) -> Tuple[List[Dict[str, Any]], Dict[str, Any], Dict[str, str]]:
@@ -651,7 +696,9 @@ def build_mae(payload: Dict[str, Any], options: LoadOptions) -> Dict[str, Any]:
         raise ReprscopeError("MAE checkpoint has tensors no rule of the format accounts for: " + ", ".join(left[:8]))
     backbone, classifier = _split_vit(enc, origin)
     hint = _arch_hint(_MAE_VITS, saved_args(payload).get("model"), "MAE args.model")
-    bundle, arch = build_vit_bundle(backbone, origin, "", options=options, heads_hint=hint)
+    # MAE fine-tunes on the mean of the patch tokens (models_vit.py global_pool; the decoder-free encoder has no
+    # fc_norm, so the mean is taken after the final norm); --pool cls reads the class token its linear probe uses
+    bundle, arch = build_vit_bundle(backbone, origin, "", options=options, heads_hint=hint, pool="mean")
     unused_keys = (unused(decoder, origin, "MAE decoder (pixel reconstruction); not part of the representation")
                    + unused(classifier, origin, "classifier (2-D head); not analysed"))
     for k in payload:
@@ -664,11 +711,21 @@ def build_mae(payload: Dict[str, Any], options: LoadOptions) -> Dict[str, Any]:
 # -- raw timm / DINO-released / MAE-encoder ViT -------------------------------------------------------------
 
 
+def _other_networks(payload: Mapping[str, Any], container: Optional[str]) -> List[str]:
+    """Top-level dicts of tensors beside the one a raw-ViT reading would take: a file holding several networks
+    (I-JEPA's encoder / target_encoder / predictor) is a training checkpoint of its own format, not a ViT."""
+    if container is None or container in ("state_dict", "model", "state_dict_ema"):
+        return []
+    return [str(k) for k, v in payload.items() if k != container and _is_tensor_dict(v)]
+
+
 def _is_vit(payload: Mapping[str, Any]) -> bool:
     r = _resolve(payload)
     if r is None:
         return False
     state = r[0]
+    if _other_networks(payload, r[2]):
+        return False
     if "patch_embed.proj.weight" not in state or "pos_embed" not in state:
         return False
     if any(k.split(".", 1)[0] not in VIT_ROOTS for k in state):
@@ -684,6 +741,10 @@ def build_vit(payload: Dict[str, Any], options: LoadOptions) -> Dict[str, Any]:
     if _resolve(payload) is None:
         raise ReprscopeError("ViT checkpoint holds no state dict")
     state, origin, container, role, branches, ema_unused = resolve_with_ema(payload, options, "ViT")
+    others = _other_networks(payload, container)
+    if others:
+        raise ReprscopeError(f"the file holds several networks ('{container}' and {', '.join(map(repr, others[:4]))}): "
+                             "a training checkpoint of another format, not one raw ViT")
     left = [origin[k] for k in state if k.split(".", 1)[0] not in VIT_ROOTS]
     if left:
         raise ReprscopeError("ViT checkpoint has tensors that are not timm ViT weights: " + ", ".join(left[:8]))

@@ -134,7 +134,9 @@ class ModelBundle(nn.Module):
         if missing:
             raise ReprscopeError(f"unknown layer '{missing[0]}'; this model has: "
                                  f"{', '.join(i.name for i in self.layer_infos())}")
-        return {n: pool_features(got[n]) for n in names}
+        tokens = getattr(self.encoder, "pool_tokens", None)  # a ViT pools its blocks' tokens as it pools its output
+        return {n: tokens(got[n]) if tokens is not None and n.startswith("encoder.") and got[n].dim() == 3
+                else pool_features(got[n]) for n in names}
 
 
 def build_bundle(model_cfg: Dict[str, Any], in_shape: Sequence[int]) -> ModelBundle:
