@@ -24,9 +24,8 @@ from .data.base import parse_data_arg
 from .errors import ReprscopeError
 from .extract import Store, extract
 from .formats import LoadOptions, load_checkpoint
-from .formats.base import LoadedModel
+from .formats.base import LoadedModel, is_model_folder
 from .formats.preprocess import MODES as PREPROCESS_MODES, dataset_for_model
-from .io_utils import sha256_file
 from .params import resolve_params
 from .table import make_table
 
@@ -77,12 +76,15 @@ def resolve_sources(sources: Sequence[str | os.PathLike]) -> List[Source]:
             raise ReprscopeError(f"source '{p}' does not exist")
         if p.resolve() in seen:
             raise ReprscopeError(f"source '{p}' is given twice (also as '{seen[p.resolve()]}'); give each source once")
-        if not p.is_dir():
+        if not p.is_dir() or is_model_folder(p):
             seen[p.resolve()] = str(s)
-        if p.is_dir():
+        if is_model_folder(p) and not (sorted(p.glob("ckpt-*.pt")) or (p / "last.pt").is_file()):
+            out.append(Source(p, "checkpoint"))  # a Hugging Face model folder is one checkpoint
+        elif p.is_dir():
             ckpts = sorted(p.glob("ckpt-*.pt")) or sorted(p.glob("last.pt"))
             if not ckpts:
-                raise ReprscopeError(f"run directory '{p}' has no ckpt-*.pt or last.pt; train into it with `reprscope train --out {p}`")
+                raise ReprscopeError(f"run directory '{p}' has no ckpt-*.pt or last.pt (and no config.json with weights, "
+                                     f"as a Hugging Face model folder has); train into it with `reprscope train --out {p}`")
             for c in ckpts:
                 if c.resolve() in seen:
                     raise ReprscopeError(f"checkpoint '{c}' is given twice (as '{seen[c.resolve()]}' and in run "
@@ -438,7 +440,7 @@ def analyze(sources: Sequence[str | os.PathLike], *, data: Optional[str] = None,
         cmp = Path(compare)
         if not cmp.exists():
             raise ReprscopeError(f"compare '{cmp}' does not exist", arg="compare")
-        if cmp.is_dir():
+        if cmp.is_dir() and not is_model_folder(cmp):
             raise ReprscopeError(f"compare '{cmp}' is a folder; give one checkpoint or .h5 store", arg="compare")
         against = resolve_sources([cmp])[0]
         if any(against.path.resolve() == i.path.resolve() for i in items):
@@ -522,7 +524,9 @@ def _random_init_rows(sources: Sequence[str | os.PathLike], items: Sequence[Sour
     for s in sources:
         p = Path(s)
         in_dir = [i.path for i in items if i.kind == "checkpoint" and i.path.parent == p] if p.is_dir() else []
-        if p.is_dir() and in_dir:
+        if is_model_folder(p) and not in_dir:
+            chosen_ckpts.append(p)
+        elif p.is_dir() and in_dir:
             chosen_ckpts.append(in_dir[-1])
         elif p.suffix.lower() in (".h5", ".hdf5"):
             notes.append(f"{p.name} is a store: it holds no weights, so it has no random_init baseline")

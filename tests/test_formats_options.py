@@ -285,7 +285,42 @@ INSPECT: Dict[str, Callable] = {
     "timm": lambda t: _timm_case("resnet18", 3)[2],
     "torchvision_vit": lambda t: _torchvision_vit().state_dict(),
     "ijepa": lambda t: _ijepa(),
+    "hf_vit": lambda t: _hf(t, "vit"),
+    "hf_dinov2": lambda t: _hf(t, "dinov2"),
 }
+
+
+def _hf(folder, kind):
+    """A transformers model's tensors in the files' names, with its config.json written beside them."""
+    import json
+
+    torch.manual_seed(5)
+    d = 16
+    sd = {"embeddings.cls_token": torch.randn(1, 1, d), "embeddings.position_embeddings": torch.randn(1, 5, d),
+          "embeddings.patch_embeddings.projection.weight": torch.randn(d, 3, 8, 8),
+          "embeddings.patch_embeddings.projection.bias": torch.randn(d),
+          "layernorm.weight": torch.ones(d), "layernorm.bias": torch.zeros(d)}
+    p = "encoder.layer.0."
+    for n in ("query", "key", "value"):
+        sd[f"{p}attention.attention.{n}.weight"], sd[f"{p}attention.attention.{n}.bias"] = torch.randn(d, d), torch.zeros(d)
+    sd[f"{p}attention.output.dense.weight"], sd[f"{p}attention.output.dense.bias"] = torch.randn(d, d), torch.zeros(d)
+    if kind == "vit":
+        names = {"layernorm_before": "ln", "layernorm_after": "ln", "intermediate.dense": (4 * d, d), "output.dense": (d, 4 * d)}
+    else:
+        sd["embeddings.mask_token"] = torch.zeros(1, d)
+        names = {"norm1": "ln", "norm2": "ln", "mlp.fc1": (4 * d, d), "mlp.fc2": (d, 4 * d),
+                 "layer_scale1": "ls", "layer_scale2": "ls"}
+    for n, shape in names.items():
+        if shape == "ln":
+            sd[f"{p}{n}.weight"], sd[f"{p}{n}.bias"] = torch.ones(d), torch.zeros(d)
+        elif shape == "ls":
+            sd[f"{p}{n}.lambda1"] = torch.ones(d)
+        else:
+            sd[f"{p}{n}.weight"], sd[f"{p}{n}.bias"] = torch.randn(*shape), torch.zeros(shape[0])
+    cfg = {"model_type": kind, "hidden_size": d, "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 16,
+           "patch_size": 8, "layer_norm_eps": 1e-12 if kind == "vit" else 1e-6}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return sd
 
 
 def _ijepa():

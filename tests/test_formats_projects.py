@@ -3,12 +3,8 @@ lightly's MAE example. Each reference module is written here after the project's
 so an equal output shows the format rebuilds the project's function, not just a ViT with the same names."""
 from __future__ import annotations
 
-import json
-import math
-
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from reprscope.errors import ReprscopeError

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import pickle
@@ -239,13 +240,97 @@ READERS.register("torch")(FileReader("torch", lambda head, size: True, _read_tor
 _READER_ORDER = ("safetensors", "torch")
 
 
+#: the weight files of a Hugging Face model folder, as ``from_pretrained`` looks for them (single files first)
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+HF_INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+#: bounds on what a model folder's JSON files may hold (they are read before any weight)
+MAX_JSON_BYTES = 4 * 2**20
+MAX_SHARDS = 256
+
+
+def is_model_folder(path: os.PathLike | str) -> bool:
+    """A Hugging Face model folder: ``config.json`` beside ``model.safetensors`` / ``pytorch_model.bin`` (or a
+    sharded index of them)."""
+    p = Path(path)
+    return (p.is_dir() and (p / "config.json").is_file()
+            and any((p / n).is_file() for n in HF_WEIGHT_FILES + HF_INDEX_FILES))
+
+
+def read_json_file(path: Path, what: str) -> Dict[str, Any]:
+    """A small JSON object (a model folder's ``config.json``, an index): bounded, parsed, never evaluated."""
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ReprscopeError(f"{what} '{path}' cannot be read ({exc.strerror or exc})") from None
+    if size > MAX_JSON_BYTES:
+        raise ReprscopeError(f"{what} '{path}' is {size:,} bytes; a JSON file of that kind is at most {MAX_JSON_BYTES:,}")
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ReprscopeError(f"{what} '{path}' is not readable JSON ({str(exc).splitlines()[0][:120]})") from None
+    if not isinstance(obj, dict):
+        raise ReprscopeError(f"{what} '{path}' holds a JSON {type(obj).__name__}; expected an object")
+    return obj
+
+
+def folder_weight_files(folder: Path) -> List[Path]:
+    """The weight files of a model folder: the single file, or every shard its index names (plain file names
+    inside the folder only; a name with a path, a link out of the folder or a missing shard is an error)."""
+    for name in HF_WEIGHT_FILES:
+        if (folder / name).is_file():
+            return [folder / name]
+    for name in HF_INDEX_FILES:
+        if (folder / name).is_file():
+            index = read_json_file(folder / name, "weight index")
+            wmap = index.get("weight_map")
+            if not isinstance(wmap, dict) or not wmap:
+                raise ReprscopeError(f"weight index '{folder / name}' has no 'weight_map'")
+            shards = sorted({str(v) for v in wmap.values()})
+            if len(shards) > MAX_SHARDS:
+                raise ReprscopeError(f"weight index '{folder / name}' names {len(shards)} shards; at most {MAX_SHARDS}")
+            root = folder.resolve()
+            out = []
+            for shard in shards:
+                f = folder / shard
+                if Path(shard).name != shard or shard in (".", "..") or not f.is_file() or f.resolve().parent != root:
+                    raise ReprscopeError(f"weight index '{folder / name}' names '{shard}', which is not a file in "
+                                         f"'{folder}'")
+                out.append(f)
+            return out
+    raise ReprscopeError(f"'{folder}' is a folder without {' or '.join(HF_WEIGHT_FILES)}; give a checkpoint file, "
+                         "a Hugging Face model folder or a run directory")
+
+
+def source_sha256(path: os.PathLike | str) -> str:
+    """The SHA-256 of a checkpoint file; of a model folder, the hash of its ``config.json`` and weight files'."""
+    p = Path(path)
+    if not p.is_dir():
+        return sha256_file(p)
+    parts = [p / "config.json"] + folder_weight_files(p)
+    return hashlib.sha256("".join(f"{f.name}:{sha256_file(f)};" for f in parts).encode()).hexdigest()
+
+
 def read_checkpoint(path: os.PathLike | str) -> Tuple[Any, str]:
-    """``(payload, file type)``: the file read by the first reader whose magic matches, never unpickling code."""
+    """``(payload, file type)``: the file read by the first reader whose magic matches, never unpickling code. A
+    Hugging Face model folder gives the tensors of its weight file(s), merged."""
     path = Path(path)
     if not path.exists():
         raise ReprscopeError(f"checkpoint '{path}' does not exist")
     if path.is_dir():
-        raise ReprscopeError(f"'{path}' is a directory, not a checkpoint file")
+        if not (path / "config.json").is_file():
+            raise ReprscopeError(f"'{path}' is a directory, not a checkpoint file (a Hugging Face model folder has "
+                                 "a config.json)")
+        merged: Dict[str, Any] = {}
+        kind = "torch"
+        for f in folder_weight_files(path):
+            payload, kind = read_checkpoint(f)
+            if not isinstance(payload, dict):
+                raise ReprscopeError(f"'{f}' holds a {type(payload).__name__}, not a dict of tensors")
+            twice = sorted(set(merged) & set(payload))
+            if twice:
+                raise ReprscopeError(f"'{f}' repeats tensors of another shard ({', '.join(map(str, twice[:4]))})")
+            merged.update(payload)
+        return merged, kind
     size = path.stat().st_size
     if size == 0:
         raise ReprscopeError(f"'{path}' is empty; expected a PyTorch checkpoint (.pt/.pth) or a .safetensors file")
@@ -415,7 +500,7 @@ def load_checkpoint(path: os.PathLike | str, fmt: Optional[str] = None,
                              f"'{path}' has a {type(built['bundle'].encoder).__name__} encoder", arg="pool")
     if built.get("branch") is None and options.branch is not None:
         raise ReprscopeError(f"format '{fmt}' did not resolve branch '{options.branch}'", arg="branch")
-    return LoadedModel(source=str(path), sha256=sha256_file(path), format=fmt, file_type=file_type,
+    return LoadedModel(source=str(path), sha256=source_sha256(path), format=fmt, file_type=file_type,
                        options=options, skipped_globals=skipped, **built)
 
 

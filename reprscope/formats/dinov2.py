@@ -22,7 +22,7 @@ to any input, so the encoder is built with timm's ``dynamic_img_size`` and, with
 embedding as DINOv2's ``interpolate_pos_encoding`` does (bicubic, scale factor (g + 0.1)/M, no antialiasing:
 :meth:`~reprscope.formats.vit.ViTEncoder.interpolate_like_dino`); the register variants interpolate with
 offset 0 and antialiasing, which is timm's own resize. The default preprocessing is DINOv2's evaluation
-transform (resize 256, centre crop 224, ImageNet statistics).
+transform (bicubic resize 256, centre crop 224, ImageNet statistics).
 """
 from __future__ import annotations
 
@@ -203,5 +203,5 @@ def build_dinov2(payload: Dict[str, Any], options: LoadOptions) -> Dict[str, Any
     n_reg = int(arch.kwargs.get("reg_tokens", 0)) if not arch.forced else None
     return _result(bundle, arch, "dinov2", "dinov2", None, payload, heads, unused_keys, role=role, branches=branches,
                    preprocess=pp.imagenet(224, "DINOv2 evaluation transform (position embedding interpolated from "
-                                               f"its {bundle.encoder.img_size}-pixel grid)"),
+                                               f"its {bundle.encoder.img_size}-pixel grid)", interpolation="bicubic"),
                    branch=role, registers=n_reg)

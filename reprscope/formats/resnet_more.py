@@ -32,9 +32,8 @@ lucidrains/byol-pytorch ``byol_pytorch.py``.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Set
+from typing import Any, Dict, Mapping, Optional, Set
 
-import torch
 
 from ..errors import ReprscopeError
 from .base import LoadOptions, pick_branch, register_format

@@ -66,8 +66,11 @@ class ViTArch:
 
 
 def _kw_name(v: Any) -> str:
-    """A class or ``functools.partial`` kwarg as a name (``SiLU``, ``GluMlp``) for the JSON-able config."""
-    return getattr(v, "__name__", None) or getattr(getattr(v, "func", None), "__name__", None) or type(v).__name__
+    """A class or ``functools.partial`` kwarg as a name (``SiLU``, ``GluMlp``, ``LayerNorm(eps=1e-12)``) for the
+    JSON-able config."""
+    name = getattr(v, "__name__", None) or getattr(getattr(v, "func", None), "__name__", None) or type(v).__name__
+    kw = getattr(v, "keywords", None)
+    return f"{name}({', '.join(f'{k}={x}' for k, x in kw.items())})" if kw else name
 
 
 def _shape(state: Mapping[str, Any], key: str) -> Optional[Tuple[int, ...]]:
@@ -257,12 +260,18 @@ class ViTEncoder(nn.Module):
             return tokens[:, 0]
         return tokens[:, self.num_prefix_tokens:].mean(dim=1)
 
-    def interpolate_like_dino(self) -> None:
+    def interpolate_like_dino(self, offset: Optional[float] = None) -> None:
         """Resample the position embedding to another input size as DINO's and DINOv2's own
         ``interpolate_pos_encoding`` do (:func:`dino_resample_pos_embed`: ``interpolate_offset`` 0.1, no
         antialiasing) instead of timm's antialiased resize: at the training resolution nothing changes, elsewhere
         (DINOv2's 518-px embedding at 224 px) the numbers become the original model's. DINOv2's register variants
-        interpolate with offset 0 and antialiasing, which is timm's resize: they keep it."""
+        interpolate with offset 0 and antialiasing, which is timm's resize: they keep it.
+
+        Args:
+            offset: None: DINO's offset (:data:`DINO_INTERPOLATE_OFFSET`); ``0``: the target grid size itself, as
+                transformers' ``Dinov2Model`` resamples (``size=(h, w)``, bicubic, no antialiasing).
+        """
+        self.model.pos_resample_offset = DINO_INTERPOLATE_OFFSET if offset is None else float(offset)
         self.model._pos_embed = types.MethodType(_dino_pos_embed, self.model)
 
 
@@ -272,10 +281,11 @@ DINO_INTERPOLATE_OFFSET = 0.1
 
 
 def dino_resample_pos_embed(posemb: torch.Tensor, new_size: Tuple[int, int], old_size: Tuple[int, int],
-                            num_prefix_tokens: int) -> torch.Tensor:
+                            num_prefix_tokens: int, offset: float = DINO_INTERPOLATE_OFFSET) -> torch.Tensor:
     """DINO's / DINOv2's interpolation of a (1, prefix + M·M, D) position embedding to a (h, w) patch grid:
     bicubic ``F.interpolate`` of the M×M grid with ``scale_factor = ((w + 0.1)/M, (h + 0.1)/M)`` on the
-    (1, D, M, M) layout they use, no antialiasing, in float32; the prefix (class token) entries are kept."""
+    (1, D, M, M) layout they use, no antialiasing, in float32; the prefix (class token) entries are kept.
+    ``offset=0``: transformers' ``Dinov2Model``, ``size=(h, w)`` (no scale factor), otherwise the same."""
     if tuple(new_size) == tuple(old_size):
         return posemb
     prefix, grid = posemb[:, :num_prefix_tokens], posemb[:, num_prefix_tokens:]
@@ -283,10 +293,14 @@ def dino_resample_pos_embed(posemb: torch.Tensor, new_size: Tuple[int, int], old
     m0, m1 = old_size
     h, w = new_size
     g = grid.float().reshape(1, m0, m1, dim).permute(0, 3, 1, 2)
-    g = F.interpolate(g, scale_factor=((w + DINO_INTERPOLATE_OFFSET) / m0, (h + DINO_INTERPOLATE_OFFSET) / m1),
-                      mode="bicubic", antialias=False)
-    if tuple(g.shape[-2:]) != (w, h):  # pragma: no cover - the offset makes the sizes exact
-        raise RuntimeError(f"position embedding resampled to {tuple(g.shape[-2:])}, expected {(w, h)}")
+    if offset:
+        g = F.interpolate(g, scale_factor=((w + offset) / m0, (h + offset) / m1), mode="bicubic", antialias=False)
+        want = (w, h)
+    else:
+        g = F.interpolate(g, size=(h, w), mode="bicubic", align_corners=False)
+        want = (h, w)
+    if tuple(g.shape[-2:]) != want:  # pragma: no cover - the offset makes the sizes exact
+        raise RuntimeError(f"position embedding resampled to {tuple(g.shape[-2:])}, expected {want}")
     g = g.permute(0, 2, 3, 1).reshape(1, -1, dim).to(dtype)
     return torch.cat([prefix, g], dim=1)
 
@@ -301,7 +315,8 @@ def _dino_pos_embed(self, x: torch.Tensor) -> torch.Tensor:
         to_cat.append(self.reg_token.expand(x.shape[0], -1, -1))
     b, h, w, c = x.shape
     prefix = 0 if self.no_embed_class else self.num_prefix_tokens
-    pos = dino_resample_pos_embed(self.pos_embed, (h, w), tuple(self.patch_embed.grid_size), prefix)
+    pos = dino_resample_pos_embed(self.pos_embed, (h, w), tuple(self.patch_embed.grid_size), prefix,
+                                  getattr(self, "pos_resample_offset", DINO_INTERPOLATE_OFFSET))
     x = x.reshape(b, -1, c)
     if self.no_embed_class:
         x = x + pos
