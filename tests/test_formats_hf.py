@@ -233,3 +233,48 @@ def test_pool_mean_on_a_hf_vit_is_the_mean_of_its_normed_patch_tokens(tmp_path):
     x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(6))
     with torch.no_grad():
         _close(model.bundle.encoder.forward_features(x), _reference_vit(sd, x)[:, 1:].mean(dim=1))
+
+
+# -- open_clip image towers ---------------------------------------------------------------------------------------
+
+
+def _open_clip_folder(folder, quick, tower_only=False, config=True):
+    oc = pytest.importorskip("open_clip")
+    from open_clip.model import CLIP
+
+    torch.manual_seed(0)
+    vision = {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32}
+    text = {"context_length": 8, "vocab_size": 100, "width": 32, "heads": 2, "layers": 1}
+    m = _perturb(CLIP(embed_dim=24, vision_cfg=vision, text_cfg=text, quick_gelu=quick))
+    folder.mkdir()
+    sd = m.visual.state_dict() if tower_only else m.state_dict()
+    torch.save(sd, folder / "open_clip_pytorch_model.bin")
+    if config:
+        cfg = {"model_cfg": {"embed_dim": 24, "quick_gelu": quick, "vision_cfg": vision, "text_cfg": text},
+               "preprocess_cfg": {"mean": list(oc.OPENAI_DATASET_MEAN), "std": list(oc.OPENAI_DATASET_STD)}}
+        (folder / "open_clip_config.json").write_text(json.dumps(cfg))
+    return m, folder / "open_clip_pytorch_model.bin"
+
+
+@pytest.mark.parametrize("quick, tower_only", [(False, False), (True, False), (True, True)])
+def test_an_open_clip_tower_equals_open_clips_encode_image(tmp_path, quick, tower_only):
+    ref, path = _open_clip_folder(tmp_path / "m", quick, tower_only)
+    model = load_checkpoint(path)
+    assert model.format == "open_clip" and model.config["quick_gelu"] is quick
+    assert any("text tower" in u for u in model.unused_keys) != tower_only
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    got = {}
+    hook = ref.visual.ln_post.register_forward_hook(lambda _m, _i, o: got.__setitem__("t", o))
+    with torch.no_grad():
+        want = ref.encode_image(x)
+        out = model.bundle(x)
+    hook.remove()
+    _close(out["z"], want)  # the projector is CLIP's image embedding
+    _close(out["h"], got["t"][:, 0])  # the encoder is ln_post of the class token
+    assert model.preprocess.interpolation == "bicubic" and model.preprocess.mean[0] == pytest.approx(0.48145466)
+
+
+def test_an_open_clip_tower_without_its_config_is_refused_in_one_line(tmp_path):
+    _, path = _open_clip_folder(tmp_path / "m", True, config=False)
+    with pytest.raises(ReprscopeError, match="QuickGELU .* open_clip_config.json beside them, which is missing"):
+        load_checkpoint(path)

@@ -287,7 +287,30 @@ INSPECT: Dict[str, Callable] = {
     "ijepa": lambda t: _ijepa(),
     "hf_vit": lambda t: _hf(t, "vit"),
     "hf_dinov2": lambda t: _hf(t, "dinov2"),
+    "open_clip": lambda t: _open_clip(t),
 }
+
+
+def _open_clip(folder):
+    """An open_clip ViT image tower (``model.visual.state_dict()`` names) with open_clip_config.json beside it."""
+    import json
+
+    torch.manual_seed(6)
+    d, g = 16, 2
+    sd = {"class_embedding": torch.randn(d), "positional_embedding": torch.randn(g * g + 1, d),
+          "conv1.weight": torch.randn(d, 3, 8, 8), "ln_pre.weight": torch.ones(d), "ln_pre.bias": torch.zeros(d),
+          "ln_post.weight": torch.ones(d), "ln_post.bias": torch.zeros(d), "proj": torch.randn(d, 8)}
+    p = "transformer.resblocks.0."
+    sd.update({p + "ln_1.weight": torch.ones(d), p + "ln_1.bias": torch.zeros(d), p + "ln_2.weight": torch.ones(d),
+               p + "ln_2.bias": torch.zeros(d), p + "attn.in_proj_weight": torch.randn(3 * d, d),
+               p + "attn.in_proj_bias": torch.zeros(3 * d), p + "attn.out_proj.weight": torch.randn(d, d),
+               p + "attn.out_proj.bias": torch.zeros(d), p + "mlp.c_fc.weight": torch.randn(4 * d, d),
+               p + "mlp.c_fc.bias": torch.zeros(4 * d), p + "mlp.c_proj.weight": torch.randn(d, 4 * d),
+               p + "mlp.c_proj.bias": torch.zeros(d)})
+    cfg = {"model_cfg": {"quick_gelu": True, "vision_cfg": {"width": d, "layers": 1, "head_width": 8,
+                                                            "patch_size": 8, "image_size": 16}}}
+    (folder / "open_clip_config.json").write_text(json.dumps(cfg))
+    return sd
 
 
 def _hf(folder, kind):

@@ -185,6 +185,8 @@ def infer_vit(state: Mapping[str, Any], num_heads: Optional[int] = None, heads_h
     }
     if q_norm is not None:
         kwargs["qk_norm"] = True
+    if "norm_pre.weight" in state:  # a LayerNorm before the blocks (CLIP's ln_pre); timm then drops the patch bias
+        kwargs["pre_norm"] = True
     if swiglu:
         from timm.layers import SwiGLUPacked
 
