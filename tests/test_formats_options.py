@@ -21,6 +21,7 @@ from reprscope_cli.main import app
 from test_formats import (_cifar_case, _features, _mocov2_case, _mocov3_case, _randomise_bn, _simsiam_case,
                           _torchvision_case)
 from test_formats_more import _barlow_case, _byol_case, _sthalles_case, _swav_released_case, _vicreg_case
+from test_formats_projects import _ibot_case
 from test_formats_vit import _dino_case, _mae_case, _vit
 from test_formats_wild import (LIGHTNING, LightlyBYOL, MoCoV3ViT, SoloBYOL, _dinov2, _perturb, _timm_case)
 
@@ -288,6 +289,7 @@ INSPECT: Dict[str, Callable] = {
     "hf_vit": lambda t: _hf(t, "vit"),
     "hf_dinov2": lambda t: _hf(t, "dinov2"),
     "open_clip": lambda t: _open_clip(t),
+    "ibot": lambda t: _ibot_case(t)[0],
 }
 
 

@@ -3,8 +3,11 @@ lightly's MAE example. Each reference module is written here after the project's
 so an equal output shows the format rebuilds the project's function, not just a ViT with the same names."""
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from reprscope.errors import ReprscopeError
@@ -143,3 +146,66 @@ def test_a_plain_vit_reading_of_an_ijepa_file_is_refused(tmp_path):
     _, _, path = _ijepa_case(tmp_path)
     with pytest.raises(ReprscopeError, match="several networks"):
         load_checkpoint(path, "vit")
+
+
+# -- iBOT (Zhou et al. 2022): DINO's layout plus a patch head, the masked embedding and its loss state ----------
+
+
+class _IBOTHead(nn.Module):
+    """iBOT's head.py iBOTHead (not shared): mlp → ℓ2 → weight-normed last_layer; last_layer2 for patch tokens."""
+
+    def __init__(self, dim: int, out: int = 40, patch_out: int = 30, hidden: int = 48, bottleneck: int = 16):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
+                                 nn.Linear(hidden, bottleneck))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.last_layer = nn.utils.weight_norm(nn.Linear(bottleneck, out, bias=False))
+            self.last_layer2 = nn.utils.weight_norm(nn.Linear(bottleneck, patch_out, bias=False))
+
+    def forward(self, cls):
+        return self.last_layer(F.normalize(self.mlp(cls), dim=-1))
+
+
+def _ibot_case(tmp_path):
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(1)
+    kw = dict(img_size=32, patch_size=8, embed_dim=128, depth=2, num_heads=2, num_classes=0)  # head_dim 64, as iBOT
+    nets = {}
+    for b in ("student", "teacher"):
+        vit, head = VisionTransformer(**kw).eval(), _IBOTHead(128).eval()
+        with torch.no_grad():
+            for p in list(vit.parameters()) + list(head.parameters()):
+                p.add_(0.05 * torch.randn_like(p))
+        sd = {**{f"backbone.{k}": v for k, v in vit.state_dict().items()},
+              **{f"head.{k}": v for k, v in head.state_dict().items()}}
+        if b == "student":  # masked_im_modeling: only the student embeds masked patches
+            sd = {f"module.{k}": v for k, v in sd.items()}
+            sd["module.backbone.masked_embed"] = torch.zeros(1, 128)
+        nets[b] = (vit, head, sd)
+    payload = {"student": nets["student"][2], "teacher": nets["teacher"][2], "optimizer": {}, "epoch": 5,
+               "ibot_loss": {"center": torch.zeros(1, 40), "center2": torch.zeros(1, 1, 30)}}
+    path = tmp_path / "checkpoint.pth"
+    torch.save(payload, path)
+    return payload, nets, path
+
+
+def test_an_ibot_checkpoint_reads_the_teacher_with_its_image_head_and_leaves_the_patch_head(tmp_path):
+    _, nets, path = _ibot_case(tmp_path)
+    model = load_checkpoint(path)
+    assert model.format == "ibot" and model.method == "ibot" and model.branch == "teacher"
+    assert any("last_layer2" in u and "patch-token head" in u for u in model.unused_keys)
+    assert any(u.startswith("ibot_loss.center2") for u in model.unused_keys)
+    vit, head, _ = nets["teacher"]
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        cls = vit.forward_features(x)[:, 0]
+        out = model.bundle(x)
+        _close(out["h"], cls)
+        _close(out["z"], head(cls))
+    student = load_checkpoint(path, options=LoadOptions(branch="student"))
+    assert any("masked_embed" in u for u in student.unused_keys)
+    vit, head, _ = nets["student"]
+    with torch.no_grad():
+        _close(student.bundle(x)["h"], vit.forward_features(x)[:, 0])

@@ -528,7 +528,8 @@ def _dino_hint(arch: Any) -> HeadsHint:
     return hint
 
 
-def _is_dino(payload: Mapping[str, Any]) -> bool:
+def _dino_like(payload: Mapping[str, Any]) -> bool:
+    """A DINO-style training checkpoint: teacher/student dicts with ``backbone.*`` and ``head.last_layer.*``."""
     if payload.get("format") is not None:
         return False
     for branch in ("teacher", "student"):
@@ -543,26 +544,56 @@ def _is_dino(payload: Mapping[str, Any]) -> bool:
     return False
 
 
-def _build_dino(payload: Mapping[str, Any], options: LoadOptions, default: str = "teacher") -> Dict[str, Any]:
+#: what an iBOT checkpoint has beyond DINO's layout (main_ibot.py, head.py): the patch-token head, the masked
+#: patch embedding of the student and the loss state with its patch centre
+_IBOT_HEAD = ("head.last_layer2.", "head.mlp2.", "head.last_norm2.")
+
+
+def _is_ibot(payload: Mapping[str, Any]) -> bool:
+    if not _dino_like(payload):
+        return False
+    if isinstance(payload.get("ibot_loss"), Mapping):
+        return True
+    for branch in ("teacher", "student"):
+        d = payload.get(branch)
+        if _is_tensor_dict(d):
+            s, _ = strip_state(d)
+            if any(k.startswith(_IBOT_HEAD) or k == "backbone.masked_embed" for k in s):
+                return True
+    return False
+
+
+def _is_dino(payload: Mapping[str, Any]) -> bool:
+    return _dino_like(payload) and not _is_ibot(payload)
+
+
+def _build_dino(payload: Mapping[str, Any], options: LoadOptions, default: str = "teacher",
+                project: str = "DINO") -> Dict[str, Any]:
+    """A DINO (or, ``project="iBOT"``, an iBOT) training checkpoint's ``default`` branch."""
+    ibot = project == "iBOT"
     branches = {b: f"{b}.backbone.* + {b}.head.* ({'EMA teacher' if b == 'teacher' else 'student'})"
                 for b in ("teacher", "student") if _is_tensor_dict(payload.get(b))}
     if default not in branches:
-        raise ReprscopeError(f"DINO checkpoint has no '{default}' state dict (top-level keys: {', '.join(map(str, payload))})")
-    branch = pick_branch("DINO", branches, default, options.branch)
+        raise ReprscopeError(f"{project} checkpoint has no '{default}' state dict (top-level keys: {', '.join(map(str, payload))})")
+    branch = pick_branch(project, branches, default, options.branch)
     other = "student" if branch == "teacher" else "teacher"
     state, origin = strip_state(payload[branch])
     origin = {k: f"{branch}.{v}" for k, v in origin.items()}
     left = [origin[k] for k in state if not (k.startswith("backbone.") or k.startswith("head."))]
     if left:
-        raise ReprscopeError("DINO checkpoint has tensors no rule of the format accounts for: "
+        raise ReprscopeError(f"{project} checkpoint has tensors no rule of the format accounts for: "
                              + ", ".join(left[:8]) + (" …" if len(left) > 8 else ""))
-    head = dino_head_spec(state, "head")
-    head_keys = {k for k in state if k.startswith("head.")}
+    patch_head = sorted(k for k in state if ibot and k.startswith(_IBOT_HEAD))
+    masked = [k for k in state if ibot and k == "backbone.masked_embed"]
+    state_model = {k: v for k, v in state.items() if k not in set(patch_head) | set(masked)}
+    head = dino_head_spec(state_model, "head")
+    head_keys = {k for k in state_model if k.startswith("head.")}
     used_head = set(head[2].values())
     stray = sorted(origin[k] for k in head_keys - used_head)
     if stray:
-        raise ReprscopeError("DINO head has tensors that are neither 'head.mlp.*' nor 'head.last_layer.*': " + ", ".join(stray[:8]))
-    backbone_all = sub_state(state, "backbone")
+        raise ReprscopeError(f"{project} head has tensors that are neither 'head.mlp.*' nor 'head.last_layer.*': "
+                             + ", ".join(stray[:8]))
+    backbone_all = sub_state(state_model, "backbone")
     preprocess = None
     if "conv1.weight" in backbone_all:  # DINO ResNet-50: torchvision names, fc = Identity
         # the head's renamed keys ("7.parametrizations.weight.original0") point at their names in the file
@@ -572,29 +603,33 @@ def _build_dino(payload: Mapping[str, Any], options: LoadOptions, default: str =
         classifier: List[str] = []
         preprocess = pp.for_resnet(arch.cifar_stem, arch.name)
     else:
-        backbone, classifier = _split_vit(state, origin, "backbone")
+        backbone, classifier = _split_vit(state_model, origin, "backbone")
         hint = _dino_hint(saved_args(payload).get("arch"))
         # DINO's ViT interpolates its position embedding to any input size (vision_transformer.py)
         bundle, arch = build_vit_bundle(backbone, origin, "backbone", head, options=options, heads_hint=hint,
                                         dynamic_img_size=True)
         bundle.encoder.interpolate_like_dino()
-        preprocess = pp.imagenet(224, "DINO evaluation: resize 256, centre crop 224, ImageNet statistics")
+        preprocess = pp.imagenet(224, f"{project} evaluation: resize 256, centre crop 224, ImageNet statistics")
     unused_keys = unused([f"backbone.{k}" for k in classifier], origin, "classifier on the backbone; not analysed")
+    unused_keys += unused(patch_head, origin, "iBOT patch-token head (masked image modelling targets); the image-level "
+                                              "head.mlp + head.last_layer is the projector")
+    unused_keys += unused(masked, origin, "iBOT's embedding of masked patches (training only); not used on whole images")
     if isinstance(payload.get(other), Mapping):
         o_state = payload[other]
-        unused_keys += [f"{other}.{k}: DINO {other} network; the {branch} is analysed" for k in o_state]
+        unused_keys += [f"{other}.{k}: {project} {other} network; the {branch} is analysed" for k in o_state]
     for k, v in payload.items():
         if k in (branch, other, "args", "epoch"):
             continue
-        if k == "dino_loss" and isinstance(v, Mapping):
-            unused_keys += [f"dino_loss.{kk}: DINO loss state (teacher centre); not part of the model" for kk in v]
+        if k in ("dino_loss", "ibot_loss") and isinstance(v, Mapping):
+            unused_keys += [f"{k}.{kk}: {project} loss state (teacher centres); not part of the model" for kk in v]
         elif k == "optimizer":
             unused_keys.append("optimizer: optimizer state; not part of the model")
         elif k in ("fp16_scaler", "scaler"):
             unused_keys.append(f"{k}: mixed-precision scaler state; not part of the model")
         elif isinstance(v, torch.Tensor) or _is_tensor_dict(v):
-            unused_keys.append(f"{k}: not part of a DINO model")
-    return _result(bundle, arch, "dino", "dino", branch, payload, {"projector": head[0]}, unused_keys,
+            unused_keys.append(f"{k}: not part of a {project} model")
+    name = project.lower()
+    return _result(bundle, arch, name, name, branch, payload, {"projector": head[0]}, unused_keys,
                    role=branch, branches=branches, preprocess=preprocess, branch=branch)
 
 
@@ -603,6 +638,13 @@ def _build_dino(payload: Mapping[str, Any], options: LoadOptions, default: str =
                          "teacher analysed (--branch student for the student)")
 def build_dino(payload: Dict[str, Any], options: LoadOptions) -> Dict[str, Any]:
     return _build_dino(payload, options, "teacher")
+
+
+@register_format("ibot", detect=_is_ibot,
+                 summary="iBOT training checkpoint (Zhou et al. 2022: DINO's layout + head.last_layer2 patch head, "
+                         "masked_embed, ibot_loss); teacher analysed, CLS token")
+def build_ibot(payload: Dict[str, Any], options: LoadOptions) -> Dict[str, Any]:
+    return _build_dino(payload, options, "teacher", project="iBOT")
 
 
 @register_format("dino_student", detect=lambda payload: False,
