@@ -612,3 +612,53 @@ def test_safetensors_truncated_and_unknown(tmp_path):
 def test_formats_listed():
     for name in ("dinov2", "moco_v3_vit", "solo_learn", "lightly", "timm"):
         assert name in FORMATS.names() and FORMATS.get(name).summary
+
+
+def test_solo_learn_mocov3_vit_small_has_moco_v3s_twelve_heads(tmp_path):
+    """solo-learn builds MoCo v3's ViT for method mocov3 (ViT-S: 12 heads of 32, not timm's 6 of 64)."""
+    torch.manual_seed(35)
+    model = nn.Module()
+    vit = VisionTransformer(img_size=32, patch_size=8, embed_dim=384, depth=1, num_heads=12, num_classes=0)
+    model.backbone = _perturb(vit, 35)
+    model.projector = _mocov3_mlp(3, 384, 64, 32)
+    model.predictor = _mocov3_mlp(2, 32, 64, 32, last_bn=False)
+    model.momentum_backbone = _perturb(copy.deepcopy(vit), 36)
+    model.momentum_projector = _mocov3_mlp(3, 384, 64, 32)
+    model.classifier = nn.Linear(384, 10)
+    d = tmp_path / "run"
+    d.mkdir()
+    (d / "args.json").write_text(json.dumps({"method": "mocov3", "backbone": {"name": "vit_small"},
+                                             "data": {"dataset": "imagenet100"}}))
+    p = _save(d, {"state_dict": model.eval().state_dict(), **LIGHTNING}, "mocov3.ckpt")
+    loaded = load_checkpoint(p)
+    assert loaded.method == "mocov3" and loaded.config["timm_kwargs"]["num_heads"] == 12
+    t = model.momentum_backbone
+    with torch.no_grad():
+        assert _maxdiff(loaded.bundle(X32)["h"], t.forward_head(t.forward_features(X32), pre_logits=True)) <= TOL
+    (d / "args.json").unlink()
+    unknown = load_checkpoint(p)
+    assert unknown.config["timm_kwargs"]["num_heads"] == 6 and "--arch vit:num_heads=12" in unknown.config["num_heads_source"]
+
+
+def test_lightly_mae_example_reads_the_masked_vits_timm_vit(tmp_path):
+    """lightly's examples/pytorch/mae.py: backbone = MaskedVisionTransformerTIMM(vit) (backbone.vit.*, its mask
+    token), decoder = MAEDecoderTIMM (decoder.*), a mask_token; no projection head."""
+    torch.manual_seed(37)
+    mae = nn.Module()
+    mae.backbone = nn.Module()
+    mae.backbone.vit = _perturb(VisionTransformer(img_size=32, patch_size=8, embed_dim=128, depth=2, num_heads=2,
+                                                  num_classes=10), 37)
+    mae.backbone.mask_token = nn.Parameter(torch.zeros(1, 1, 128))
+    mae.decoder = nn.Module()
+    mae.decoder.decoder_embed = nn.Linear(128, 64)
+    mae.decoder.decoder_pred = nn.Linear(64, 8 * 8 * 3)
+    mae.mask_token = nn.Parameter(torch.zeros(1, 1, 64))
+    p = _save(tmp_path, mae.state_dict(), "mae.pth")
+    assert detected(torch.load(p, weights_only=True)) == ["lightly"]
+    loaded = load_checkpoint(p)
+    assert loaded.format == "lightly" and loaded.method == "mae"
+    assert any(u.startswith("decoder.") for u in loaded.unused_keys)
+    assert any(u.startswith("backbone.vit.head.") for u in loaded.unused_keys)
+    v = mae.backbone.vit.eval()
+    with torch.no_grad():
+        assert _maxdiff(loaded.bundle(X32)["h"], v.forward_features(X32)[:, 0]) <= TOL

@@ -8,6 +8,9 @@ Layouts (CHECKPOINT_FORMATS.md, rows "lightly benchmarks" / "lightly examples"):
   ``prediction_head.layers.N``, the other network under a tagged name (``student_backbone`` /
   ``student_projection_head`` for DINO, ``teacher_*`` for BYOL, ``query_*`` / ``key_*`` for MoCo), an
   ``online_classifier.`` and loss buffers under ``criterion.``;
+* the MAE example (``examples/pytorch/mae.py``): ``backbone.vit.*`` (a timm ViT inside
+  ``MaskedVisionTransformerTIMM``) beside ``decoder.*`` and a ``mask_token``, no head; read, as lightly's own
+  evaluation does, with the ViT's pooling (the class token after the final norm);
 * examples: ``nn.Sequential(*resnet.children()[:-1])`` as ``backbone`` (``backbone.0`` = conv1, ``.1`` = bn1,
   ``.4``–``.7`` = layer1–4), heads as above (DINO: ``student_head`` / ``teacher_head``; MoCo/BYOL:
   ``backbone_momentum`` / ``projection_head_momentum``), or only the backbone's children under a custom key
@@ -37,6 +40,8 @@ _TAGS = {"student": "student", "teacher": "teacher", "key": "momentum", "momentu
 _UNUSED_ROOTS = {
     "online_classifier": "lightly OnlineLinearClassifier (trained on detached features); not analysed",
     "criterion": "loss state (DINO centre, memory bank of negatives); not part of the model",
+    "decoder": "MAE decoder (lightly's MAEDecoderTIMM: pixel reconstruction); not part of the representation",
+    "mask_token": "MAE decoder's mask token; not used on whole images",
 }
 #: torchvision ResNet children by position in ``nn.Sequential(*resnet.children()[:-1])``
 _CHILDREN = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3", "7": "layer4"}
@@ -96,6 +101,8 @@ def _detect(payload: Mapping[str, Any]) -> bool:
     groups = _groups(state)
     if not groups:
         return False
+    if "decoder" in roots and any(k.startswith("backbone.vit.") for k in state):  # the MAE example: no head
+        return True
     return any(_is_head_key(k) for k in state) and any("backbone" in g for g in groups.values())
 
 
@@ -215,7 +222,8 @@ def build_lightly(payload: Dict[str, Any], options: LoadOptions) -> Dict[str, An
         if k in ("optimizer_states", "lr_schedulers"):
             unused_keys.append(f"{k}: training state; not part of the model")
     spec = {k: v[0] for k, v in heads.items()}
-    method = "dino" if proj and any(k.startswith(f"{proj}.last_layer.") for k in state) else "unknown"
+    method = ("dino" if proj and any(k.startswith(f"{proj}.last_layer.") for k in state)
+              else "mae" if any(k.startswith("decoder.") for k in state) else "unknown")
     config = {"format": "lightly", "container": container, **arch.config(), "heads": spec,
               "branch": root or None, "activations": "hidden activations read as ReLU (GELU in DINO heads); not in the weights"}
     hp = payload.get("hyper_parameters")

@@ -107,6 +107,30 @@ def _preprocess(args: Mapping[str, Any], fallback):
                                 int(crop) if isinstance(crop, int) else None)
 
 
+def _vit_heads(method: Any):
+    """solo-learn builds its ViTs by method (``solo/backbones/vit``): MoCo v3 gets MoCo v3's ViT, whose ViT-S and
+    ViT-B have 12 heads (ViT-S: head_dim 32, not timm's 6 heads); the other methods timm's ViTs. Without
+    ``args.json`` the method is unknown: timm's convention, said so with the override."""
+    if method is None:
+        def unknown(dim: int):
+            from .vit import _HEADS_BY_DIM
+
+            if dim not in _HEADS_BY_DIM:
+                return None
+            return _HEADS_BY_DIM[dim], (f"timm convention for embed_dim {dim}; no args.json beside the checkpoint says "
+                                        "the method (solo-learn's MoCo v3 ViT-S/B have 12 heads: --arch vit:num_heads=12)")
+        return unknown
+    if method != "mocov3":
+        return None
+
+    def hint(dim: int):
+        if dim in (384, 768):
+            return 12, f"solo-learn method mocov3 builds MoCo v3's ViT: 12 heads for embed_dim {dim}"
+        return None
+
+    return hint
+
+
 @register_format("solo_learn", detect=_detect,
                  summary="solo-learn Lightning .ckpt (backbone/projector/predictor, momentum_*, classifier; "
                          "args.json beside it); momentum branch analysed where there is one")
@@ -153,7 +177,8 @@ def build_solo_learn(payload: Dict[str, Any], options: LoadOptions) -> Dict[str,
     elif "patch_embed.proj.weight" in backbone:
         backbone, classifier = _split_vit(state, origin, p["backbone"])
         head = heads.pop("projector", None)
-        bundle, arch = build_vit_bundle(backbone, origin, p["backbone"], head, options=options, extra_heads=heads)
+        bundle, arch = build_vit_bundle(backbone, origin, p["backbone"], head, options=options, extra_heads=heads,
+                                        heads_hint=_vit_heads(_cfg(args, "method")))
         if head is not None:
             heads["projector"] = head
         fallback = pp.for_vit(bundle.encoder.img_size, f"solo-learn {arch.name}")
