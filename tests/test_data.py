@@ -395,3 +395,14 @@ def test_points3d_fixed_points_and_eval_cycles():
     np.testing.assert_allclose(ev.x.numpy(), ds.points[np.arange(20) % 7].astype(np.float32))
     s = ds.sample(50, _rng())
     np.testing.assert_allclose(s.x.numpy(), ds.points[s.labels.numpy()].astype(np.float32))
+
+
+def test_a_held_out_set_larger_than_the_memory_bound_is_refused_before_it_is_generated():
+    from reprscope.data.base import MAX_HELD_OUT_BYTES
+
+    ds = DATASETS.get("shapes")(resolution=518)  # 5000 × 3 × 518² × 5 bytes ≈ 18.7 GiB
+    with pytest.raises(ReprscopeError, match=r"18\.7 GiB .* --set data\.eval_size="):
+        ds.eval_set()
+    assert ds._eval is None
+    small = DATASETS.get("shapes")(resolution=518, eval_size=4)
+    assert small.eval_set().x.shape == (4, 3, 518, 518) and 4 * 3 * 518 * 518 * 5 < MAX_HELD_OUT_BYTES

@@ -74,6 +74,10 @@ class Samples:
                        labels_coarse=cut(self.labels_coarse), state=st)
 
 
+#: The most memory a generated held-out set may take (it is generated at once and kept for every view).
+MAX_HELD_OUT_BYTES = 8 * 2**30
+
+
 class GeneratedDataset(abc.ABC):
     """Base class of the built-in generated sets. Subclasses set ``name``, ``params`` and implement the hooks.
 
@@ -87,6 +91,8 @@ class GeneratedDataset(abc.ABC):
     """
 
     modality: ClassVar[str] = "vector"
+    #: bytes the held-out set keeps per input value (float32 inputs; image sets add their uint8 pixels)
+    held_out_bytes_per_value: ClassVar[int] = 4
 
     name: ClassVar[str] = ""
     params: ClassVar[List[Param]] = []
@@ -163,8 +169,22 @@ class GeneratedDataset(abc.ABC):
 
     # -- derived -----------------------------------------------------------------------------------------
     def eval_set(self) -> Samples:
-        """The fixed held-out set (same for every call and every run with the same data seed)."""
+        """The fixed held-out set (same for every call and every run with the same data seed).
+
+        Raises:
+            ReprscopeError: the set would take more than :data:`MAX_HELD_OUT_BYTES` of memory (checked before
+                anything is generated; ``data.eval_size`` or the resolution bring it down).
+        """
         if self._eval is None:
+            n = int(self.cfg.get("eval_size") or 0)
+            shape = getattr(self, "input_shape", None) or ()
+            need = n * int(np.prod(shape)) * self.held_out_bytes_per_value if shape else 0
+            if need > MAX_HELD_OUT_BYTES:
+                raise ReprscopeError(
+                    f"the held-out set of {self.name} ({n:,} inputs of shape {tuple(shape)}) would take "
+                    f"{need / 2**30:.1f} GiB of memory, more than the {MAX_HELD_OUT_BYTES / 2**30:.0f} GiB reprscope "
+                    f"allows; lower data.eval_size (e.g. --set data.eval_size={max(1, n * MAX_HELD_OUT_BYTES // need // 2)})"
+                    " or the resolution", arg="set_data")
             self._eval = self.make_eval_set(self.cfg["eval_size"], np.random.default_rng([self.seed, 1]))
         return self._eval
 

@@ -194,6 +194,7 @@ class Shapes(GeneratedDataset):
     """Coloured shapes on coloured backgrounds with ground-truth latents, rendered on the fly (module docstring)."""
 
     modality = "image"
+    held_out_bytes_per_value = 5  # the float32 clean inputs and the uint8 pixels the views are drawn from
 
     name = "shapes"
     summary = "procedural coloured shapes with ground-truth latents (class, position, scale, rotation, hues), no files"
