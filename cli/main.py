@@ -1,4 +1,4 @@
-"""``reprscope`` command line: parses arguments and calls the library (SPEC §2). No logic lives here."""
+"""``reprscope`` command line: parses arguments and calls the library. No logic lives here."""
 from __future__ import annotations
 
 import functools

@@ -3,7 +3,7 @@
 Thin over the same core the command line uses: a path goes through :func:`reprscope.pipeline.analyze`; a
 module is recorded with forward hooks (:mod:`reprscope.extract.module`) into a store and analysed like any
 store; a mapping of arrays is analysed in memory by the same per-layer loop
-(:func:`reprscope.pipeline.analyze_layers`). Every route ends in the same tidy table (SPEC §5).
+(:func:`reprscope.pipeline.analyze_layers`). Every route ends in the same tidy table (README, Files).
 """
 from __future__ import annotations
 
@@ -107,7 +107,7 @@ def analyze(source: Union[Source, Sequence[Union[str, os.PathLike]]], data: Any 
             ``weights``/``tangent``), ``spaces`` (``{layer: space}``).
 
     Returns:
-        The tidy table (columns as SPEC §5: source, step, method, layer, analyzer, view, metric, index, value,
+        The tidy table (columns as in the README's Files section: source, step, method, layer, analyzer, view, metric, index, value,
         parameters, context); ``table.attrs["notes"]`` holds what the analyzers noted (skips, subsamples),
         also issued as :class:`~reprscope.metrics.ReprscopeWarning`.
     """
@@ -243,7 +243,7 @@ def _spaces(names: Sequence[str], spaces: Optional[Mapping[str, str]]) -> Dict[s
 def extract(model: Union[nn.Module, Mapping[str, Any], str, os.PathLike], data: Any = None,
             out: Union[str, os.PathLike, None] = None, *, layers: Any = None, device: Optional[str] = None,
             **options: Any) -> Path:
-    """Write the embedding store (``.h5``, SPEC §4) that ``reprscope extract`` writes, from Python.
+    """Write the embedding store (``.h5``; README, Files) that ``reprscope extract`` writes, from Python.
 
     Args:
         model: any ``nn.Module`` (outputs of ``layers`` recorded with hooks; the store's source is the module's

@@ -1,4 +1,4 @@
-"""The tidy table (SPEC §5): the one place that enforces its columns.
+"""The tidy table (README, Files): the one place that enforces its columns.
 
 One row per value, long format, columns in this order::
 
@@ -93,7 +93,7 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def validate(df: pd.DataFrame) -> None:
-    """Raise ReprscopeError unless ``df`` has the SPEC §5 columns in order."""
+    """Raise ReprscopeError unless ``df`` has the tidy table's columns in order."""
     cols = list(df.columns[: len(COLUMNS)])
     if cols != COLUMNS:
         raise ReprscopeError(f"not a reprscope table: expected columns {COLUMNS} first, found {list(df.columns)}")

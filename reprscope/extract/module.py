@@ -330,7 +330,7 @@ def extract_module(model: nn.Module, data: Any, out: Union[str, os.PathLike], *,
                    clean: bool = True, limit: Optional[int] = None, batch_size: int = 256, device: Any = None,
                    seed: int = 0, pool: Union[str, Callable] = "mean", forward: Optional[Callable] = None,
                    progress: bool = True) -> Path:
-    """Write the embedding store of a user's model: the same ``.h5`` as ``reprscope extract`` (SPEC §4), written
+    """Write the embedding store of a user's model: the same ``.h5`` as ``reprscope extract`` (README, Files), written
     atomically, with the model's class name and a SHA-256 of its parameters as its source.
 
     Args:

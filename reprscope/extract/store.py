@@ -1,4 +1,4 @@
-"""The embedding store (SPEC §4): one self-contained HDF5 file per extraction.
+"""The embedding store (README, Files): one self-contained HDF5 file per extraction.
 
 Writing goes to a temporary ``.partial`` file that is renamed only when everything is written, so an
 interrupted extraction never leaves a file that looks complete. Reading validates the schema up front and
@@ -71,7 +71,7 @@ class StoreWriter:
     Args:
         path: final ``.h5`` path (written as ``.<name>.<pid>.partial`` until :meth:`close`).
         n: number of samples; views: view names; layers: ``(name, space, order, dim)`` tuples.
-        attrs: provenance attributes (SPEC §4); dicts/lists are stored as JSON strings.
+        attrs: provenance attributes (README, Files); dicts/lists are stored as JSON strings.
         chunk: chunk length along n.
     """
 
@@ -328,7 +328,7 @@ class Store:
                                  "`reprscope extract`")
 
     def _schema_problem(self) -> Optional[str]:
-        """What disagrees with SPEC §4 in the shapes and attributes (None when nothing): every layer (V, n, d)
+        """What disagrees with the store contract (README, Files) in the shapes and attributes (None when nothing): every layer (V, n, d)
         with V the ``views`` attribute's length and n its ``n``; per-sample datasets of length n; latent names
         and content flags one per latent; module specs JSON lists."""
         v, n = len(self.views), self.n

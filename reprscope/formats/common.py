@@ -1,4 +1,4 @@
-"""Pieces shared by the formats of checkpoints from the wild (CHECKPOINT_FORMATS.md, "What a loader must resolve").
+"""Pieces shared by the formats of checkpoints from the wild.
 
 Each format is a detection rule plus a key mapping (after timm's ``checkpoint_filter_fn``); what they share
 lives here: the allow-listed reader, container resolution, the one prefix cleaner, ResNet inference from
@@ -143,7 +143,7 @@ def _shape(state: Mapping[str, Any], key: str) -> Optional[Tuple[int, ...]]:
 
 
 def infer_resnet(state: Mapping[str, Any]) -> ResNetArch:
-    """Depth, stem and width of a torchvision-named ResNet state dict (CHECKPOINT_FORMATS.md §6).
+    """Depth, stem and width of a torchvision-named ResNet state dict.
 
     Args:
         state: backbone weights with torchvision names (``conv1.weight``, ``layer1.0.conv1.weight`` …).

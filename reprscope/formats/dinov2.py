@@ -1,7 +1,7 @@
 """DINOv2 checkpoints (Oquab et al. 2024, facebookresearch/dinov2): hub backbones, registers, SwiGLU, chunked
 blocks, and the training dumps' teacher/student.
 
-Layouts (CHECKPOINT_FORMATS.md, row "DINOv2 hub"):
+Layouts:
 
 * hub backbone (``dinov2_vits14_pretrain.pth``, ``…_reg4_pretrain.pth``): raw ViT keys plus ``mask_token``
   [1, D] and, with registers, ``register_tokens`` [1, R, D]; LayerScale ``blocks.i.ls1.gamma``; ViT-g's MLP is

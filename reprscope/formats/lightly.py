@@ -1,6 +1,6 @@
 """lightly checkpoints (lightly-ai/lightly): benchmark Lightning ``.ckpt`` files and the examples' saves.
 
-Layouts (CHECKPOINT_FORMATS.md, rows "lightly benchmarks" / "lightly examples"):
+Layouts:
 
 * benchmarks (``benchmarks/imagenet/*``): ``state_dict`` with ``backbone.`` (torchvision names; ViTs as
   ``backbone.vit.`` inside ``MaskedVisionTransformerTIMM``, whose ``mask_token`` is unused),

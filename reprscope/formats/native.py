@@ -1,4 +1,4 @@
-"""The native format ``reprscope/1`` (SPEC §3): a self-describing dict of tensors and plain containers."""
+"""The native format ``reprscope/1`` (README, Files): a self-describing dict of tensors and plain containers."""
 from __future__ import annotations
 
 import os
@@ -110,7 +110,7 @@ def _momentum_prefix(method_state: Dict[str, Any]) -> "tuple[str, str] | None":
     return None
 
 
-@register_format("reprscope", detect=_is_native, summary="reprscope's own checkpoints (SPEC §3, 'reprscope/1')")
+@register_format("reprscope", detect=_is_native, summary="reprscope's own checkpoints ('reprscope/1')")
 def build_native(payload: Dict[str, Any], options: LoadOptions) -> Dict[str, Any]:
     missing = [k for k in REQUIRED if k not in payload]
     if missing:

@@ -59,7 +59,7 @@ def for_resnet(cifar_stem: bool, what: str = "ResNet") -> Preprocess:
 
 def for_vit(img_size: int, what: str = "ViT") -> Preprocess:
     """A ViT's input side is fixed by its position embedding; ImageNet statistics unless the source says
-    otherwise (every ViT source in CHECKPOINT_FORMATS.md trains on ImageNet)."""
+    otherwise (every ViT source reprscope reads trains on ImageNet)."""
     return imagenet(int(img_size), f"{what} position embedding for {img_size}×{img_size} inputs")
 
 

@@ -1,4 +1,4 @@
-"""ResNet checkpoints of SSL projects and raw torchvision/timm ResNets (CHECKPOINT_FORMATS.md).
+"""ResNet checkpoints of SSL projects and raw torchvision/timm ResNets.
 
 Each format is a detection rule on the (container-resolved, prefix-stripped) state dict and a key mapping
 onto the one model contract. Every tensor of the state dict is either loaded strictly or listed in

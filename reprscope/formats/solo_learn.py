@@ -1,6 +1,6 @@
 """solo-learn checkpoints (da Costa et al. 2022, vturrisi/solo-learn): Lightning ``.ckpt`` files.
 
-Layout (CHECKPOINT_FORMATS.md, row "solo-learn"): ``state_dict`` (no ``module.``) with the online network
+Layout: ``state_dict`` (no ``module.``) with the online network
 ``backbone.`` (old releases: ``encoder.``), ``projector.``, ``predictor.``, DINO's ``head.`` (MLP → ℓ2 →
 weight-normed last layer); momentum methods add ``momentum_backbone.`` (old: ``momentum_encoder.``),
 ``momentum_projector.`` / ``momentum_head.``; every method trains an online linear ``classifier.`` on detached
@@ -9,8 +9,7 @@ features. The run's config is ``args.json`` beside the checkpoint (``method``, `
 
 Choices:
 
-* Branch: the momentum (EMA) network by default where there is one (CHECKPOINT_FORMATS.md, "What a loader must
-  resolve" §5), else the online one; ``--branch online`` reads ``backbone.`` + its heads.
+* Branch: the momentum (EMA) network by default where there is one, else the online one; ``--branch online`` reads ``backbone.`` + its heads.
 * CIFAR ResNets: solo-learn replaces conv1 by a 3×3 stride-1 conv with **padding 2** and drops the max-pool
   (``solo/methods/base.py``); the padding is not visible in the weights and is rebuilt as written there.
 * Unused, each with its reason: the other branch, ``classifier.`` / ``momentum_classifier.``, queues

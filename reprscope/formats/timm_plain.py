@@ -1,7 +1,7 @@
 """timm training checkpoints (``timm/train.py`` through ``CheckpointSaver``): any timm architecture.
 
 Layout: ``{"epoch", "arch": args.model, "state_dict", "optimizer", "version", "args": Namespace, "metric"}``
-plus ``state_dict_ema`` when the run kept a model EMA (CHECKPOINT_FORMATS.md, row "timm"). ``arch`` names the
+plus ``state_dict_ema`` when the run kept a model EMA. ``arch`` names the
 model, so the architecture is rebuilt with ``timm.create_model(arch, num_classes=0)`` (``--arch`` replaces it)
 and the weights must fit it exactly; the classifier (``pretrained_cfg["classifier"]``: ``fc``, ``head``,
 ``head.fc`` …) is listed unused. ``state_dict_ema`` is the ``momentum`` branch (``--branch momentum``).

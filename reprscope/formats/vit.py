@@ -1,4 +1,4 @@
-"""ViT checkpoints: DINO training checkpoints, raw timm / DINO-released ViTs and MAE (CHECKPOINT_FORMATS.md).
+"""ViT checkpoints: DINO training checkpoints, raw timm / DINO-released ViTs and MAE.
 
 The backbone is rebuilt as a timm ``VisionTransformer`` read from the weights' shapes (:func:`infer_vit`);
 the DINO projector (``head.mlp`` → ℓ2 norm → weight-normed ``head.last_layer``) becomes a layer-spec head.

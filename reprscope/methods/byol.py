@@ -1,6 +1,6 @@
 """BYOL: an online network with a predictor regresses a momentum (EMA) target (Grill et al. 2020; the center-vector paper (ICLR 2024 submission, "A unifying framework for the stability of SSL") §2.4).
 
-Loss (Grill et al. eq. 2, summed over the two view orders as in the paper, L + L̃; SPEC §7)::
+Loss (Grill et al. eq. 2, summed over the two view orders as in the paper, L + L̃)::
 
     L = mean_i [2 − 2 cos(q(z₁)_i, sg z'₂_i)] + mean_i [2 − 2 cos(q(z₂)_i, sg z'₁_i)]
 

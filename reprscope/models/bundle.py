@@ -21,7 +21,7 @@ HEAD_PARTS = ("projector", "predictor")
 
 @dataclass(frozen=True)
 class LayerInfo:
-    """An extractable layer: dotted name, the space it lives in (SPEC §4) and its depth order."""
+    """An extractable layer: dotted name, the space it lives in (``encoder``, ``projector`` …) and its depth order."""
 
     name: str
     space: str

@@ -1,4 +1,4 @@
-"""Projector / predictor heads declared as lists of layer specs (SPEC §4 ``/modules``).
+"""Projector / predictor heads declared as lists of layer specs (stored in an embedding store's ``/modules``).
 
 A head is an ``nn.Sequential`` built from a JSON list such as::
 

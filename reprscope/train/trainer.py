@@ -3,7 +3,7 @@
 ``train(config, out_dir)`` builds the data set, the model bundle and the method from a resolved config, runs
 the optimisation with a progress bar (loss, images/s), logs metrics to ``metrics.csv`` in the run dir (and
 TensorBoard when installed), monitors k-NN accuracy online where the data has labels, and writes native
-checkpoints (SPEC §3) every ``save_every`` epochs or ``save_every_steps`` steps plus ``last.pt``.
+checkpoints (``reprscope/1``, README: Files) every ``save_every`` epochs or ``save_every_steps`` steps plus ``last.pt``.
 ``resume=True`` continues exactly from the newest checkpoint (weights, optimiser, schedule, and the random
 streams of the model and of every rank's data).
 
