@@ -41,7 +41,9 @@ def _architecture(model: LoadedModel) -> List[str]:
     if kw:
         lines.append("  timm kwargs: " + ", ".join(f"{k}={v}" for k, v in kw.items()))
     if cfg.get("num_heads_source"):
-        lines.append(f"  attention heads: {kw.get('num_heads', '?')} ({cfg['num_heads_source']})")
+        blocks = getattr(getattr(model.bundle.encoder, "model", None), "blocks", None)
+        built = getattr(getattr(blocks[0], "attn", None), "num_heads", "?") if blocks is not None and len(blocks) else "?"
+        lines.append(f"  attention heads: {kw.get('num_heads', built)} ({cfg['num_heads_source']})")
     if cfg.get("cifar_stem"):
         lines.append(f"  CIFAR stem: 3×3 conv1, no max-pool (padding {cfg.get('cifar_padding') or 1})")
     return lines

@@ -73,7 +73,8 @@ def _config(options: LoadOptions) -> Dict[str, Any]:
     if src is None or not path.is_file():
         raise ReprscopeError(f"this is an open_clip image tower; whether it uses QuickGELU (OpenAI-trained weights) "
                              f"or GELU is not in the weights but in the {CONFIG_NAME} beside them, which is missing "
-                             f"({path})")
+                             f"({path}); for OpenAI's CLIP weights write {{\"model_cfg\": {{\"quick_gelu\": true}}}} "
+                             "there")
     cfg = read_json_file(path, "open_clip config")
     model_cfg = cfg.get("model_cfg", cfg)
     if not isinstance(model_cfg, dict) or not isinstance(model_cfg.get("vision_cfg", {}), dict):
