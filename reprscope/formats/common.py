@@ -74,6 +74,15 @@ def find_state_dict(payload: Mapping[str, Any]) -> Tuple[Dict[str, torch.Tensor]
     return dict(payload[best]), best
 
 
+def other_networks(payload: Mapping[str, Any], container: Optional[str]) -> List[str]:
+    """Top-level dicts of tensors beside the one a raw reading would take (``container`` found as "the dict with
+    the most tensors"): a file holding several networks (I-JEPA's encoder / target_encoder / predictor, a BYOL
+    release's online_backbone / target_backbone) is a training checkpoint of its own format, not one raw network."""
+    if container is None or container in CONTAINER_KEYS:
+        return []
+    return [str(k) for k, v in payload.items() if k != container and _n_tensors(v) > 0]
+
+
 # -- 2. prefixes --------------------------------------------------------------------------------------------
 
 

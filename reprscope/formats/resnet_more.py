@@ -11,7 +11,7 @@ the formats of :mod:`.resnet_ssl`:
 * ``vicreg``: roots ``{backbone, projector}`` (container ``model`` or raw);
 * ``swav``: torchvision roots without ``fc`` plus ``projection_head`` (and ``prototypes``);
 * ``simclr_sthalles``: root ``backbone`` only, with the projector in ``backbone.fc.N``;
-* ``byol``: roots within ``{online_encoder, online_predictor, target_encoder, augment1, augment2}``.
+* ``byol``: roots within ``{net, online_encoder, online_predictor, target_encoder, augment1, augment2}``.
 
 Choices (recorded in ``config``):
 
@@ -34,10 +34,12 @@ from __future__ import annotations
 
 from typing import Any, Dict, Mapping, Optional, Set
 
+import torch
 
 from ..errors import ReprscopeError
 from .base import LoadOptions, pick_branch, register_format
-from .common import RESNET_ROOTS, build_resnet_bundle, head_spec_from_state, sub_state, unused
+from .common import (RESNET_ROOTS, build_resnet_bundle, build_resnet_with_heads, head_spec_from_state, strip_state,
+                     sub_state, unused)
 from .resnet_ssl import (_backbone, _check_accounted, _must_resolve, _resolve, _result, _under, file_prefix,
                          single_branch)
 
@@ -178,7 +180,11 @@ def build_simclr_sthalles(payload: Dict[str, Any], options: LoadOptions) -> Dict
 
 # -- BYOL (lucidrains/byol-pytorch learner) -----------------------------------------------------------------
 
-_BYOL_ROOTS = {"online_encoder", "online_predictor", "target_encoder", "augment1", "augment2"}
+_BYOL_ROOTS = {"net", "online_encoder", "online_predictor", "target_encoder", "augment1", "augment2"}
+#: byol-pytorch's simplicial embedding (``use_simplicial_embeddings=True``, the default since 0.9): its group size
+#: and temperature are constructor arguments, not weights; these are the defaults (``sem_simplex_dim``,
+#: ``sem_temperature``)
+BYOL_SEM_SIMPLEX_DIM, BYOL_SEM_TEMPERATURE = 8, 0.1
 
 
 def _is_byol(payload: Mapping[str, Any]) -> bool:
@@ -196,8 +202,40 @@ def _mlp_prefix(state: Mapping[str, Any], prefix: str) -> Optional[str]:
     return prefix if _under(state, prefix) else None
 
 
+def byol_projector(state: Mapping[str, Any], prefix: str):
+    """byol-pytorch's projector as ``(spec, weights, weight key → stripped key)``: since 0.9 ``Sequential(embedder =
+    Sequential(Linear, BatchNorm), SEM, MLP)`` (``prefix.0.0``, ``prefix.0.1``, ``prefix.2.N``), before it the MLP
+    alone (``prefix.N``, or ``prefix.net.N``). The SEM becomes a ``simplicial`` layer (groups of
+    :data:`BYOL_SEM_SIMPLEX_DIM` at temperature :data:`BYOL_SEM_TEMPERATURE`, byol-pytorch's defaults)."""
+    if f"{prefix}.0.0.weight" not in state:
+        p = _mlp_prefix(state, prefix) or prefix
+        spec, weights = head_spec_from_state(state, p)
+        return spec, weights, {k: f"{p}.{k}" for k in weights}
+    odd = [k for k in _under(state, prefix) if not k.startswith((f"{prefix}.0.", f"{prefix}.2."))]
+    if odd:
+        raise ReprscopeError(f"BYOL projector with a simplicial embedding has {odd[:4]} beyond its embedder "
+                             f"({prefix}.0) and MLP ({prefix}.2)")
+    emb_spec, emb_w = head_spec_from_state(state, f"{prefix}.0")
+    if [l["type"] for l in emb_spec] != ["linear", "batchnorm"]:
+        raise ReprscopeError(f"BYOL embedder '{prefix}.0' is {[l['type'] for l in emb_spec]}; expected Linear + BatchNorm")
+    dim = int(emb_spec[0]["out"])
+    if dim % BYOL_SEM_SIMPLEX_DIM:
+        raise ReprscopeError(f"BYOL simplicial embedding of width {dim} is not a multiple of byol-pytorch's default "
+                             f"simplex size {BYOL_SEM_SIMPLEX_DIM}; its group size is not in the weights")
+    mlp_spec, mlp_w = head_spec_from_state(state, f"{prefix}.2")
+    sem = {"type": "simplicial", "in": dim, "simplex_dim": BYOL_SEM_SIMPLEX_DIM, "temperature": BYOL_SEM_TEMPERATURE}
+    spec = emb_spec + [sem] + mlp_spec
+    weights = dict(emb_w)
+    where = {k: f"{prefix}.0.{k}" for k in emb_w}
+    for k, v in mlp_w.items():
+        i, _, rest = k.partition(".")
+        weights[f"{int(i) + 3}.{rest}"], where[f"{int(i) + 3}.{rest}"] = v, f"{prefix}.2.{k}"
+    return spec, weights, where
+
+
 @register_format("byol", detect=_is_byol,
-                 summary="BYOL learner (lucidrains/byol-pytorch): online_encoder.{net,projector} + online_predictor; "
+                 summary="BYOL learner of byol-pytorch (lucidrains; ≥ 0.9 with the simplicial-embedding projector and "
+                         "net.* beside online_encoder.net.*): online_encoder.{net,projector} + online_predictor; "
                          "target encoder and the untrained fc unused")
 def build_byol(payload: Dict[str, Any], options: LoadOptions) -> Dict[str, Any]:
     state, origin, container = _must_resolve(payload)
@@ -212,27 +250,85 @@ def build_byol(payload: Dict[str, Any], options: LoadOptions) -> Dict[str, Any]:
     if odd:
         raise ReprscopeError(f"BYOL {role} net has an indexed fc ({', '.join(odd[:4])}); expected the torchvision "
                              "classifier that BYOL never trains")
+    # BYOL.net is the module online_encoder.net wraps: the file holds it twice, with equal tensors
+    alias = _under(state, "net")
+    differ = [origin[k] for k in alias if not (f"online_encoder.{k}" in state
+                                                and torch.equal(state[k], state[f"online_encoder.{k}"]))]
+    if differ:
+        raise ReprscopeError(f"BYOL learner's net.* should be the module online_encoder.net wraps, but "
+                             f"{', '.join(differ[:4])} differ from it")
     heads: Dict[str, Any] = {}
-    head_prefixes: Dict[str, str] = {}
     parts = [("projector", f"{enc}.projector")] + ([("predictor", "online_predictor")] if role == "online" else [])
     for part, prefix in parts:
-        p = _mlp_prefix(state, prefix)
-        if p is not None:
-            heads[part] = head_spec_from_state(state, p)
-            head_prefixes[part] = p
+        if _under(state, prefix):
+            heads[part] = byol_projector(state, prefix)
     if "predictor" in heads and "projector" not in heads:
         raise ReprscopeError("BYOL learner has an online_predictor but no online_encoder.projector")
     other = "target_encoder" if role == "online" else "online_encoder"
     other_keys = _under(state, other) + ([] if role == "online" else _under(state, "online_predictor"))
     aug = _under(state, "augment1") + _under(state, "augment2")
-    used = set(_under(state, net)) | {k for p in head_prefixes.values() for k in _under(state, p)}
-    _check_accounted(state, origin, used | set(other_keys) | set(aug), "BYOL")
-    bundle, arch = build_resnet_bundle(_backbone(state, net), heads, origin, net, head_prefixes, options=options)
+    used = set(_under(state, net)) | {k for h in heads.values() for k in h[2].values()}
+    _check_accounted(state, origin, used | set(other_keys) | set(aug) | set(alias), "BYOL")
+    bundle, arch = build_resnet_with_heads(_backbone(state, net), heads, origin, net, options=options)
     what = ("BYOL target (momentum) encoder; the online branch is analysed" if role == "online"
             else "BYOL online network; the target (momentum) branch is analysed")
     unused_keys = (unused(fc, origin, "torchvision classifier of the wrapped net; BYOL reads the avgpool output, "
                                       "so it was never trained")
                    + unused(other_keys, origin, what)
+                   + unused(alias, origin, "the wrapped net again (BYOL.net is online_encoder.net)")
                    + unused(aug, origin, "augmentation module state; not part of the model"))
+    sem = any(l["type"] == "simplicial" for l in heads.get("projector", ([],))[0])
     return _result(bundle, arch, "byol", "byol", container, payload,
-                   {p: s for p, (s, _) in heads.items()}, unused_keys, role=role, branches=branches, branch=enc)
+                   {p: h[0] for p, h in heads.items()}, unused_keys, role=role, branches=branches, branch=enc,
+                   simplicial_embedding=({"simplex_dim": BYOL_SEM_SIMPLEX_DIM, "temperature": BYOL_SEM_TEMPERATURE,
+                                          "source": "byol-pytorch defaults (not in the weights)"} if sem else None))
+
+
+# -- BYOL re-implementations' released backbones --------------------------------------------------------------
+
+#: top-level keys of BYOL re-implementations that release the backbones only (``{"online_backbone": {"module.…"}}``)
+_BYOL_RELEASE = {"online": "online_backbone", "momentum": "target_backbone"}
+
+
+def _resnet_dict(d: Any) -> Optional[Dict[str, Any]]:
+    if not (isinstance(d, Mapping) and any(isinstance(v, torch.Tensor) for v in d.values())):
+        return None
+    try:
+        state, _ = strip_state(d)
+    except ReprscopeError:
+        return None
+    if not _is_resnet_under(state, "") or _roots(state) - set(RESNET_ROOTS):
+        return None
+    return state
+
+
+def _is_byol_backbones(payload: Mapping[str, Any]) -> bool:
+    return (isinstance(payload, Mapping) and payload.get("format") is None
+            and _resnet_dict(payload.get("online_backbone")) is not None)
+
+
+@register_format("byol_backbones", detect=_is_byol_backbones,
+                 summary="a BYOL re-implementation's release: {'online_backbone': ResNet [, 'target_backbone': …]} "
+                         "(module. prefixes); online analysed, --branch momentum the target")
+def build_byol_backbones(payload: Dict[str, Any], options: LoadOptions) -> Dict[str, Any]:
+    branches = {b: f"{k}.* ({'online network' if b == 'online' else 'target network, an EMA of the online one'})"
+                for b, k in _BYOL_RELEASE.items() if _resnet_dict(payload.get(k)) is not None}
+    role = pick_branch("BYOL release", branches, "online", options.branch)
+    key = _BYOL_RELEASE[role]
+    state, origin = strip_state(payload[key])
+    origin = {k: f"{key}.{v}" for k, v in origin.items()}
+    fc = [k for k in state if k == "fc" or k.startswith("fc.")]
+    if any(k not in ("fc.weight", "fc.bias") for k in fc):
+        raise ReprscopeError(f"{key} has an indexed fc ({', '.join(origin[k] for k in fc[:4])}); expected a ResNet "
+                             "with at most its classifier")
+    bundle, arch = build_resnet_bundle({k: v for k, v in state.items() if k not in fc}, {}, origin, "", {},
+                                       options=options)
+    unused_keys = unused(fc, origin, "classifier (2-D fc) on the backbone; not analysed")
+    for k, v in payload.items():
+        if k == key or not (isinstance(v, Mapping) and any(isinstance(t, torch.Tensor) for t in v.values())):
+            continue
+        what = ("the other BYOL network" if k in _BYOL_RELEASE.values() else
+                "a part whose layout is that re-implementation's own (a projector or predictor); not read")
+        unused_keys.append(f"{k}.* ({sum(isinstance(t, torch.Tensor) for t in v.values())} tensors): {what}")
+    return _result(bundle, arch, "byol", "byol_backbones", key, payload, {}, unused_keys, role=role,
+                   branches=branches, branch=key)

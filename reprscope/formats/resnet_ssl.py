@@ -17,7 +17,7 @@ from ..errors import ReprscopeError
 from . import preprocess as pp
 from .base import LoadOptions, pick_branch, register_format
 from .common import (RESNET_ROOTS, build_resnet_bundle, epoch_of, find_state_dict, head_spec_from_state,
-                     strip_state, sub_state, unused)
+                     other_networks, strip_state, sub_state, unused)
 
 Resolved = Tuple[Dict[str, torch.Tensor], Dict[str, str], Optional[str]]
 
@@ -205,7 +205,7 @@ def _is_torchvision(payload: Mapping[str, Any]) -> bool:
     state = r[0]
     if "conv1.weight" not in state or "layer1.0.conv1.weight" not in state:
         return False
-    if any(k.split(".", 1)[0] not in RESNET_ROOTS for k in state):
+    if any(k.split(".", 1)[0] not in RESNET_ROOTS for k in state) or other_networks(payload, r[2]):
         return False
     from .timm_plain import is_timm_checkpoint  # a timm training checkpoint is read by the timm format
 
@@ -219,6 +219,10 @@ def _is_torchvision(payload: Mapping[str, Any]) -> bool:
                  summary="a raw torchvision/timm ResNet state dict (2-D fc = classifier, unused); no heads")
 def build_torchvision(payload: Dict[str, Any], options: LoadOptions) -> Dict[str, Any]:
     state, origin, container, role, branches, ema_unused = resolve_with_ema(payload, options, "torchvision")
+    others = other_networks(payload, container)
+    if others:
+        raise ReprscopeError(f"the file holds several networks ('{container}' and {', '.join(map(repr, others[:4]))}): "
+                             "a training checkpoint of another format, not one raw ResNet")
     fc = [k for k in state if k == "fc" or k.startswith("fc.")]
     odd = [origin[k] for k in fc if k not in ("fc.weight", "fc.bias")]
     if odd:

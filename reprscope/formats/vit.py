@@ -24,7 +24,7 @@ from ..models.bundle import ModelBundle
 from . import preprocess as pp
 from .base import LoadOptions, pick_branch, register_format
 from .common import (arch_what, build_resnet_bundle, check_timm_name, epoch_of, head_spec_from_state, load_strict,
-                     strip_state, sub_state, unused)
+                     other_networks, strip_state, sub_state, unused)
 from .resnet_ssl import _resolve, file_prefix, resolve_with_ema  # the shared payload resolvers
 
 #: top-level module names of a timm VisionTransformer that carry weights
@@ -770,20 +770,12 @@ def build_mae(payload: Dict[str, Any], options: LoadOptions) -> Dict[str, Any]:
 # -- raw timm / DINO-released / MAE-encoder ViT -------------------------------------------------------------
 
 
-def _other_networks(payload: Mapping[str, Any], container: Optional[str]) -> List[str]:
-    """Top-level dicts of tensors beside the one a raw-ViT reading would take: a file holding several networks
-    (I-JEPA's encoder / target_encoder / predictor) is a training checkpoint of its own format, not a ViT."""
-    if container is None or container in ("state_dict", "model", "state_dict_ema"):
-        return []
-    return [str(k) for k, v in payload.items() if k != container and _is_tensor_dict(v)]
-
-
 def _is_vit(payload: Mapping[str, Any]) -> bool:
     r = _resolve(payload)
     if r is None:
         return False
     state = r[0]
-    if _other_networks(payload, r[2]):
+    if other_networks(payload, r[2]):
         return False
     if "patch_embed.proj.weight" not in state or "pos_embed" not in state:
         return False
@@ -800,7 +792,7 @@ def build_vit(payload: Dict[str, Any], options: LoadOptions) -> Dict[str, Any]:
     if _resolve(payload) is None:
         raise ReprscopeError("ViT checkpoint holds no state dict")
     state, origin, container, role, branches, ema_unused = resolve_with_ema(payload, options, "ViT")
-    others = _other_networks(payload, container)
+    others = other_networks(payload, container)
     if others:
         raise ReprscopeError(f"the file holds several networks ('{container}' and {', '.join(map(repr, others[:4]))}): "
                              "a training checkpoint of another format, not one raw ViT")

@@ -24,7 +24,7 @@ from ..registry import Registry
 
 HEADS: Registry = Registry("head")
 
-ACTIVATIONS = ("relu", "gelu", "leaky_relu")
+ACTIVATIONS = ("relu", "gelu", "leaky_relu", "simplicial")
 
 
 class L2Norm(nn.Module):
@@ -32,6 +32,19 @@ class L2Norm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return nn.functional.normalize(x, dim=-1)
+
+
+class SimplicialSoftmax(nn.Module):
+    """Simplicial embedding (Lavoie et al. 2022, arXiv:2204.00616): the vector split into groups of
+    ``simplex_dim`` values, each group a softmax at ``temperature`` (byol-pytorch's ``SEM``)."""
+
+    def __init__(self, simplex_dim: int, temperature: float):
+        super().__init__()
+        self.simplex_dim, self.temperature = int(simplex_dim), float(temperature)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = x.reshape(*x.shape[:-1], -1, self.simplex_dim)
+        return (g / self.temperature).softmax(dim=-1).reshape(x.shape)
 
 
 def build_layer(spec: Dict[str, Any]) -> nn.Module:
@@ -50,14 +63,16 @@ def build_layer(spec: Dict[str, Any]) -> nn.Module:
         return nn.LeakyReLU(float(spec.get("slope", 0.01)))
     if t == "l2norm":
         return L2Norm()
-    raise ReprscopeError(f"unknown head layer type {t!r}; valid: linear, weightnorm_linear, batchnorm, relu, gelu, leaky_relu, l2norm")
+    if t == "simplicial":
+        return SimplicialSoftmax(int(spec["simplex_dim"]), float(spec.get("temperature", 0.1)))
+    raise ReprscopeError(f"unknown head layer type {t!r}; valid: {', '.join(_NEEDS)}")
 
 
 #: Most units of one head layer read from a file (a width beyond is refused before anything is built).
 MAX_WIDTH = 1 << 20
 
 _NEEDS = {"linear": ("in", "out"), "weightnorm_linear": ("in", "out"), "batchnorm": ("in",), "relu": (), "gelu": (),
-          "leaky_relu": (), "l2norm": ()}
+          "leaky_relu": (), "l2norm": (), "simplicial": ("in", "simplex_dim")}
 
 
 def spec_problem(spec: Any) -> Optional[str]:
@@ -72,6 +87,10 @@ def spec_problem(spec: Any) -> Optional[str]:
             v = layer.get(k)
             if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= MAX_WIDTH:
                 return f"layer {i} ({layer['type']}) needs '{k}' as a whole number in [1, {MAX_WIDTH}], got {v!r:.40}"
+        if layer["type"] == "simplicial":
+            t = layer.get("temperature", 0.1)
+            if layer["in"] % layer["simplex_dim"] or not isinstance(t, (int, float)) or isinstance(t, bool) or not t > 0:
+                return f"layer {i} (simplicial) needs simplex_dim dividing 'in' and a positive temperature"
     return None
 
 
