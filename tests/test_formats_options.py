@@ -290,7 +290,21 @@ INSPECT: Dict[str, Callable] = {
     "hf_dinov2": lambda t: _hf(t, "dinov2"),
     "open_clip": lambda t: _open_clip(t),
     "ibot": lambda t: _ibot_case(t)[0],
+    "byol_backbones": lambda t: {"online_backbone": {f"module.{k}": v for k, v in _tv18().state_dict().items()}},
+    "vissl": lambda t: {"classy_state_dict": {"base_model": {"model": {"trunk": {
+        f"_feature_blocks.{k}": v for k, v in _tv18().state_dict().items() if not k.startswith("fc.")}, "heads": {}}}}},
+    "mmpretrain": lambda t: {"meta": {}, "state_dict": {
+        **{f"backbone.{k}": v for k, v in _tv18().state_dict().items() if not k.startswith("fc.")},
+        "neck.mlp.0.weight": torch.randn(16, 512), "neck.mlp.0.bias": torch.zeros(16),
+        "neck.mlp.2.weight": torch.randn(8, 16), "neck.mlp.2.bias": torch.zeros(8)}},
 }
+
+
+def _tv18():
+    import torchvision
+
+    torch.manual_seed(8)
+    return torchvision.models.resnet18()
 
 
 def _open_clip(folder):

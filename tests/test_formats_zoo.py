@@ -102,3 +102,217 @@ def test_a_byol_release_of_backbones_reads_online_or_target_and_plain_readings_r
             _close(model.bundle.encoder.forward_features(x), net(x))
     with pytest.raises(ReprscopeError, match="several networks"):
         load_checkpoint(tmp_path / "b.pth", "torchvision")
+
+
+# -- VISSL (facebookresearch/vissl: models/trunks/resnext.py, models/heads, hooks/log_hooks.py) -------------
+
+
+class _VisslResNeXt(nn.Module):
+    """VISSL's ResNeXt trunk: torchvision's modules in a ModuleDict named _feature_blocks."""
+
+    def __init__(self):
+        super().__init__()
+        r = torchvision.models.resnet50()
+        self._feature_blocks = nn.ModuleDict([("conv1", r.conv1), ("bn1", r.bn1), ("conv1_relu", r.relu),
+                                              ("maxpool", r.maxpool), ("layer1", r.layer1), ("layer2", r.layer2),
+                                              ("layer3", r.layer3), ("layer4", r.layer4), ("avgpool", r.avgpool),
+                                              ("flatten", nn.Flatten(1))])
+
+    def forward(self, x):
+        for m in self._feature_blocks.values():
+            x = m(x)
+        return x
+
+
+class _SwAVHead(nn.Module):
+    """VISSL's SwAVPrototypesHead: projection_head (Linear, BN, ReLU, Linear), ℓ2, prototypes0."""
+
+    def __init__(self):
+        super().__init__()
+        self.projection_head = nn.Sequential(nn.Linear(2048, 64), nn.BatchNorm1d(64), nn.ReLU(inplace=True),
+                                             nn.Linear(64, 16))
+        self.prototypes0 = nn.Linear(16, 30, bias=False)
+
+    def forward(self, x):
+        return nn.functional.normalize(self.projection_head(x), dim=1, p=2)
+
+
+def _vissl_file(tmp_path, heads, loss):
+    torch.manual_seed(7)
+    trunk = _randomise(_VisslResNeXt(), 7).eval()
+    for h in heads:
+        _randomise(h, 8).eval()
+    hsd = {f"{i}.{k}": v for i, h in enumerate(heads) for k, v in h.state_dict().items()}
+    payload = {"phase_idx": 199, "iteration": 50000, "loss": loss, "iteration_num": 50000, "train_phase_idx": 199,
+               "classy_state_dict": {"base_model": {"model": {"trunk": trunk.state_dict(), "heads": hsd},
+                                                    "meta": {"trunk": {}}},
+                                     "optimizer": {"state": {}, "param_groups": []}}}
+    path = tmp_path / "model_final_checkpoint_phase199.torch"
+    torch.save(payload, path)
+    return trunk, path
+
+
+def test_a_vissl_swav_file_reads_the_trunk_and_the_projection_head(tmp_path):
+    head = _SwAVHead()
+    trunk, path = _vissl_file(tmp_path, [head], {"swav_criterion.num_iteration": torch.zeros(1)})
+    assert _detected(path) == ["vissl"]
+    model = load_checkpoint(path)
+    assert model.format == "vissl" and model.method == "swav" and model.epoch == 200 and model.step == 50000
+    assert any("prototypes0" in u and "cluster centres" in u for u in model.unused_keys)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        h = trunk(x)
+        out = model.bundle(x)
+        _close(out["h"], h)
+        _close(out["z"], head(h))
+
+
+def test_vissl_chained_heads_and_numpy_zoo_files(tmp_path):
+    from torchvision.models import resnet50
+
+    h1 = nn.Module()
+    h1.clf = nn.Sequential(nn.Linear(2048, 64), nn.ReLU(inplace=True))
+    h2 = nn.Module()
+    h2.clf = nn.Sequential(nn.Linear(64, 16))
+    trunk, path = _vissl_file(tmp_path, [h1, h2], {"info_criterion.pos_mask": torch.zeros(2, 2)})
+    model = load_checkpoint(path)
+    assert model.method == "simclr" and not model.bundle.has("projector")
+    assert sum("chained VISSL heads" in u for u in model.unused_keys) == 4
+    # an older zoo file: {"model_state_dict": {"_feature_blocks.…": numpy array}} (NPID)
+    sd = {k: v.numpy() for k, v in trunk.state_dict().items()}
+    torch.save({"model_state_dict": sd}, tmp_path / "npid.pth")
+    npid = load_checkpoint(tmp_path / "npid.pth")
+    assert npid.format == "vissl"
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        _close(npid.bundle.encoder.forward_features(x), trunk(x))
+    # what VISSL's convert_vissl_to_torchvision.py writes is torchvision's own layout
+    tv = resnet50()
+    tv.fc = nn.Identity()
+    tv.load_state_dict({k[len("_feature_blocks."):]: v for k, v in trunk.state_dict().items()}, strict=False)
+    torch.save({k[len("_feature_blocks."):]: v for k, v in trunk.state_dict().items()}, tmp_path / "conv.torch")
+    conv = load_checkpoint(tmp_path / "conv.torch")
+    assert conv.format == "torchvision"
+
+
+def test_a_pickled_numpy_array_is_data_only_and_bounded(tmp_path):
+    import pickle
+
+    import numpy as np
+
+    from reprscope.formats.base import _bounded_reconstruct
+
+    with pytest.raises(pickle.UnpicklingError, match="declares shape"):
+        _bounded_reconstruct(np.ndarray, (1 << 40,), np.dtype("f4"))
+    with pytest.raises(pickle.UnpicklingError, match="only numpy.ndarray"):
+        _bounded_reconstruct(np.matrix, (1,), np.dtype("f4"))
+    torch.save({"model_state_dict": {"_feature_blocks.conv1.weight": np.zeros((2, 3), dtype=object)}}, tmp_path / "o.pth")
+    with pytest.raises(ReprscopeError):
+        load_checkpoint(tmp_path / "o.pth")
+
+
+# -- MMSelfSup / MMPretrain (open-mmlab/mmpretrain: models/selfsup, necks, backbones) -------------------------
+
+
+def _mm_resnet50(seed):
+    r = _randomise(torchvision.models.resnet50(), seed).eval()
+    r.fc = nn.Identity()
+    return r
+
+
+def test_an_mmselfsup_mocov2_resnet50_reads_both_encoders_with_the_neck_as_projector(tmp_path):
+    """MoCo v2 in MMPretrain 1.x: backbone + MoCoV2Neck (mlp.0, ReLU, mlp.2), encoder_k = MMEngine's
+    ExponentialMovingAverage(Sequential(backbone, neck)) → encoder_k.module.{0,1} and encoder_k.steps, queues."""
+    torch.manual_seed(9)
+    q, k = _mm_resnet50(9), _mm_resnet50(10)
+    neck_q = _randomise(nn.Sequential(nn.Linear(2048, 64), nn.ReLU(inplace=True), nn.Linear(64, 16)), 11).eval()
+    neck_k = _randomise(nn.Sequential(nn.Linear(2048, 64), nn.ReLU(inplace=True), nn.Linear(64, 16)), 12).eval()
+    sd = {**{f"backbone.{n}": v for n, v in q.state_dict().items()},
+          **{f"neck.mlp.{n}": v for n, v in neck_q.state_dict().items()},
+          **{f"encoder_k.module.0.{n}": v for n, v in k.state_dict().items()},
+          **{f"encoder_k.module.1.mlp.{n}": v for n, v in neck_k.state_dict().items()},
+          "encoder_k.steps": torch.tensor(1000), "queue": torch.randn(16, 32), "queue_ptr": torch.zeros(1, dtype=torch.long)}
+    path = tmp_path / "mocov2_resnet50_8xb32-coslr-200e_in1k.pth"
+    torch.save({"meta": {"epoch": 200, "iter": 1000, "mmpretrain_version": "1.0.0"}, "state_dict": sd}, path)
+    assert _detected(path) == ["mmpretrain"]
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    for branch, net, neck in (("online", q, neck_q), ("momentum", k, neck_k)):
+        model = load_checkpoint(path, options=LoadOptions(branch=branch))
+        assert model.format == "mmpretrain" and model.method == "mocov2" and model.epoch == 200
+        with torch.no_grad():
+            out = model.bundle(x)
+            _close(out["h"], net(x))
+            _close(out["z"], neck(net(x)))
+    assert any("queue" in u for u in model.unused_keys)
+
+
+def test_an_mmselfsup_byol_with_nonlinear_necks_and_the_0x_aliases(tmp_path):
+    """BYOL in MMSelfSup 0.x: online_net = Sequential(backbone, neck) saved again beside backbone/neck, the target
+    as target_net.{0,1}; NonLinearNeck (fc0, bn0, ReLU, fc1) and head.predictor the same kind."""
+    torch.manual_seed(13)
+    net = _mm_resnet50(13)
+
+    def nonlinear(d_in, seed):
+        m = nn.Module()
+        m.fc0, m.bn0, m.fc1 = nn.Linear(d_in, 64), nn.BatchNorm1d(64), nn.Linear(64, 16)
+        _randomise(m, seed).eval()
+        return m, lambda x: m.fc1(torch.relu(m.bn0(m.fc0(x))))
+
+    neck, f_neck = nonlinear(2048, 14)
+    pred, f_pred = nonlinear(16, 15)
+    sd = {**{f"backbone.{n}": v for n, v in net.state_dict().items()},
+          **{f"neck.{n}": v for n, v in neck.state_dict().items()},
+          **{f"online_net.0.{n}": v for n, v in net.state_dict().items()},
+          **{f"online_net.1.{n}": v for n, v in neck.state_dict().items()},
+          **{f"target_net.0.{n}": v for n, v in net.state_dict().items()},
+          **{f"target_net.1.{n}": v for n, v in neck.state_dict().items()},
+          **{f"head.predictor.{n}": v for n, v in pred.state_dict().items()}}
+    torch.save({"meta": {"epoch": 300}, "state_dict": sd}, tmp_path / "byol.pth")
+    model = load_checkpoint(tmp_path / "byol.pth")
+    assert model.method == "byol" and model.bundle.has("predictor")
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        out = model.bundle(x)
+        _close(out["h"], net(x))
+        _close(out["z"], f_neck(net(x)))
+        _close(out["p"], f_pred(f_neck(net(x))))
+    sd["online_net.0.conv1.weight"] = sd["online_net.0.conv1.weight"] + 1
+    torch.save({"meta": {}, "state_dict": sd}, tmp_path / "bad.pth")
+    with pytest.raises(ReprscopeError, match="should be the same module"):
+        load_checkpoint(tmp_path / "bad.pth")
+
+
+def _to_mmpretrain_vit(vit) -> dict:
+    """timm ViT names → MMPretrain's (the inverse of its model converter's table)."""
+    out = {}
+    for k, v in vit.state_dict().items():
+        k2 = (k.replace("patch_embed.proj.", "patch_embed.projection.").replace("blocks.", "layers.")
+              .replace(".norm1.", ".ln1.").replace(".norm2.", ".ln2.").replace(".mlp.fc1.", ".ffn.layers.0.0.")
+              .replace(".mlp.fc2.", ".ffn.layers.1."))
+        k2 = "ln1." + k2[len("norm."):] if k2.startswith("norm.") else k2
+        out[k2] = v
+    return out
+
+
+def test_an_mmpretrain_mae_vit_b16_equals_the_timm_vit_it_converts_to(tmp_path):
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(16)
+    vit = VisionTransformer(img_size=224, patch_size=16, embed_dim=768, depth=2, num_heads=12, num_classes=0)
+    _randomise(vit, 16).eval()
+    sd = {f"backbone.{k}": v for k, v in _to_mmpretrain_vit(vit).items()}
+    sd.update({"neck.mask_token": torch.zeros(1, 1, 64), "neck.decoder_embed.weight": torch.randn(64, 768),
+               "neck.decoder_pred.weight": torch.randn(768, 64),
+               "data_preprocessor.mean": torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1),
+               "data_preprocessor.std": torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)})
+    torch.save({"meta": {"epoch": 400}, "state_dict": sd}, tmp_path / "mae.pth")
+    model = load_checkpoint(tmp_path / "mae.pth")
+    assert model.method == "masked_image_modelling" and not model.bundle.has("projector")
+    assert model.preprocess.mean[0] == pytest.approx(0.485) and model.config["timm_kwargs"]["num_heads"] == 12
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        _close(model.bundle.encoder.forward_features(x), vit.forward_features(x)[:, 0])
+    sd["backbone.layers.0.attn.relative_position_bias_table"] = torch.zeros(10, 12)
+    torch.save({"meta": {}, "state_dict": sd}, tmp_path / "beit.pth")
+    with pytest.raises(ReprscopeError, match="relative position bias"):
+        load_checkpoint(tmp_path / "beit.pth")

@@ -352,8 +352,42 @@ def read_checkpoint_file(path: os.PathLike | str) -> Any:
     return read_checkpoint(path)[0]
 
 
-#: Globals a checkpoint may name beyond torch's weights-only allow list (inert data holders, loaded as such).
-ALLOWED_GLOBALS = ("argparse.Namespace",)
+#: Globals a checkpoint may name beyond torch's weights-only allow list (inert data holders, loaded as such):
+#: ``argparse.Namespace`` (DINO, MAE, timm save their args as one) and numpy's array reconstruction (older model-zoo
+#: files, VISSL's NPID, hold numpy arrays): data only, and the one function, numpy's ``_reconstruct``, is reached
+#: through :func:`_bounded_reconstruct`, which builds nothing but an ``ndarray`` of a bounded size.
+ALLOWED_GLOBALS = ("argparse.Namespace", "numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct",
+                   "numpy.ndarray", "numpy.dtype")
+#: the most values one pickled numpy array may declare before its data is read
+MAX_NUMPY_VALUES = 1 << 32
+
+
+def _bounded_reconstruct(subtype: Any, shape: Any, dtype: Any) -> Any:
+    """numpy's ``_reconstruct`` (what unpickling an array calls) for plain ``ndarray``s of at most
+    :data:`MAX_NUMPY_VALUES` values; anything else is refused before it is built."""
+    import numpy as np
+
+    if subtype is not np.ndarray:
+        raise pickle.UnpicklingError(f"a pickled numpy array of type {subtype!r}; only numpy.ndarray is read")
+    dims = shape if isinstance(shape, tuple) else (shape,)
+    if not all(isinstance(d, int) and d >= 0 for d in dims) or int(np.prod(dims, dtype=object)) > MAX_NUMPY_VALUES:
+        raise pickle.UnpicklingError(f"a pickled numpy array declares shape {shape!r}")
+    try:  # numpy's own, called with checked arguments (numpy 2 moved it under numpy._core)
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core.multiarray import _reconstruct
+    return _reconstruct(subtype, shape, dtype)
+
+
+def _safe_globals() -> List[Any]:
+    """The objects (or ``(object, name)`` pairs) :data:`ALLOWED_GLOBALS` stand for, for ``torch.load``."""
+    import numpy as np
+
+    # a dtype is rebuilt as numpy.dtype(...) and then given its state (BUILD), which torch allows only for listed
+    # types: the numeric dtype classes (numpy >= 1.25 has one class per dtype)
+    kinds = {type(np.dtype(c)) for c in "?bhilqBHILQefdFD"} - {np.dtype}
+    return [argparse.Namespace, (_bounded_reconstruct, "numpy.core.multiarray._reconstruct"),
+            (_bounded_reconstruct, "numpy._core.multiarray._reconstruct"), np.ndarray, np.dtype, *sorted(kinds, key=str)]
 
 
 class SkippedGlobal:
@@ -397,7 +431,7 @@ def _load_with_placeholders(path: Path) -> Optional[PlaceholderPayload]:
         return None
     stand_ins = [(_placeholder(n), n) for n in names]
     try:
-        with warnings.catch_warnings(), torch.serialization.safe_globals([argparse.Namespace, *stand_ins]):
+        with warnings.catch_warnings(), torch.serialization.safe_globals([*_safe_globals(), *stand_ins]):
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - still not loadable with stand-ins (REDUCE on a stand-in's instance …)
@@ -414,7 +448,7 @@ def _torch_load(path: Path) -> Any:
     archive that names globals outside the allow list is read again with inert stand-ins for them
     (:class:`SkippedGlobal`); whether its tensors then make a model is the format detection's call."""
     try:
-        with warnings.catch_warnings(), torch.serialization.safe_globals([argparse.Namespace]):
+        with warnings.catch_warnings(), torch.serialization.safe_globals(_safe_globals()):
             # a plain pickle (not a torch.save archive) makes torch warn about its protocol before we refuse it
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             # argparse.Namespace is inert data (DINO, MAE, timm save their args as one); everything else that

@@ -207,6 +207,8 @@ def _is_torchvision(payload: Mapping[str, Any]) -> bool:
         return False
     if any(k.split(".", 1)[0] not in RESNET_ROOTS for k in state) or other_networks(payload, r[2]):
         return False
+    if r[2] in ("online_backbone", "target_backbone"):  # a BYOL release: format byol_backbones
+        return False
     from .timm_plain import is_timm_checkpoint  # a timm training checkpoint is read by the timm format
 
     if is_timm_checkpoint(payload):
