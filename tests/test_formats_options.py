@@ -22,6 +22,7 @@ from test_formats import (_cifar_case, _features, _mocov2_case, _mocov3_case, _r
                           _torchvision_case)
 from test_formats_more import _barlow_case, _byol_case, _sthalles_case, _swav_released_case, _vicreg_case
 from test_formats_projects import _ibot_case
+from test_formats_zoo import _beit_v2_file
 from test_formats_vit import _dino_case, _mae_case, _vit
 from test_formats_wild import (LIGHTNING, LightlyBYOL, MoCoV3ViT, SoloBYOL, _dinov2, _perturb, _timm_case)
 
@@ -290,6 +291,7 @@ INSPECT: Dict[str, Callable] = {
     "hf_dinov2": lambda t: _hf(t, "dinov2"),
     "open_clip": lambda t: _open_clip(t),
     "ibot": lambda t: _ibot_case(t)[0],
+    "beit": lambda t: {"model": _beit_v2_file(t)[1]},
     "byol_backbones": lambda t: {"online_backbone": {f"module.{k}": v for k, v in _tv18().state_dict().items()}},
     "vissl": lambda t: {"classy_state_dict": {"base_model": {"model": {"trunk": {
         f"_feature_blocks.{k}": v for k, v in _tv18().state_dict().items() if not k.startswith("fc.")}, "heads": {}}}}},

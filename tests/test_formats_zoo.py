@@ -316,3 +316,40 @@ def test_an_mmpretrain_mae_vit_b16_equals_the_timm_vit_it_converts_to(tmp_path):
     torch.save({"meta": {}, "state_dict": sd}, tmp_path / "beit.pth")
     with pytest.raises(ReprscopeError, match="relative position bias"):
         load_checkpoint(tmp_path / "beit.pth")
+
+
+# -- BEiT v2's own pre-training file (microsoft/unilm beit2: {"model": …}) --------------------------------------
+
+
+def _beit_v2_file(tmp_path, seed=17):
+    from timm.models.beit import Beit
+
+    torch.manual_seed(seed)
+    m = Beit(img_size=32, patch_size=8, num_classes=0, embed_dim=64, depth=2, num_heads=2, use_abs_pos_emb=False,
+             use_shared_rel_pos_bias=True, init_values=0.1, global_pool="token")
+    _randomise(m, seed).eval()
+    sd = dict(m.state_dict())
+    sd["rel_pos_bias.relative_position_index"] = m.rel_pos_bias.relative_position_index.clone()  # BEiT saves it
+    sd.update({"mask_token": torch.zeros(1, 1, 64), "lm_head.weight": torch.randn(100, 64), "lm_head.bias": torch.zeros(100),
+               "cls_pt_layers.0.norm1.weight": torch.ones(64), "cls_pt_layers.0.attn.qkv.weight": torch.randn(192, 64)})
+    path = tmp_path / "beitv2_checkpoint-299.pth"
+    torch.save({"model": sd, "optimizer": {}, "epoch": 299, "scaler": {}}, path)
+    return m, sd, path
+
+
+def test_a_beit_v2_pretraining_file_equals_timms_beit_with_its_shared_relative_position_bias(tmp_path):
+    m, sd, path = _beit_v2_file(tmp_path)
+    assert _detected(path) == ["beit"]
+    model = load_checkpoint(path)
+    assert model.format == "beit" and model.config["timm_kwargs"]["num_heads"] == 2
+    assert any(u.startswith("lm_head.") for u in model.unused_keys)
+    assert any(u.startswith("cls_pt_layers.") for u in model.unused_keys)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        _close(model.bundle.encoder.forward_features(x), m.forward_head(m.forward_features(x), pre_logits=True))
+        mean = load_checkpoint(path, options=LoadOptions(pool="mean"))
+        _close(mean.bundle.encoder.forward_features(x), m.forward_features(x)[:, 1:].mean(dim=1))
+    sd["rel_pos_bias.relative_position_index"] = sd["rel_pos_bias.relative_position_index"].flip(0)
+    torch.save({"model": sd}, tmp_path / "bad.pth")
+    with pytest.raises(ReprscopeError, match="relative position index"):
+        load_checkpoint(tmp_path / "bad.pth")

@@ -17,6 +17,7 @@ from . import hf_transformers  # noqa: F401  (hf_vit, hf_dinov2)
 from . import open_clip  # noqa: F401
 from . import vissl  # noqa: F401
 from . import mmpretrain  # noqa: F401
+from . import beit  # noqa: F401
 
 __all__ = ["FORMATS", "READERS", "LoadedModel", "LoadOptions", "Preprocess", "load_checkpoint", "payload_summary",
            "read_checkpoint", "read_checkpoint_file"]
