@@ -288,17 +288,20 @@ def _to_mmpretrain_vit(vit) -> dict:
     for k, v in vit.state_dict().items():
         k2 = (k.replace("patch_embed.proj.", "patch_embed.projection.").replace("blocks.", "layers.")
               .replace(".norm1.", ".ln1.").replace(".norm2.", ".ln2.").replace(".mlp.fc1.", ".ffn.layers.0.0.")
-              .replace(".mlp.fc2.", ".ffn.layers.1."))
+              .replace(".mlp.fc2.", ".ffn.layers.1.").replace(".ls1.gamma", ".attn.gamma1.weight")
+              .replace(".ls2.gamma", ".ffn.gamma2.weight"))
         k2 = "ln1." + k2[len("norm."):] if k2.startswith("norm.") else k2
         out[k2] = v
     return out
 
 
-def test_an_mmpretrain_mae_vit_b16_equals_the_timm_vit_it_converts_to(tmp_path):
+@pytest.mark.parametrize("layer_scale", [None, 0.1])
+def test_an_mmpretrain_mae_vit_b16_equals_the_timm_vit_it_converts_to(tmp_path, layer_scale):
     from timm.models.vision_transformer import VisionTransformer
 
     torch.manual_seed(16)
-    vit = VisionTransformer(img_size=224, patch_size=16, embed_dim=768, depth=2, num_heads=12, num_classes=0)
+    vit = VisionTransformer(img_size=224, patch_size=16, embed_dim=768, depth=2, num_heads=12, num_classes=0,
+                            init_values=layer_scale)
     _randomise(vit, 16).eval()
     sd = {f"backbone.{k}": v for k, v in _to_mmpretrain_vit(vit).items()}
     sd.update({"neck.mask_token": torch.zeros(1, 1, 64), "neck.decoder_embed.weight": torch.randn(64, 768),
@@ -353,3 +356,27 @@ def test_a_beit_v2_pretraining_file_equals_timms_beit_with_its_shared_relative_p
     torch.save({"model": sd}, tmp_path / "bad.pth")
     with pytest.raises(ReprscopeError, match="relative position index"):
         load_checkpoint(tmp_path / "bad.pth")
+
+
+def test_a_vissl_vit_trunk_reads_as_dinos_vit_with_a_swav_style_head(tmp_path):
+    """VISSL's vision_transformer trunk (timm names, no _feature_blocks) with a swav_head projection."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(18)
+    vit = _randomise(VisionTransformer(img_size=32, patch_size=8, embed_dim=384, depth=2, num_heads=6,
+                                       num_classes=0), 18).eval()
+    head = _randomise(nn.Module(), 19)
+    head.projection_head = nn.Sequential(nn.Linear(384, 64), nn.GELU(), nn.Linear(64, 16))
+    _randomise(head, 19).eval()
+    payload = {"phase_idx": 9, "iteration": 10, "loss": {"center": torch.zeros(1, 16)}, "train_phase_idx": 9,
+               "classy_state_dict": {"base_model": {"model": {"trunk": vit.state_dict(),
+                                                               "heads": {f"0.{k}": v for k, v in head.state_dict().items()}}}}}
+    torch.save(payload, tmp_path / "dino_vissl.torch")
+    model = load_checkpoint(tmp_path / "dino_vissl.torch")
+    assert model.format == "vissl" and model.method == "dino" and "NUM_HEADS" in model.config["num_heads_source"]
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        h = vit.forward_features(x)[:, 0]
+        out = model.bundle(x)
+        _close(out["h"], h)
+        _close(out["z"], nn.functional.normalize(head.projection_head(h), dim=1))  # DINO's VISSL heads use GELU

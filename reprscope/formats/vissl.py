@@ -16,7 +16,7 @@ Layouts:
   ResNet, read by the ``torchvision`` format.
 
 The projector: a single head that is an ``mlp`` (its Sequential's layers; the activations between weighted layers
-are ReLU, VISSL's default) or the ``swav_head``'s projection head followed by its ℓ2 normalisation. Several chained
+are not in the weights: ReLU, VISSL's default, GELU where the loss state says DINO, whose VISSL configs use it) or the ``swav_head``'s projection head followed by its ℓ2 normalisation. Several chained
 heads are not read as a projector: the activations *between* heads are in the run's YAML config (SimCLR's first
 head ends with a ReLU only because ``skip_last_layer_relu_bn`` is false there), not in the weights; the trunk is
 analysed and the heads are listed unused with that reason. The method is named where the loss state says it
@@ -67,11 +67,16 @@ def _as_tensors(d: Mapping[str, Any], where: str) -> Dict[str, torch.Tensor]:
     return out
 
 
+def _is_vit_trunk(d: Any) -> bool:
+    return isinstance(d, Mapping) and "patch_embed.proj.weight" in d and "cls_token" in d and "pos_embed" in d
+
+
 def _trunk(payload: Mapping[str, Any]) -> Optional[Tuple[Dict[str, Any], str]]:
     """``(trunk weights as stored, where they sit)`` of a VISSL file, or None."""
     for path in (_TRUNK_PATH, ("model_state_dict",)):
         d = _get(payload, path)
-        if isinstance(d, Mapping) and d and any(str(k).startswith(PREFIX) for k in d):
+        if isinstance(d, Mapping) and d and (any(str(k).startswith(PREFIX) for k in d)
+                                            or (path == _TRUNK_PATH and _is_vit_trunk(d))):
             return dict(d), ".".join(path) + "."
     if payload and all(str(k).startswith(PREFIX) for k in payload):
         return dict(payload), ""
@@ -91,8 +96,16 @@ def _method(payload: Mapping[str, Any]) -> str:
     return "unknown"
 
 
-def _projector(heads: Mapping[str, Any], where: str):
-    """``(projector (spec, weights, where) or None, the head keys left unused with their reason)``."""
+def _projector(heads: Mapping[str, Any], where: str, gelu: bool = False):
+    """``(projector (spec, weights, where) or None, the head keys left unused with their reason)``. The hidden
+    activations are not in the weights: ReLU, VISSL's default, or GELU (``gelu``: VISSL's DINO configs)."""
+    proj, left = _projector_relu(heads, where)
+    if proj is not None and gelu:
+        proj = ([{"type": "gelu"} if l["type"] == "relu" else l for l in proj[0]], proj[1], proj[2])
+    return proj, left
+
+
+def _projector_relu(heads: Mapping[str, Any], where: str):
     idx = sorted({int(m.group(1)) for k in heads for m in [re.match(r"(\d+)\.", k)] if m})
     odd = [k for k in heads if not re.match(r"\d+\.", k)]
     if odd:
@@ -130,16 +143,65 @@ def _projector(heads: Mapping[str, Any], where: str):
             [(k, "SwAV prototypes (cluster centres of the projection); not a representation") for k in left])
 
 
+def _heads(payload: Mapping[str, Any], where: str):
+    heads_raw = _get(payload, _HEADS_PATH) if where.startswith("classy_state_dict") else None
+    heads = _as_tensors(heads_raw, "classy_state_dict.base_model.model.heads.") if isinstance(heads_raw, Mapping) else {}
+    hwhere = "classy_state_dict.base_model.model.heads."
+    projector, head_unused = _projector(heads, hwhere, gelu=_method(payload) == "dino")
+    return heads, hwhere, projector, head_unused
+
+
+def _unused(payload: Mapping[str, Any], hwhere: str, head_unused) -> list:
+    out = [f"{hwhere}{k}: {why}" for k, why in head_unused]
+    for k in ("loss", "optimizer"):
+        if isinstance(payload.get(k), Mapping) and payload[k]:
+            out.append(f"{k}: training state; not part of the model")
+    cs = payload.get("classy_state_dict")
+    if isinstance(cs, Mapping):
+        out += [f"classy_state_dict.{k}: training state; not part of the model" for k in cs if k != "base_model"]
+    return out
+
+
+def _build_vit(payload: Mapping[str, Any], trunk: Dict[str, Any], where: str, options: LoadOptions) -> Dict[str, Any]:
+    """VISSL's ``vision_transformer`` trunk: DINO's ViT in timm's names (LayerNorm ε 1e-6, the class token after the
+    final norm). Its head count is in the run's YAML (``NUM_HEADS``), not in the file; VISSL's zoo ViTs (DeiT-S,
+    ViT-B/L/H) follow timm's convention for their widths, which is used and said."""
+    from .vit import _split_vit, build_vit_bundle
+
+    state, origin = strip_state(trunk)
+    origin = {k: f"{where}{v}" for k, v in origin.items()}
+    backbone, classifier = _split_vit(state, origin)
+    heads, hwhere, projector, head_unused = _heads(payload, where)
+    head = None
+    if projector:
+        spec, w, wh = projector
+        head = (spec, w, {k: f"{hwhere}{src}" for k, src in wh.items()})
+    bundle, arch = build_vit_bundle(backbone, origin, "", head, options=options)
+    branches = {"online": f"{where}* (the ViT trunk; VISSL files hold one network)"}
+    role = pick_branch("VISSL", branches, "online", options.branch)
+    unused_keys = _unused(payload, hwhere, head_unused) + [f"{origin[k]}: classifier; not analysed" for k in classifier]
+    config = {"format": "vissl", "container": where.rstrip("."), **arch.config(),
+              "heads": {"projector": head[0]} if head else {}}
+    config["num_heads_source"] = f"{arch.heads_source} (VISSL keeps NUM_HEADS in the run's config, not in the file)"
+    return {"bundle": bundle, "method": _method(payload), "config": config, "unused_keys": unused_keys,
+            "epoch": payload.get("train_phase_idx") + 1 if isinstance(payload.get("train_phase_idx"), int) else None,
+            "step": payload.get("iteration") if isinstance(payload.get("iteration"), int) else None,
+            "branch": role, "branches": branches,
+            "preprocess": pp.for_vit(bundle.encoder.img_size, f"VISSL {arch.name}")}
+
+
 @register_format("vissl", detect=_detect,
                  summary="VISSL model-zoo checkpoint (classy_state_dict.base_model.model.trunk _feature_blocks.* + "
                          "heads; or model_state_dict with numpy arrays; SimCLR, SwAV, DeepCluster v2, SeLa v2, PIRL, "
-                         "NPID, NPID++, ClusterFit, Jigsaw, RotNet, Barlow Twins, MoCo on ResNet-50)")
+                         "NPID, NPID++, ClusterFit, Jigsaw, RotNet, Barlow Twins, MoCo on ResNet-50; ViT trunks)")
 def build_vissl(payload: Dict[str, Any], options: LoadOptions) -> Dict[str, Any]:
     found = _trunk(payload)
     if found is None:
         raise ReprscopeError("no VISSL trunk (_feature_blocks.*) in the file")
     raw, where = found
     trunk = _as_tensors(raw, where)
+    if _is_vit_trunk(trunk):
+        return _build_vit(payload, trunk, where, options)
     stray = [k for k in trunk if not k.startswith(PREFIX)]
     if stray:
         raise ReprscopeError(f"VISSL trunk has {[where + k for k in stray[:4]]} outside _feature_blocks")
@@ -152,10 +214,7 @@ def build_vissl(payload: Dict[str, Any], options: LoadOptions) -> Dict[str, Any]
     fc = [k for k in state if k.split(".", 1)[0] == "fc"]
     if fc:
         raise ReprscopeError(f"VISSL trunk has {[origin[k] for k in fc[:3]]}; VISSL's ResNe(X)t trunk has no fc")
-    heads_raw = _get(payload, _HEADS_PATH) if where.startswith("classy_state_dict") else None
-    heads = _as_tensors(heads_raw, "classy_state_dict.base_model.model.heads.") if isinstance(heads_raw, Mapping) else {}
-    hwhere = "classy_state_dict.base_model.model.heads."
-    projector, head_unused = _projector(heads, hwhere)
+    heads, hwhere, projector, head_unused = _heads(payload, where)
     parts = {"projector": projector} if projector else {}
     horigin = {f"<h>.{k}": f"{hwhere}{k}" for k in heads}
     bundle, arch = build_resnet_with_heads(
@@ -163,13 +222,7 @@ def build_vissl(payload: Dict[str, Any], options: LoadOptions) -> Dict[str, Any]
         {**origin, **horigin}, "", options=options)
     branches = {"online": f"{where}{PREFIX}* (the trunk; VISSL files hold one network)"}
     role = pick_branch("VISSL", branches, "online", options.branch)
-    unused_keys = [f"{hwhere}{k}: {why}" for k, why in head_unused]
-    for k in ("loss", "optimizer"):
-        if isinstance(payload.get(k), Mapping) and payload[k]:
-            unused_keys.append(f"{k}: training state; not part of the model")
-    cs = payload.get("classy_state_dict")
-    if isinstance(cs, Mapping):
-        unused_keys += [f"classy_state_dict.{k}: training state; not part of the model" for k in cs if k != "base_model"]
+    unused_keys = _unused(payload, hwhere, head_unused)
     result = _result(bundle, arch, _method(payload), "vissl", where.rstrip(".") or None, payload,
                      {p: h[0] for p, h in parts.items()}, unused_keys, role=role, branches=branches)
     result["epoch"] = payload.get("train_phase_idx") + 1 if isinstance(payload.get("train_phase_idx"), int) else None
