@@ -380,3 +380,44 @@ def test_a_vissl_vit_trunk_reads_as_dinos_vit_with_a_swav_style_head(tmp_path):
         out = model.bundle(x)
         _close(out["h"], h)
         _close(out["z"], nn.functional.normalize(head.projection_head(h), dim=1))  # DINO's VISSL heads use GELU
+
+
+def test_resnext_trunks_are_read_with_their_cardinality(tmp_path):
+    """VISSL's zoo has ResNeXt trunks (torchvision's resnext*, groups × width_per_group): rebuilt as timm's ResNet
+    with cardinality and base_width read from the grouped conv2's shape."""
+    torch.manual_seed(20)
+    r = _randomise(torchvision.models.resnext50_32x4d(), 20).eval()
+    r.fc = nn.Identity()
+    sd = {f"_feature_blocks.{k}": v for k, v in r.state_dict().items()}
+    torch.save({"classy_state_dict": {"base_model": {"model": {"trunk": sd, "heads": {}}}}}, tmp_path / "x.torch")
+    model = load_checkpoint(tmp_path / "x.torch")
+    assert model.config["timm_kwargs"] == {"cardinality": 32, "base_width": 4}
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        _close(model.bundle.encoder.forward_features(x), r(x))
+
+
+def test_a_uniformly_widened_resnet_w2_reads_as_the_vissl_trunk_it_is(tmp_path):
+    """VISSL's ResNet-50 w2 (SimCLR's x2): every channel count doubled, built as VISSL builds it."""
+    from torchvision.models.resnet import Bottleneck, ResNet
+
+    torch.manual_seed(21)
+    w = 2
+    base = ResNet(block=Bottleneck, layers=(3, 4, 6, 3))
+    base.inplanes = 64 * w
+    trunk = nn.Sequential()
+    trunk.conv1 = nn.Conv2d(3, 64 * w, kernel_size=7, stride=2, padding=3, bias=False)
+    trunk.bn1, trunk.relu, trunk.maxpool = nn.BatchNorm2d(64 * w), nn.ReLU(inplace=True), base.maxpool
+    trunk.layer1 = base._make_layer(Bottleneck, 64 * w, 3)
+    trunk.layer2 = base._make_layer(Bottleneck, 128 * w, 4, stride=2)
+    trunk.layer3 = base._make_layer(Bottleneck, 256 * w, 6, stride=2)
+    trunk.layer4 = base._make_layer(Bottleneck, 512 * w, 3, stride=2)
+    trunk.avgpool, trunk.flatten = nn.AdaptiveAvgPool2d(1), nn.Flatten(1)
+    _randomise(trunk, 21).eval()
+    sd = {f"_feature_blocks.{k}": v for k, v in trunk.state_dict().items()}
+    torch.save({"classy_state_dict": {"base_model": {"model": {"trunk": sd, "heads": {}}}}}, tmp_path / "w2.torch")
+    model = load_checkpoint(tmp_path / "w2.torch")
+    assert model.bundle.num_features == 4096 and model.config["stem_width"] == 128
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        _close(model.bundle.encoder.forward_features(x), trunk(x))

@@ -129,7 +129,7 @@ class ResNetArch:
 
     Attributes:
         name: timm model name (``resnet18`` … ``resnet152``, ``wide_resnet50_2``).
-        kwargs: extra ``timm.create_model`` kwargs (``in_chans``).
+        kwargs: extra ``timm.create_model`` kwargs (``in_chans``; ``cardinality`` and ``base_width`` of a ResNeXt).
         cifar_stem: conv1 is 3×3 stride 1 and there is no max-pool (solo-learn / CIFAR ResNets).
         depth: 18, 34, 50, 101 or 152.
         forced: the name was given with ``--arch`` instead of read from the shapes.
@@ -140,10 +140,13 @@ class ResNetArch:
     cifar_stem: bool = False
     depth: int = 50
     forced: bool = False
+    #: channels of the stem conv (64; a uniformly widened ResNet: 64 × the width multiplier)
+    stem_width: int = 64
 
     def config(self) -> Dict[str, Any]:
-        return {"arch": self.name, "timm_kwargs": dict(self.kwargs), "cifar_stem": self.cifar_stem, "depth": self.depth,
-                "arch_source": "--arch" if self.forced else "read from the weights' shapes"}
+        kw = {k: list(v) if isinstance(v, tuple) else v for k, v in self.kwargs.items()}
+        return {"arch": self.name, "timm_kwargs": kw, "cifar_stem": self.cifar_stem, "depth": self.depth,
+                "stem_width": self.stem_width, "arch_source": "--arch" if self.forced else "read from the weights' shapes"}
 
 
 def _shape(state: Mapping[str, Any], key: str) -> Optional[Tuple[int, ...]]:
@@ -168,10 +171,10 @@ def infer_resnet(state: Mapping[str, Any]) -> ResNetArch:
     if len(conv1) != 4:
         raise ReprscopeError(f"'conv1.weight' has shape {list(conv1)}; a ResNet stem conv is 4-D")
     out_ch, in_ch, kh, kw = conv1
-    if out_ch != 64:
-        raise ReprscopeError(
-            f"'conv1.weight' has shape {list(conv1)}: a uniformly widened ResNet (e.g. VICReg/SimCLR x{out_ch // 64}) "
-            "is not supported yet; expected 64 stem channels")
+    widen = out_ch // 64
+    if out_ch % 64 or widen < 1:
+        raise ReprscopeError(f"'conv1.weight' has shape {list(conv1)}: a ResNet stem of {out_ch} channels is neither "
+                             "64 nor a multiple of it (a uniformly widened ResNet, SimCLR / VISSL w2, w4)")
     if (kh, kw) == (7, 7):
         cifar = False
     elif (kh, kw) == (3, 3):
@@ -192,15 +195,29 @@ def infer_resnet(state: Mapping[str, Any]) -> ResNetArch:
         raise ReprscopeError(f"{kind} ResNet with blocks per stage {counts} is not a known depth; known: "
                              + ", ".join(f"{v}: {list(k)}" for k, v in table.items()))
     name = f"resnet{depth}"
+    kwargs: Dict[str, Any] = {"in_chans": int(in_ch)} if in_ch != 3 else {}
     inner = _shape(state, "layer1.0.conv1.weight")
-    if bottleneck and inner is not None and inner[0] != 64:
-        if inner[0] == 128 and depth in (50, 101):
+    conv2 = _shape(state, "layer1.0.conv2.weight")
+    if bottleneck and inner is not None and conv2 is not None and len(conv2) == 4 and conv2[1]:
+        width, groups = int(inner[0]), int(inner[0]) // int(conv2[1])
+        if groups < 1 or width % groups or int(conv2[1]) * groups != width:
+            raise ReprscopeError(f"'layer1.0.conv2.weight' has shape {list(conv2)}: not a grouped 3×3 conv of the "
+                                 f"{width}-wide bottleneck")
+        if groups > 1:  # ResNeXt (torchvision resnext50_32x4d = timm resnet50 with cardinality 32, base_width 4)
+            kwargs.update(cardinality=groups, base_width=width // groups)
+        elif widen > 1:  # uniformly widened (SimCLR x2, VISSL w2): every channel count × widen
+            if width != 64 * widen:
+                raise ReprscopeError(f"a {out_ch}-channel stem with a {width}-wide first bottleneck is not a uniformly "
+                                     "widened ResNet")
+            kwargs["channels"] = tuple(c * widen for c in (64, 128, 256, 512))
+        elif width == 128 and depth in (50, 101):
             name = f"wide_resnet{depth}_2"
-        else:
-            raise ReprscopeError(f"'layer1.0.conv1.weight' has shape {list(inner)}: Bottleneck width {inner[0]} "
-                                 "is not supported (known: 64, and 128 for wide_resnet50_2/101_2)")
-    kwargs = {"in_chans": int(in_ch)} if in_ch != 3 else {}
-    return ResNetArch(name=name, kwargs=kwargs, cifar_stem=cifar, depth=depth)
+        elif width != 64:
+            kwargs["base_width"] = width  # a widened bottleneck (the stage outputs keep their width)
+    if widen > 1 and "channels" not in kwargs:
+        raise ReprscopeError(f"'conv1.weight' has shape {list(conv1)}: a {out_ch}-channel stem is read only for "
+                             "uniformly widened Bottleneck ResNets")
+    return ResNetArch(name=name, kwargs=kwargs, cifar_stem=cifar, depth=depth, stem_width=int(out_ch))
 
 
 def check_timm_name(name: str, family: Optional[str] = None) -> None:
@@ -256,9 +273,18 @@ class ResNetEncoder(nn.Module):
         import timm
 
         self.model = timm.create_model(arch.name, pretrained=False, num_classes=0, **arch.kwargs)
+        in_ch = int(arch.kwargs.get("in_chans", 3))
+        stem = int(arch.stem_width)
+        if stem != int(self.model.conv1.out_channels):  # timm's default stem has 64 channels whatever the stages:
+            # a uniformly widened ResNet's stem, and the first block that reads it, take the wider stem
+            self.model.conv1 = nn.Conv2d(in_ch, stem, kernel_size=7, stride=2, padding=3, bias=False)
+            self.model.bn1 = nn.BatchNorm2d(stem)
+            first = self.model.layer1[0]
+            first.conv1 = nn.Conv2d(stem, first.conv1.out_channels, kernel_size=1, bias=False)
+            ds = first.downsample[0]
+            first.downsample[0] = nn.Conv2d(stem, ds.out_channels, kernel_size=1, stride=ds.stride, bias=False)
         if arch.cifar_stem:
-            in_ch = int(arch.kwargs.get("in_chans", 3))
-            self.model.conv1 = nn.Conv2d(in_ch, 64, kernel_size=3, stride=1, padding=cifar_padding, bias=False)
+            self.model.conv1 = nn.Conv2d(in_ch, stem, kernel_size=3, stride=1, padding=cifar_padding, bias=False)
             self.model.maxpool = nn.Identity()
         self.num_features = int(self.model.num_features)
         self.feature_names: List[str] = [f"model.layer{i}" for i in range(1, 5)]
