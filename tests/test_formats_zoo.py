@@ -315,10 +315,37 @@ def test_an_mmpretrain_mae_vit_b16_equals_the_timm_vit_it_converts_to(tmp_path, 
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         _close(model.bundle.encoder.forward_features(x), vit.forward_features(x)[:, 0])
-    sd["backbone.layers.0.attn.relative_position_bias_table"] = torch.zeros(10, 12)
-    torch.save({"meta": {}, "state_dict": sd}, tmp_path / "beit.pth")
-    with pytest.raises(ReprscopeError, match="relative position bias"):
-        load_checkpoint(tmp_path / "beit.pth")
+    sd["backbone.layers.0.attn.mystery.weight"] = torch.zeros(10, 12)
+    torch.save({"meta": {}, "state_dict": sd}, tmp_path / "odd.pth")
+    with pytest.raises(ReprscopeError, match="does not have: state_dict.backbone.layers.0.attn.mystery.weight"):
+        load_checkpoint(tmp_path / "odd.pth")
+
+
+def test_an_mmpretrain_beit_v2_backbone_equals_timms_beit(tmp_path):
+    """MMPretrain's BEiTViT (layers.N.ln1 / attn.{qkv, q_bias, v_bias, proj} / ln2 / ffn / gamma_1/2, a shared
+    rel_pos_bias) is timm's Beit under other names; its BEiTV2Neck is a masked-image-modelling head, unused."""
+    from timm.models.beit import Beit
+
+    torch.manual_seed(22)
+    m = _randomise(Beit(img_size=32, patch_size=8, num_classes=0, embed_dim=64, depth=2, num_heads=2,
+                        use_abs_pos_emb=False, use_shared_rel_pos_bias=True, init_values=0.1, global_pool="token"), 22)
+    m.eval()
+    sd = {}
+    for k, v in m.state_dict().items():
+        k2 = (k.replace("patch_embed.proj.", "patch_embed.projection.").replace("blocks.", "layers.")
+              .replace(".norm1.", ".ln1.").replace(".norm2.", ".ln2.").replace(".mlp.fc1.", ".ffn.layers.0.0.")
+              .replace(".mlp.fc2.", ".ffn.layers.1."))
+        k2 = "ln1." + k2[len("norm."):] if k2.startswith("norm.") else k2
+        sd[f"backbone.{k2}"] = v
+    sd["backbone.rel_pos_bias.relative_position_index"] = m.rel_pos_bias.relative_position_index.clone()
+    sd["neck.cls_pt_layers.0.ln1.weight"] = torch.ones(64)
+    sd["target_generator.tokenizer.weight"] = torch.zeros(4, 4)
+    torch.save({"meta": {"epoch": 300}, "state_dict": sd}, tmp_path / "beitv2_mmpretrain.pth")
+    model = load_checkpoint(tmp_path / "beitv2_mmpretrain.pth")
+    assert model.format == "mmpretrain" and not model.bundle.has("projector")
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(10))
+    with torch.no_grad():
+        _close(model.bundle.encoder.forward_features(x), m.forward_head(m.forward_features(x), pre_logits=True))
 
 
 # -- BEiT v2's own pre-training file (microsoft/unilm beit2: {"model": …}) --------------------------------------

@@ -21,9 +21,9 @@ MMEngine's pickled ``message_hub``, read through the inert-placeholder unpickler
 * ``data_preprocessor.mean`` / ``std`` (0–255 scale): the input normalisation, used as the preprocessing;
   ``target_generator.*`` (HOG, a tokenizer), queues: unused.
 
-Refused with one line, because timm's ViT does not compute them: BEiT-style relative position bias
-(``attn.relative_position_bias_table``: BEiT v2, CAE) and a ViT with both a final ``ln1`` and an ``ln2`` after
-pooling. The number of attention heads comes from MMPretrain's ``arch_zoo`` by width and depth (``small`` is 768
+BEiT-style backbones (``BEiTViT``: relative position bias, ``q_bias`` / ``v_bias``, ``gamma_1`` / ``gamma_2``; BEiT
+v1/v2, CAE) are rebuilt as timm's ``Beit`` (their necks, masked-image-modelling heads, are unused). Refused with
+one line: a ViT with both a final ``ln1`` and an ``ln2`` after pooling (timm's ViT has one of them). The number of attention heads comes from MMPretrain's ``arch_zoo`` by width and depth (``small`` is 768
 wide with 8 heads and 8 layers), and MoCo v3's ViT-S/B have 12 heads (``mocov3-small``).
 """
 from __future__ import annotations
@@ -147,10 +147,41 @@ def _vit_to_timm(bb: Mapping[str, Any], origin: Mapping[str, str], bp: str):
     return out, where
 
 
+def _beit_to_timm(bb: Mapping[str, Any], origin: Mapping[str, str], bp: str):
+    """MMPretrain ``BEiTViT`` names → timm ``Beit`` names: ``(weights, where, index buffers)``."""
+    out: Dict[str, torch.Tensor] = {}
+    index: Dict[str, torch.Tensor] = {}
+    where: Dict[str, str] = {}
+    top = {"patch_embed.projection.weight": "patch_embed.proj.weight", "patch_embed.projection.bias": "patch_embed.proj.bias",
+           "ln1.weight": "norm.weight", "ln1.bias": "norm.bias", "ln2.weight": "fc_norm.weight", "ln2.bias": "fc_norm.bias"}
+    block = {"ln1": "norm1", "ln2": "norm2", "ffn.layers.0.0": "mlp.fc1", "ffn.layers.1": "mlp.fc2"}
+    for k, v in bb.items():
+        m = re.match(r"layers\.(\d+)\.(.+)$", k)
+        if k in top:
+            new = top[k]
+        elif k in ("cls_token", "pos_embed") or k.startswith("rel_pos_bias."):
+            new = k
+        elif m:
+            rest = m.group(2)
+            name, _, leaf = rest.rpartition(".")
+            if name in block:
+                new = f"blocks.{m.group(1)}.{block[name]}.{leaf}"
+            elif rest in ("gamma_1", "gamma_2") or rest.startswith("attn."):
+                new = f"blocks.{m.group(1)}.{rest}"
+            else:
+                raise ReprscopeError(f"MMPretrain BEiT backbone has '{origin[f'{bp}.{k}']}', which timm's Beit has not")
+        else:
+            raise ReprscopeError(f"MMPretrain BEiT backbone has '{origin[f'{bp}.{k}']}', which timm's Beit has not")
+        where[new] = origin[f"{bp}.{k}"]
+        (index if new.endswith("relative_position_index") else out)[new] = v
+    return out, where, index
+
+
 @register_format("mmpretrain", detect=_detect,
                  summary="MMSelfSup 0.x/1.x and MMPretrain checkpoints (state_dict backbone/neck/head, meta): ResNets "
                          "(MoCo v2, SimCLR, BYOL, SimSiam, Barlow Twins, DenseCL, SwAV, ODC, RelativeLoc …) and plain "
-                         "ViTs (MAE, MoCo v3, MaskFeat, MILAN, PixMIM, EVA); neck = projector")
+                         "ViTs (MAE, MoCo v3, MaskFeat, MILAN, PixMIM, EVA) and BEiT-style ViTs (BEiT v2, CAE) as timm "
+                         "Beit; neck = projector")
 def build_mmpretrain(payload: Dict[str, Any], options: LoadOptions) -> Dict[str, Any]:
     r = _state(payload)
     if r is None:
@@ -178,8 +209,11 @@ def build_mmpretrain(payload: Dict[str, Any], options: LoadOptions) -> Dict[str,
     bb = sub_state(state, bb_prefix)
     heads: Dict[str, Any] = {}
     neck_keys = [k for k in state if k.startswith(neck_prefix + ".")]
-    decoder = bool(neck_keys) and any(re.search(r"decoder|mask_token|pred", k) for k in neck_keys)
-    if neck_keys and not decoder:
+    beit_style = any("relative_position_bias_table" in k for k in bb)
+    # masked image modelling: its neck reconstructs (MAE's decoder, BEiT v2's class-token blocks …), no projector
+    mim = bool(neck_keys) and (beit_style or "target_generator" in roots
+                               or any(re.search(r"decoder|mask_token|pred|cls_pt_layers", k) for k in neck_keys))
+    if neck_keys and not mim:
         heads["projector"] = neck_spec(state, neck_prefix)
     if role == "online" and any(k.startswith("head.predictor.") for k in state):
         if "projector" not in heads:
@@ -191,6 +225,14 @@ def build_mmpretrain(payload: Dict[str, Any], options: LoadOptions) -> Dict[str,
         bundle, arch = build_resnet_with_heads(bb, heads, origin, bb_prefix, options=options)
         cfg = arch.config()
         img = 32 if arch.cifar_stem else 224
+    elif vit and beit_style:  # BEiT v2, CAE: timm's Beit
+        from .beit import beit_bundle
+
+        weights, where, index = _beit_to_timm(bb, origin, bb_prefix)
+        bundle, arch, img = beit_bundle(weights, index, where, options)
+        cfg = {**arch.config(), "arch_source": "read from the weights' shapes (timm's Beit)"}
+        heads = {}  # BEiT's necks are masked-image-modelling heads
+        used = {f"{bb_prefix}.{k}" for k in bb}
     elif vit:
         timm_state, where = _vit_to_timm(bb, origin, bb_prefix)
         dim, depth = int(timm_state["patch_embed.proj.weight"].shape[0]), 1 + max(
