@@ -448,3 +448,31 @@ def test_a_uniformly_widened_resnet_w2_reads_as_the_vissl_trunk_it_is(tmp_path):
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(9))
     with torch.no_grad():
         _close(model.bundle.encoder.forward_features(x), trunk(x))
+
+
+def test_an_mmengine_checkpoint_with_pickled_extras_loads_through_the_inert_stand_ins(tmp_path, monkeypatch):
+    """MMEngine's CheckpointHook pickles its MessageHub (and history buffers) beside the state dict: the names are
+    replaced by inert stand-ins, never imported, and the model loads; inspect lists them."""
+    import sys
+    import types
+
+    mod = types.ModuleType("mmengine.logging.message_hub")
+
+    class MessageHub:  # what MMEngine pickles (a stand-in defined here only so that the file can be written)
+        def __init__(self):
+            self.log_scalars = {"train/loss": [0.5]}
+
+    MessageHub.__module__ = "mmengine.logging.message_hub"
+    MessageHub.__qualname__ = "MessageHub"
+    mod.MessageHub = MessageHub
+    for name in ("mmengine", "mmengine.logging", "mmengine.logging.message_hub"):
+        monkeypatch.setitem(sys.modules, name, mod if name.endswith("message_hub") else types.ModuleType(name))
+    sd = {**{f"backbone.{k}": v for k, v in _mm_resnet50(23).state_dict().items()},
+          "neck.mlp.0.weight": torch.randn(8, 2048), "neck.mlp.0.bias": torch.zeros(8),
+          "neck.mlp.2.weight": torch.randn(4, 8), "neck.mlp.2.bias": torch.zeros(4)}
+    torch.save({"meta": {"epoch": 1}, "state_dict": sd, "message_hub": MessageHub()}, tmp_path / "epoch_1.pth")
+    for name in ("mmengine", "mmengine.logging", "mmengine.logging.message_hub"):
+        monkeypatch.delitem(sys.modules, name)
+    model = load_checkpoint(tmp_path / "epoch_1.pth")
+    assert model.format == "mmpretrain" and model.skipped_globals == ["mmengine.logging.message_hub.MessageHub"]
+    assert "mmengine" not in sys.modules
