@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -208,13 +209,20 @@ def extract(
     if out.suffix.lower() not in (".h5", ".hdf5"):
         raise ReprscopeError(f"--out must name an .h5 file, got '{out}'")
     notes: List[str] = []
+    main = _main_process()
     path = extract_checkpoint(ckpt, data, out, layers=_split_all(layers, "--layers"), device=resolve_device(device),
                               views=views, clean=clean, limit=limit, batch_size=batch_size, seed=seed,
-                              progress=not quiet, fmt=fmt, branch=branch, arch=arch, preprocess=preprocess,
+                              progress=not quiet and main, fmt=fmt, branch=branch, arch=arch, preprocess=preprocess,
                               set_data=_data_sets(sets), notes=notes, pool=pool)
-    for note in notes:
-        typer.echo(f"note: {note}")
-    typer.echo(f"wrote {path}")
+    if main:
+        for note in notes:
+            typer.echo(f"note: {note}")
+        typer.echo(f"wrote {path}")
+
+
+def _main_process() -> bool:
+    """Not one of the other processes of a torchrun job (rank 0 alone prints and writes the outputs)."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _data_sets(sets: Optional[List[str]]) -> dict:
@@ -267,10 +275,13 @@ def analyze(
         raise ReprscopeError(f"--out must end in .csv or .parquet, got '{out}'")
     if out is not None:
         check_writable(out)
+    main = _main_process()
     res = run_analyze([str(s) for s in sources], data=data, analyzers=chosen, params=pp, layers=_split_all(layers, "--layers"),
-                      views=views, limit=limit, device=str(resolve_device(device)), progress=not quiet,
+                      views=views, limit=limit, device=str(resolve_device(device)), progress=not quiet and main,
                       set_data=_data_sets(sets), fmt=fmt, branch=branch, arch=arch, preprocess=preprocess,
                       compare=compare, bootstrap=bootstrap, ci=ci, random_init=random_init, pool=pool)
+    if not main:  # the other processes of a torchrun job: rank 0 prints and writes the table
+        return
     if not quiet:
         typer.echo(summarize(res.table))
         for note in condense_notes(res.notes):

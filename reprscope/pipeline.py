@@ -5,6 +5,7 @@ A source is an ``.h5`` store, a checkpoint (extracted first, cached by content h
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -15,14 +16,18 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 import numpy as np
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
 from .analyzers import ANALYZERS, run_analyzer, run_pair
 from .analyzers.base import bootstrap_intervals
 from .analyzers.base import ENCODER_ONLY, LayerData
+from .metrics._core import finite_mask
+from .metrics.stats import moments_over_ranks
 from .data.base import parse_data_arg
 from .errors import ReprscopeError
 from .extract import Store, extract
+from . import distributed as dist
 from .formats import LoadOptions, load_checkpoint
 from .formats.base import LoadedModel, is_model_folder
 from .formats.preprocess import MODES as PREPROCESS_MODES, dataset_for_model
@@ -185,10 +190,15 @@ def analyze_layers(layers: Sequence[Tuple[str, Callable[[], LayerData]]], analyz
     rows: List[Dict[str, Any]] = []
     notes: List[str] = []
     encoder_only: Dict[str, List[str]] = {}  # analyzer → its skip notes on the non-encoder layers
-    for layer, make in tqdm(layers, desc=desc, disable=not progress or not single, leave=False):
+    di = dist.info()
+    for layer, make in tqdm(layers, desc=desc, disable=not progress or not single or not di.is_main, leave=False):
         if not single:
             break
         data = make()
+        if di.enabled:  # a torchrun job: the ranks share the moments' pass; rank 0 computes every row
+            share_moments(data, single)
+            if not di.is_main:
+                continue
         for a in single:
             res = run_analyzer(a, data, params.get(a))
             for note in res.notes:
@@ -203,7 +213,7 @@ def analyze_layers(layers: Sequence[Tuple[str, Callable[[], LayerData]]], analyz
     for a, skipped in encoder_only.items():
         if a not in ran and len(skipped) == len(names):
             notes.extend(skipped)
-    if pairwise and len(layers) > 1:
+    if pairwise and len(layers) > 1 and di.is_main:  # pairwise analyzers run on rank 0 of a torchrun job
         pairs = [(layers[i], layers[j]) for i in range(len(layers)) for j in range(i + 1, len(layers))]
         r, n = compare_layers(pairs, pairwise, params, base, source_b="", progress=progress,
                               desc=f"{desc} (layer pairs)")
@@ -213,6 +223,20 @@ def analyze_layers(layers: Sequence[Tuple[str, Callable[[], LayerData]]], analyz
 
 
 LayerMaker = Tuple[str, Callable[[], LayerData]]
+
+
+def share_moments(data: LayerData, analyzers: Sequence[str]) -> None:
+    """In a torchrun job, compute the per-view moments of ``data`` over the ranks' shares of its samples
+    (:func:`~reprscope.metrics.stats.moments_over_ranks`) when a selected analyzer reads them
+    (``shared_moments``); on the samples with finite embeddings, as :func:`run_analyzer` will restrict them."""
+    if not any(ANALYZERS.get(a).shared_moments for a in analyzers):
+        return
+    keep = finite_mask(data)
+    if keep is not None and not keep.all():
+        if "finite_data" not in data.cache:
+            data.cache["finite_data"] = data.take(keep)
+        data = data.cache["finite_data"]
+    moments_over_ranks(data)
 
 
 def compare_layers(pairs: Sequence[Tuple[LayerMaker, LayerMaker]], analyzers: Sequence[str],
@@ -312,9 +336,10 @@ def store_for_checkpoint(path: Path, data: Optional[str], set_data: Optional[Dic
                       "pool": model.options.pool}, sort_keys=True)
     name = f"{model.sha256[:16]}-{hashlib.sha256(key.encode()).hexdigest()[:10]}.h5"
     target = cache_dir() / "extract" / name
-    if not (cache and target.is_file()):
+    hit = bool(dist.broadcast_object(cache and target.is_file()))  # the ranks of a torchrun job decide together
+    if not hit:
         writable_cache(target.parent)
-    if cache and target.is_file():
+    if hit:
         try:
             os.utime(target)  # used now: the last to be evicted
         except OSError:
@@ -322,7 +347,8 @@ def store_for_checkpoint(path: Path, data: Optional[str], set_data: Optional[Dic
         return target
     out = extract(model, dataset, target, views=views, limit=limit, batch_size=batch_size, device=device, seed=seed,
                   progress=progress)
-    prune_cache(keep=out)
+    if dist.info().is_main:
+        prune_cache(keep=out)
     return out
 
 
@@ -376,6 +402,32 @@ def prune_cache(keep: Optional[Path] = None, limit: Optional[int] = None) -> Lis
     return removed
 
 
+def in_torchrun_job(fn: Callable) -> Callable:
+    """Run ``fn`` (``extract_checkpoint``, ``analyze``) in the process group torchrun describes (WORLD_SIZE > 1:
+    gloo on the CPU, nccl on CUDA, each process on its local GPU), leaving it afterwards; a no-op otherwise.
+    Extraction then shards the batches over the processes and analysis the moments' pass over the samples
+    (:func:`analyze_layers`)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        kind = torch.device(str(kwargs.get("device") or "cpu")).type
+        started = not dist.is_distributed()
+        di = dist.init_from_env(kind)
+        started = started and di.enabled
+        if di.enabled and kind == "cuda":
+            kwargs["device"] = f"cuda:{di.local_rank}"
+        try:
+            out = fn(*args, **kwargs)
+        except BaseException:
+            dist.cleanup(started, wait_for_peers=False)
+            raise
+        dist.cleanup(started)
+        return out
+
+    return wrapper
+
+
+@in_torchrun_job
 def extract_checkpoint(path: Path, data: Optional[str], out: Path, *, layers: Optional[Sequence[str]] = None,
                        device: str = "cpu", views: int = 2, clean: bool = True, limit: Optional[int] = None,
                        batch_size: int = 1024, seed: int = 0, progress: bool = True, fmt: Optional[str] = None,
@@ -400,6 +452,7 @@ def extract_checkpoint(path: Path, data: Optional[str], out: Path, *, layers: Op
                    device=device, seed=seed, progress=progress)
 
 
+@in_torchrun_job
 def analyze(sources: Sequence[str | os.PathLike], *, data: Optional[str] = None, analyzers: Optional[Sequence[str]] = None,
             params: Optional[Mapping[str, Mapping[str, Any]]] = None, layers: Optional[Sequence[str]] = None,
             views: int = 2, limit: Optional[int] = None, batch_size: int = 1024, device: str = "cpu",

@@ -31,11 +31,12 @@ class Declaration:
     pairwise: bool = False
     no_bootstrap: str = ""
     headline: Sequence[str] = ()
+    shared_moments: bool = False
 
 
 def declare(name: str, *, params: Sequence[Param] = (), needs: Sequence[str] = (), summary: str = "",
             paper: str = "", min_samples: int = 2, reads_embeddings: bool = True, pairwise: bool = False,
-            no_bootstrap: str = "", headline: Sequence[str] = ()) -> Callable:
+            no_bootstrap: str = "", headline: Sequence[str] = (), shared_moments: bool = False) -> Callable:
     """Attach a :class:`Declaration` to ``fn`` as ``fn.declaration`` (the function itself is unchanged).
 
     ``pairwise=True`` declares a computation of two layers on the same samples, ``fn(x, y, **params)``
@@ -43,12 +44,14 @@ def declare(name: str, *, params: Sequence[Param] = (), needs: Sequence[str] = (
     ``no_bootstrap`` says why resampling the samples with replacement would not give a valid confidence
     interval of this computation (a train/test split that copies of a sample land on both sides of, nearest
     neighbours at distance 0 …); empty when it does. ``headline``: the metrics a summary shows first.
+    ``shared_moments``: the computation's pass over the samples is :func:`~reprscope.metrics.stats.moments`,
+    which a torchrun job computes over the ranks' shares of the samples (the rest runs on rank 0).
     """
 
     def deco(fn: Callable) -> Callable:
         line = summary or (fn.__doc__ or "").strip().splitlines()[0]
         fn.declaration = Declaration(name, tuple(params), tuple(needs), line, paper, min_samples, reads_embeddings,
-                                     pairwise, no_bootstrap, tuple(headline))
+                                     pairwise, no_bootstrap, tuple(headline), shared_moments)
         return fn
 
     return deco

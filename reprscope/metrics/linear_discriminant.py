@@ -84,6 +84,7 @@ def lidar_of(sigma_b: np.ndarray, sigma_w: np.ndarray, delta: float, eps: float)
     summary="LiDAR: effective rank of the linear-discriminant matrix, every input a class of its augmented views",
     paper="Thilak et al. 2023, arXiv:2312.04000",
     min_samples=2,
+    shared_moments=True,
 )
 def lidar(data: LayerData, delta: float = 1e-4, eps: float = 1e-7) -> Result:
     """LiDAR of the layer's augmented views (row ``lidar``, view = the views joined by ``|``)."""

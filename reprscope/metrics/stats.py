@@ -69,30 +69,31 @@ def torch_device(data: LayerData) -> torch.device:
 MOMENT_BLOCK_ROWS = 1024
 
 
-def _moments_numpy(data: LayerData) -> List[Moments]:
-    """:func:`moments` on the CPU with numpy, one BLAS ``syrk`` per block of rows.
-
-    Each block is shifted into a reused buffer whose last column is ones, so that its one product
-    [c, 1]ᵀ[c, 1] holds cᵀc, the column sums of c and the count: the shifted copy is written once, stays in the
-    cache for the product, and no second pass sums it. ``syrk`` (``cᵀc`` of a C-contiguous array) does half the
-    flops of the general product torch would use."""
+def _accumulate(data: LayerData, part: Optional[tuple] = None):
+    """``(s2, shift)``: per view, [z − c, 1]ᵀ[z − c, 1] summed over the chunks (all, or with ``part`` = (rank,
+    world) chunk i when i mod world = rank) about c = the first chunk's mean (every rank computes the same c)."""
     v, d = len(data.views), data.dim
     s2 = np.zeros((v, d + 1, d + 1))
     shift = buf = None
-    n = 0
-    for chunk in data.chunks(dtype=np.float64):
+    for i, chunk in enumerate(data.chunks(dtype=np.float64)):
         if shift is None:
             shift = chunk.mean(axis=1)  # (V, d)
             buf = np.ones((min(MOMENT_BLOCK_ROWS, chunk.shape[1]), d + 1))
-        for i in range(v):
+        if part is not None and i % part[1] != part[0]:
+            continue
+        for j in range(v):
             for s in range(0, chunk.shape[1], buf.shape[0]):
                 c = buf[:min(buf.shape[0], chunk.shape[1] - s)]
-                np.subtract(chunk[i, s:s + c.shape[0]], shift[i], out=c[:, :d])
-                s2[i] += c.T @ c
-        n += chunk.shape[1]
+                np.subtract(chunk[j, s:s + c.shape[0]], shift[j], out=c[:, :d])
+                s2[j] += c.T @ c
+    return s2, shift
+
+
+def _finalize(s2: np.ndarray, shift: Optional[np.ndarray], d: int) -> List[Moments]:
     out: List[Moments] = []
-    for i in range(v):
-        if n == 0:
+    for i in range(s2.shape[0]):
+        n = int(round(s2[i, d, d]))  # the ones column counts the samples
+        if n == 0 or shift is None:
             out.append(Moments(0, np.zeros(d), np.zeros((d, d)), np.zeros((d, d))))
             continue
         sh, a, b = shift[i], s2[i, :d, d], s2[i, :d, :d]
@@ -101,6 +102,35 @@ def _moments_numpy(data: LayerData) -> List[Moments]:
         gram = b + np.outer(sh, a) + np.outer(a, sh) + n * np.outer(sh, sh)
         out.append(Moments(n, sh + a / n, (scatter + scatter.T) / 2, gram, sh))
     return out
+
+
+def _moments_numpy(data: LayerData) -> List[Moments]:
+    """:func:`moments` on the CPU with numpy, one BLAS ``syrk`` per block of rows.
+
+    Each block is shifted into a reused buffer whose last column is ones, so that its one product
+    [c, 1]ᵀ[c, 1] holds cᵀc, the column sums of c and the count: the shifted copy is written once, stays in the
+    cache for the product, and no second pass sums it. ``syrk`` (``cᵀc`` of a C-contiguous array) does half the
+    flops of the general product torch would use."""
+    s2, shift = _accumulate(data)
+    return _finalize(s2, shift, data.dim)
+
+
+def moments_over_ranks(data: LayerData) -> List[Moments]:
+    """:func:`moments` computed by the processes of a torchrun job together, and cached on the layer: rank r
+    accumulates the chunks i with i mod world = r about the shift one process uses (the first chunk's mean), and
+    the float64 sums are added with ``all_reduce``. Equal to the one-process moments up to the order of the
+    float64 additions (relative differences of order 1e-15 · n_chunks). Every rank must call it, layer by layer
+    in the same order. Outside a torchrun job it is :func:`moments`."""
+    import torch.distributed as tdist
+
+    if not (tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1):
+        return moments(data)
+    if "moments" not in data.cache:
+        s2, shift = _accumulate(data, (tdist.get_rank(), tdist.get_world_size()))
+        total = torch.from_numpy(s2)
+        tdist.all_reduce(total)  # float64 sums (gloo on the CPU)
+        data.cache["moments"] = _finalize(total.numpy(), shift, data.dim)
+    return data.cache["moments"]
 
 
 def moments(data: LayerData) -> List[Moments]:

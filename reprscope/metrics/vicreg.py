@@ -114,6 +114,7 @@ def _stream_pair(data: LayerData, a: int, b: int) -> Tuple[float, List[np.ndarra
     summary="VICReg per-dimension std, collapsed dimensions, average correlation and loss terms of two views",
     paper="Bardes, Ponce & LeCun 2022, arXiv:2105.04906, Eq. 1–6, 10",
     headline=("std_mean", "avg_corr", "invariance", "loss"),
+    shared_moments=True,
 )
 def vicreg(data: LayerData, gamma: float = 1.0, eps: float = 1e-4, lam: float = 25.0, mu: float = 25.0,
            nu: float = 1.0) -> Result:

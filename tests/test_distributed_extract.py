@@ -1,0 +1,104 @@
+"""Extraction over the processes of a torchrun job (gloo on the CPU): the store equals the single-process one,
+and a rank that dies leaves no store that looks complete."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+
+def _run(args, nproc=None, env_extra=None, timeout=300):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    head = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+            if nproc else [sys.executable])
+    return subprocess.run(head + ["-m", "reprscope", *map(str, args)], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
+def _contents(path: Path):
+    """Every dataset's values and every attribute, the creation time left out."""
+    out = {}
+    with h5py.File(path, "r") as f:
+        out["attrs"] = {k: (json.loads(v) if isinstance(v, str) and v[:1] in "[{" else v)
+                        for k, v in f.attrs.items() if k != "created"}
+
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                out[name] = (obj[()], dict(obj.attrs))
+            else:
+                out[name + "/"] = dict(obj.attrs)
+        f.visititems(visit)
+    return out
+
+
+@pytest.fixture(scope="module")
+def single_and_sharded(tmp_path_factory, tiny_ckpt):
+    d = tmp_path_factory.mktemp("dist_extract")
+    common = ["extract", tiny_ckpt, "--limit", 300, "--batch-size", 64, "--views", 2, "--quiet"]
+    one = _run(common + ["--out", d / "one.h5"])
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = _run(common + ["--out", d / "two.h5"], nproc=2)
+    assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-2000:]
+    return d
+
+
+def test_two_processes_write_the_store_one_process_writes(single_and_sharded):
+    a, b = _contents(single_and_sharded / "one.h5"), _contents(single_and_sharded / "two.h5")
+    assert set(a) == set(b) and len([k for k in a if k.startswith("embeddings/") and not k.endswith("/")]) >= 3
+    for k in a:
+        if isinstance(a[k], tuple):
+            assert np.array_equal(a[k][0], b[k][0]), k
+            assert a[k][1] == b[k][1], k
+        else:
+            assert a[k] == b[k], k
+    assert not list(single_and_sharded.glob(".*.partial"))  # the shards are gone
+
+
+def test_a_rank_dying_mid_extraction_leaves_no_store_and_the_others_stop_with_one_line(tmp_path, tiny_ckpt):
+    out = tmp_path / "dead.h5"
+    res = _run(["extract", tiny_ckpt, "--limit", 300, "--batch-size", 32, "--views", 1, "--quiet", "--out", out],
+               nproc=2, env_extra={"REPRSCOPE_FAULT_RANK": "1"})
+    assert res.returncode != 0
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".dead.h5.") and
+                                     p.name.endswith(".partial") and _owner_alive(p)]
+    ours = [line for line in (res.stdout + res.stderr).splitlines() if line.startswith("error:")]
+    assert len(ours) == 1 and "no store was written" in ours[0], res.stderr[-2000:]
+
+
+def _owner_alive(p: Path) -> bool:
+    """A partial whose process still runs (a dead rank's own shard is left for the next writer to remove, as any
+    crashed extraction's partial is)."""
+    try:
+        os.kill(int(p.name.split(".")[-2]), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    return True
+
+
+def test_two_processes_analyze_a_store_to_the_one_process_table(single_and_sharded, tiny_h5):
+    """`torchrun -m reprscope analyze STORE`: the moments' pass is shared by the ranks (spectrum, vicreg, lidar),
+    every other analyzer runs on rank 0; the table equals the one-process table to 1e-9 relative."""
+    import pandas as pd
+
+    d = single_and_sharded
+    args = ["analyze", tiny_h5, "--quiet"]
+    one = _run(args + ["--out", d / "one.csv"])
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = _run(args + ["--out", d / "two.csv"], nproc=2)
+    assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-2000:]
+    a, b = pd.read_csv(d / "one.csv"), pd.read_csv(d / "two.csv")
+    assert len(a) == len(b) > 100 and set(a["analyzer"]) == set(b["analyzer"])
+    key = [c for c in a.columns if c != "value"]
+    m = a.merge(b, on=key, how="outer", suffixes=("_1", "_2"), indicator=True)
+    assert (m["_merge"] == "both").all()
+    v1, v2 = m["value_1"].to_numpy(float), m["value_2"].to_numpy(float)
+    same_nan = np.isnan(v1) == np.isnan(v2)
+    assert same_nan.all()
+    ok = ~np.isnan(v1)
+    assert np.allclose(v2[ok], v1[ok], rtol=1e-9, atol=1e-12), m.loc[ok][~np.isclose(v2[ok], v1[ok], rtol=1e-9, atol=1e-12)]
