@@ -83,7 +83,7 @@ CLI_FLAGS = {"views": "--views", "batch_size": "--batch-size", "limit": "--limit
              "preprocess": "--preprocess", "branch": "--branch", "arch": "--arch", "fmt": "--format", "pool": "--pool",
              "metrics": "--metrics/--layers", "layers": "--layers", "analyzers": "--analyzers", "params": "--param",
              "out": "--out", "device": "--device", "set_data": "--set", "config": "--set/--config", "resume": "--resume",
-             "scale": "--scale", "compare": "--compare",
+             "scale": "--scale", "compare": "--compare", "storage": "--storage",
              "bootstrap": "--bootstrap", "ci": "--ci"}
 
 
@@ -200,9 +200,13 @@ def extract(
     arch: Optional[str] = typer.Option(None, "--arch", help=ARCH_HELP),
     pool: Optional[str] = typer.Option(None, "--pool", help=POOL_HELP),
     preprocess: str = typer.Option("source", "--preprocess", help=PREPROCESS_HELP),
+    storage: str = typer.Option("float32", "--storage", help="Embeddings on disk: float32, or float16 (half the "
+                                "size; values rounded to ~5e-4 relative, which moves rank estimates near the noise "
+                                "floor, so keep float32 for spectra; analyze reads either in float64)."),
     quiet: bool = typer.Option(False, "--quiet", metavar=FLAG, help="No progress bar."),
 ) -> None:
-    """Write the embedding store (HDF5) of CKPT's layers on the held-out set."""
+    """Write the embedding store (HDF5) of CKPT's layers on the held-out set. Under torchrun every process
+    extracts its share of the batches and rank 0 writes the store."""
     from reprscope.pipeline import extract_checkpoint
     from reprscope.train.trainer import resolve_device
 
@@ -213,7 +217,7 @@ def extract(
     path = extract_checkpoint(ckpt, data, out, layers=_split_all(layers, "--layers"), device=resolve_device(device),
                               views=views, clean=clean, limit=limit, batch_size=batch_size, seed=seed,
                               progress=not quiet and main, fmt=fmt, branch=branch, arch=arch, preprocess=preprocess,
-                              set_data=_data_sets(sets), notes=notes, pool=pool)
+                              set_data=_data_sets(sets), notes=notes, pool=pool, storage=storage)
     if main:
         for note in notes:
             typer.echo(f"note: {note}")

@@ -433,10 +433,11 @@ def extract_checkpoint(path: Path, data: Optional[str], out: Path, *, layers: Op
                        batch_size: int = 1024, seed: int = 0, progress: bool = True, fmt: Optional[str] = None,
                        branch: Optional[str] = None, arch: Optional[str] = None, preprocess: str = "source",
                        set_data: Optional[Mapping[str, Any]] = None, notes: Optional[List[str]] = None,
-                       pool: Optional[str] = None) -> Path:
+                       pool: Optional[str] = None, storage: str = "float32") -> Path:
     """Extract a checkpoint into the store ``out`` (the core of ``reprscope extract``): ``data`` a data set name
     (default: the one it was trained on; its parameters kept when the name is the same), ``set_data`` data set
-    parameters; ``notes`` collects what the preprocessing did; ``pool``: a ViT's ``cls`` or ``mean`` pooling."""
+    parameters; ``notes`` collects what the preprocessing did; ``pool``: a ViT's ``cls`` or ``mean`` pooling;
+    ``storage``: ``float32`` or ``float16`` on disk."""
     model = load_checkpoint(path, fmt, LoadOptions(branch=branch, arch=arch, pool=pool))
     spec = dict(model.dataset or {})
     if data:
@@ -449,7 +450,7 @@ def extract_checkpoint(path: Path, data: Optional[str], out: Path, *, layers: Op
     if notes is not None:
         notes.extend(applied)
     return extract(model, dataset, out, views=views, clean=clean, layers=layers, limit=limit, batch_size=batch_size,
-                   device=device, seed=seed, progress=progress)
+                   device=device, seed=seed, progress=progress, storage=storage)
 
 
 @in_torchrun_job

@@ -384,3 +384,39 @@ def test_damaged_stores_are_refused_on_open(tmp_path, damage, match):
         damage(f)
     with pytest.raises(ReprscopeError, match=f"damaged embedding store: .*{match}"):
         Store(path)
+
+
+def test_float16_storage_and_the_writer_thread(tmp_path, tiny_ckpt):
+    """--storage float16 stores the float32 embeddings rounded to float16 (half the bytes) and analyze reads them
+    back; writing in a thread while the next batch is computed changes nothing in the store."""
+    import h5py
+
+    import reprscope
+    from reprscope.data import build_dataset
+    from reprscope.extract import extract
+    from reprscope.formats import load_checkpoint
+
+    model = load_checkpoint(tiny_ckpt)
+    ds = build_dataset(model.dataset)
+    a = extract(model, ds, tmp_path / "a.h5", limit=200, batch_size=64, progress=False)
+    b = extract(model, ds, tmp_path / "b.h5", limit=200, batch_size=64, progress=False, storage="float16")
+    c = extract(model, ds, tmp_path / "c.h5", limit=200, batch_size=64, progress=False, overlap_writes=False)
+    with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb, h5py.File(c, "r") as fc:
+        for name in fa["embeddings"]:
+            x = fa["embeddings"][name][()]
+            assert fb["embeddings"][name].dtype == np.float16
+            assert np.array_equal(fb["embeddings"][name][()], x.astype(np.float16))
+            assert np.array_equal(fc["embeddings"][name][()], x)
+    ta = reprscope.analyze(str(a), analyzers=["spectrum", "center"], progress=False)
+    tb = reprscope.analyze(str(b), analyzers=["spectrum", "center"], progress=False)
+    # values a rounding of ~5e-4 barely moves agree (the centre, the leading singular values); ranks counted
+    # against a threshold near the noise floor do not: float16 rounding adds small singular values
+    def robust(t):
+        keep = (t["analyzer"] == "center") | ((t["metric"] == "sv") & t["index"].astype(str).isin(["0", "1", "2"]))
+        return t[keep].set_index(["layer", "view", "analyzer", "metric", "index"])["value"]
+
+    ra, rb = robust(ta), robust(tb)
+    assert ra.index.equals(rb.index) and len(ra) > 20
+    assert np.allclose(rb, ra, rtol=5e-3, atol=1e-3)
+    with pytest.raises(ReprscopeError, match="storage must be one of float32, float16"):
+        extract(model, ds, tmp_path / "d.h5", limit=10, storage="bfloat16", progress=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -20,7 +21,7 @@ from ..data.base import GeneratedDataset
 from ..errors import ReprscopeError
 from .. import distributed as dist
 from ..formats.base import LoadedModel
-from .store import StoreWriter
+from .store import STORAGE_DTYPES, StoreWriter
 
 
 #: Most augmented views of one extraction (every view is a full forward pass over the data set).
@@ -34,7 +35,8 @@ def view_names(n_aug: int, clean: bool = True) -> List[str]:
 
 def extract(model: LoadedModel, dataset: GeneratedDataset, out: os.PathLike | str, *, views: int = 2,
             clean: bool = True, layers: Optional[Sequence[str]] = None, limit: Optional[int] = None,
-            batch_size: int = 1024, device: str | torch.device = "cpu", seed: int = 0, progress: bool = True) -> Path:
+            batch_size: int = 1024, device: str | torch.device = "cpu", seed: int = 0, progress: bool = True,
+            storage: str = "float32", overlap_writes: bool = True) -> Path:
     """Write the store for ``model`` on the held-out set of ``dataset``.
 
     Args:
@@ -42,6 +44,8 @@ def extract(model: LoadedModel, dataset: GeneratedDataset, out: os.PathLike | st
         clean: also store the un-augmented input as view 0 (``clean``).
         layers: layer names to store (default: every layer of the bundle).
         limit: use only the first ``limit`` held-out samples.
+        storage: the embeddings' dtype on disk, ``float32`` or ``float16`` (read back in float64 / float32).
+        overlap_writes: write each batch to the store in a writer thread while the next batch is computed.
 
     The views of batch ``b`` (``batch_size`` samples) are drawn from a random stream seeded by ``(seed, b)``. In a
     torchrun job (the process group initialised) batch ``b`` is extracted by rank ``b mod world`` and rank 0
@@ -58,6 +62,8 @@ def extract(model: LoadedModel, dataset: GeneratedDataset, out: os.PathLike | st
         raise ReprscopeError(f"batch_size must be >= 1, got {batch_size}", arg="batch_size")
     if limit is not None and limit < 1:
         raise ReprscopeError(f"limit must be >= 1, got {limit}", arg="limit")
+    if storage not in STORAGE_DTYPES:
+        raise ReprscopeError(f"storage must be one of {', '.join(STORAGE_DTYPES)}; got '{storage}'", arg="storage")
     bundle = model.bundle.to(device).eval()
     infos = bundle.resolve_layers(layers)
     samples = dataset.eval_set()
@@ -104,15 +110,25 @@ def extract(model: LoadedModel, dataset: GeneratedDataset, out: os.PathLike | st
     bar = tqdm(total=sum(min(batch_size, n - starts[b]) for b in mine), desc="extract", unit="sample",
                disable=not progress or not di.is_main, leave=False, dynamic_ncols=True)
     if not di.enabled:
-        with StoreWriter(out, n, names, layer_specs, attrs) as w:
+        with StoreWriter(out, n, names, layer_specs, attrs, storage=storage) as w:
             _write_header(w, samples, n, dataset, bundle)
-            for b in mine:
-                w.write_batch(starts[b], run_batch(b))
-                bar.update(min(batch_size, n - starts[b]))
+            with ThreadPoolExecutor(max_workers=1) as writer:
+                pending = None  # the previous batch's write, running while this batch is computed
+                for b in mine:
+                    outputs = run_batch(b)
+                    if pending is not None:
+                        pending.result()
+                    if overlap_writes:
+                        pending = writer.submit(w.write_batch, starts[b], outputs)
+                    else:
+                        w.write_batch(starts[b], outputs)
+                    bar.update(min(batch_size, n - starts[b]))
+                if pending is not None:
+                    pending.result()
         bar.close()
         return out
     return _extract_sharded(out, n, names, layer_specs, attrs, samples, dataset, bundle, starts, mine, batch_size,
-                            run_batch, bar, di)
+                            run_batch, bar, di, storage)
 
 
 def _write_header(w: StoreWriter, samples: Any, n: int, dataset: GeneratedDataset, bundle: Any) -> None:
@@ -132,7 +148,7 @@ FAULT_RANK_ENV = "REPRSCOPE_FAULT_RANK"
 
 def _extract_sharded(out: Path, n: int, names: List[str], layer_specs: List[tuple], attrs: Dict[str, Any],
                      samples: Any, dataset: GeneratedDataset, bundle: Any, starts: List[int], mine: List[int],
-                     batch_size: int, run_batch: Any, bar: Any, di: Any) -> Path:
+                     batch_size: int, run_batch: Any, bar: Any, di: Any, storage: str = "float32") -> Path:
     """Extraction over the ranks of a torchrun job: batch ``b`` goes to rank ``b mod world``. Rank 0 writes its
     batches into the store itself; every other rank into a shard beside it (``.<name>.<pid>.partial``); after all
     ranks finished, rank 0 copies the shards in and moves the store into place. The store is the single-process
@@ -151,7 +167,7 @@ def _extract_sharded(out: Path, n: int, names: List[str], layer_specs: List[tupl
         signal.signal(signal.SIGTERM, stopped)
     try:
         return _sharded_body(out, n, names, layer_specs, attrs, samples, dataset, bundle, starts, mine, batch_size,
-                             run_batch, bar, di, fault)
+                             run_batch, bar, di, fault, storage)
     finally:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, previous)
@@ -159,7 +175,7 @@ def _extract_sharded(out: Path, n: int, names: List[str], layer_specs: List[tupl
 
 def _sharded_body(out: Path, n: int, names: List[str], layer_specs: List[tuple], attrs: Dict[str, Any],
                   samples: Any, dataset: GeneratedDataset, bundle: Any, starts: List[int], mine: List[int],
-                  batch_size: int, run_batch: Any, bar: Any, di: Any, fault: Optional[str]) -> Path:
+                  batch_size: int, run_batch: Any, bar: Any, di: Any, fault: Optional[str], storage: str) -> Path:
     import h5py
 
     w: Optional[StoreWriter] = None
@@ -167,14 +183,14 @@ def _sharded_body(out: Path, n: int, names: List[str], layer_specs: List[tuple],
     shard = None
     try:
         if di.is_main:
-            w = StoreWriter(out, n, names, layer_specs, attrs)
+            w = StoreWriter(out, n, names, layer_specs, attrs, storage=storage)
             _write_header(w, samples, n, dataset, bundle)
         else:
             shard_path = out.parent / f".{out.name}.{os.getpid()}.partial"
             shard = h5py.File(shard_path, "w")
             rows = sum(min(batch_size, n - starts[b]) for b in mine)
             for name, _space, _order, dim in layer_specs:
-                shard.create_dataset(name, shape=(len(names), rows, int(dim)), dtype="float32")
+                shard.create_dataset(name, shape=(len(names), rows, int(dim)), dtype=storage)
             shard.create_dataset("starts", data=np.asarray([starts[b] for b in mine], dtype=np.int64))
         row = 0
         for i, b in enumerate(mine):
