@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-from typing import Any, Callable, Dict, Tuple
+from typing import Callable, Dict, Tuple
 
 import pytest
 import torch

@@ -13,7 +13,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from timm.layers import Mlp
 from timm.models.vision_transformer import Block, VisionTransformer
 
 from reprscope.errors import ReprscopeError

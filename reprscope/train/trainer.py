@@ -175,7 +175,7 @@ def train(config: Dict[str, Any], out_dir: str | Path, resume: bool = False, pro
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ReprscopeError(f"the run folder '{out_dir}' is a file; give a folder name", arg="out")
-    tcfg, ocfg = config["train"], config["optim"]
+    tcfg = config["train"]
     device = resolve_device(tcfg["device"])
     started_dist = not dist.is_distributed()
     di = dist.init_from_env(device.type)
