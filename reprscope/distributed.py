@@ -8,9 +8,11 @@ the gradient of the one-process step on the global batch (tests/test_ddp.py chec
 """
 from __future__ import annotations
 
+import contextvars
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -40,6 +42,28 @@ def info() -> DistInfo:
     if not is_distributed():
         return DistInfo()
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", dist.get_rank())))
+
+
+#: Set while every rank of the job runs the same library call (``reprscope extract`` / ``analyze`` under torchrun):
+#: only then do extraction and analysis split their work with collectives. A call made by one rank of someone's
+#: DDP training (a monitor on rank 0) stays a single-process call and never waits for the other ranks.
+_SHARED_CALL: contextvars.ContextVar = contextvars.ContextVar("reprscope_shared_call", default=False)
+
+
+@contextmanager
+def shared_call() -> Iterator[None]:
+    """Mark the calls inside as run by every rank of the process group together."""
+    token = _SHARED_CALL.set(True)
+    try:
+        yield
+    finally:
+        _SHARED_CALL.reset(token)
+
+
+def work_info() -> DistInfo:
+    """:func:`info` inside :func:`shared_call` (every rank runs the same call: the work may be split), else a
+    single process."""
+    return info() if _SHARED_CALL.get() else DistInfo()
 
 
 def init_from_env(device_type: str) -> DistInfo:

@@ -190,7 +190,7 @@ def analyze_layers(layers: Sequence[Tuple[str, Callable[[], LayerData]]], analyz
     rows: List[Dict[str, Any]] = []
     notes: List[str] = []
     encoder_only: Dict[str, List[str]] = {}  # analyzer → its skip notes on the non-encoder layers
-    di = dist.info()
+    di = dist.work_info()
     for layer, make in tqdm(layers, desc=desc, disable=not progress or not single or not di.is_main, leave=False):
         if not single:
             break
@@ -336,7 +336,9 @@ def store_for_checkpoint(path: Path, data: Optional[str], set_data: Optional[Dic
                       "pool": model.options.pool}, sort_keys=True)
     name = f"{model.sha256[:16]}-{hashlib.sha256(key.encode()).hexdigest()[:10]}.h5"
     target = cache_dir() / "extract" / name
-    hit = bool(dist.broadcast_object(cache and target.is_file()))  # the ranks of a torchrun job decide together
+    hit = bool(cache and target.is_file())
+    if dist.work_info().enabled:  # the ranks of a torchrun job decide together (rank 0's view)
+        hit = bool(dist.broadcast_object(hit))
     if not hit:
         writable_cache(target.parent)
     if hit:
@@ -347,7 +349,7 @@ def store_for_checkpoint(path: Path, data: Optional[str], set_data: Optional[Dic
         return target
     out = extract(model, dataset, target, views=views, limit=limit, batch_size=batch_size, device=device, seed=seed,
                   progress=progress)
-    if dist.info().is_main:
+    if dist.work_info().is_main:
         prune_cache(keep=out)
     return out
 
@@ -406,7 +408,9 @@ def in_torchrun_job(fn: Callable) -> Callable:
     """Run ``fn`` (``extract_checkpoint``, ``analyze``) in the process group torchrun describes (WORLD_SIZE > 1:
     gloo on the CPU, nccl on CUDA, each process on its local GPU), leaving it afterwards; a no-op otherwise.
     Extraction then shards the batches over the processes and analysis the moments' pass over the samples
-    (:func:`analyze_layers`)."""
+    (:func:`analyze_layers`). When the process group already exists (a user's DDP script calling
+    ``reprscope.analyze``, perhaps on rank 0 alone), the call stays a single-process call: nothing waits for
+    the other ranks."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -417,7 +421,11 @@ def in_torchrun_job(fn: Callable) -> Callable:
         if di.enabled and kind == "cuda":
             kwargs["device"] = f"cuda:{di.local_rank}"
         try:
-            out = fn(*args, **kwargs)
+            if started:  # a job of its own (reprscope under torchrun); a group someone else set up is theirs
+                with dist.shared_call():
+                    out = fn(*args, **kwargs)
+            else:
+                out = fn(*args, **kwargs)
         except BaseException:
             dist.cleanup(started, wait_for_peers=False)
             raise

@@ -102,3 +102,13 @@ def test_two_processes_analyze_a_store_to_the_one_process_table(single_and_shard
     assert same_nan.all()
     ok = ~np.isnan(v1)
     assert np.allclose(v2[ok], v1[ok], rtol=1e-9, atol=1e-12), m.loc[ok][~np.isclose(v2[ok], v1[ok], rtol=1e-9, atol=1e-12)]
+
+
+def test_a_call_from_one_rank_of_someone_elses_process_group_stays_single_process(tiny_h5):
+    """A user's DDP script that calls reprscope on rank 0 alone must not wait for the other ranks: the work is
+    split only inside a job reprscope set up itself (`reprscope extract/analyze` under torchrun)."""
+    script = Path(__file__).parent / "ddp" / "user_group.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                          str(script), str(tiny_h5)], capture_output=True, text=True, env=env, timeout=180)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]

@@ -203,7 +203,7 @@ def test_a_pickled_numpy_array_is_data_only_and_bounded(tmp_path):
     from reprscope.formats.base import _bounded_reconstruct
 
     with pytest.raises(pickle.UnpicklingError, match="declares shape"):
-        _bounded_reconstruct(np.ndarray, (1 << 40,), np.dtype("f4"))
+        _bounded_reconstruct(np.ndarray, (1 << 21,), np.dtype("f4"))
     with pytest.raises(pickle.UnpicklingError, match="only numpy.ndarray"):
         _bounded_reconstruct(np.matrix, (1,), np.dtype("f4"))
     torch.save({"model_state_dict": {"_feature_blocks.conv1.weight": np.zeros((2, 3), dtype=object)}}, tmp_path / "o.pth")

@@ -91,7 +91,7 @@ def extract(model: LoadedModel, dataset: GeneratedDataset, out: os.PathLike | st
     layer_specs = [(i.name, i.space, i.order, dims[i.name]) for i in infos]
     layer_names = [i.name for i in infos]
     starts = list(range(0, n, batch_size))
-    di = dist.info()
+    di = dist.work_info()  # every rank of a torchrun job in `reprscope extract`; else one process
     mine = [b for b in range(len(starts)) if b % di.world_size == di.rank]
 
     def run_batch(b: int) -> Dict[str, np.ndarray]:

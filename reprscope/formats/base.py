@@ -358,8 +358,9 @@ def read_checkpoint_file(path: os.PathLike | str) -> Any:
 #: through :func:`_bounded_reconstruct`, which builds nothing but an ``ndarray`` of a bounded size.
 ALLOWED_GLOBALS = ("argparse.Namespace", "numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct",
                    "numpy.ndarray", "numpy.dtype")
-#: the most values one pickled numpy array may declare before its data is read
-MAX_NUMPY_VALUES = 1 << 32
+#: the most values ``_reconstruct`` may be asked to allocate: numpy's own pickles declare shape (0,) there and give
+#: the real shape with the data (whose bytes the file holds), so only a crafted pickle comes near this
+MAX_NUMPY_VALUES = 1 << 20
 
 
 def _bounded_reconstruct(subtype: Any, shape: Any, dtype: Any) -> Any:

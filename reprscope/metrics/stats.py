@@ -123,7 +123,9 @@ def moments_over_ranks(data: LayerData) -> List[Moments]:
     in the same order. Outside a torchrun job it is :func:`moments`."""
     import torch.distributed as tdist
 
-    if not (tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1):
+    from ..distributed import work_info
+
+    if not work_info().enabled:
         return moments(data)
     if "moments" not in data.cache:
         s2, shift = _accumulate(data, (tdist.get_rank(), tdist.get_world_size()))
