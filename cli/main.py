@@ -200,9 +200,10 @@ def extract(
     arch: Optional[str] = typer.Option(None, "--arch", help=ARCH_HELP),
     pool: Optional[str] = typer.Option(None, "--pool", help=POOL_HELP),
     preprocess: str = typer.Option("source", "--preprocess", help=PREPROCESS_HELP),
-    storage: str = typer.Option("float32", "--storage", help="Embeddings on disk: float32, or float16 (half the "
-                                "size; values rounded to ~5e-4 relative, which moves rank estimates near the noise "
-                                "floor, so keep float32 for spectra; analyze reads either in float64)."),
+    storage: str = typer.Option("float32", "--storage", help="Embeddings on disk: float32, float16 or bfloat16 "
+                                "(half the size; values rounded to ~5e-4 / ~4e-3 relative, which moves rank "
+                                "estimates near the noise floor, so keep float32 for spectra; analyze reads any "
+                                "of them in float64)."),
     quiet: bool = typer.Option(False, "--quiet", metavar=FLAG, help="No progress bar."),
 ) -> None:
     """Write the embedding store (HDF5) of CKPT's layers on the held-out set. Under torchrun every process

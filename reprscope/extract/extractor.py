@@ -44,7 +44,8 @@ def extract(model: LoadedModel, dataset: GeneratedDataset, out: os.PathLike | st
         clean: also store the un-augmented input as view 0 (``clean``).
         layers: layer names to store (default: every layer of the bundle).
         limit: use only the first ``limit`` held-out samples.
-        storage: the embeddings' dtype on disk, ``float32`` or ``float16`` (read back in float64 / float32).
+        storage: the embeddings' dtype on disk, ``float32``, ``float16`` or ``bfloat16`` (read back in float64 /
+            float32).
         overlap_writes: write each batch to the store in a writer thread while the next batch is computed.
 
     The views of batch ``b`` (``batch_size`` samples) are drawn from a random stream seeded by ``(seed, b)``. In a
@@ -190,7 +191,7 @@ def _sharded_body(out: Path, n: int, names: List[str], layer_specs: List[tuple],
             shard = h5py.File(shard_path, "w")
             rows = sum(min(batch_size, n - starts[b]) for b in mine)
             for name, _space, _order, dim in layer_specs:
-                shard.create_dataset(name, shape=(len(names), rows, int(dim)), dtype=storage)
+                shard.create_dataset(name, shape=(len(names), rows, int(dim)), dtype="float32")  # rank 0 encodes
             shard.create_dataset("starts", data=np.asarray([starts[b] for b in mine], dtype=np.int64))
         row = 0
         for i, b in enumerate(mine):

@@ -61,8 +61,44 @@ def _alive(pid: int) -> bool:
     return True
 
 
-#: The dtypes an extraction may store embeddings in (``--storage``).
-STORAGE_DTYPES = ("float32", "float16")
+#: The dtypes an extraction may store embeddings in (``--storage``). HDF5 has no bfloat16: it is stored as its bit
+#: pattern (uint16, the top half of the float32) with the dataset attribute ``encoding = "bfloat16"``, and read back
+#: as float32 (:class:`BFloat16Dataset`).
+STORAGE_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def to_bfloat16_bits(a: np.ndarray) -> np.ndarray:
+    """float32 → bfloat16 bit patterns (uint16), rounded to nearest, ties to even (as torch rounds); a NaN stays
+    a (quiet) NaN."""
+    u = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+    rounded = ((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)).astype(np.uint16)
+    nan = np.isnan(a)
+    if nan.any():
+        rounded[nan] = ((u[nan] >> np.uint32(16)) | np.uint32(0x40)).astype(np.uint16)
+    return rounded
+
+
+def from_bfloat16_bits(u: np.ndarray) -> np.ndarray:
+    """bfloat16 bit patterns (uint16) → float32 (exact)."""
+    return (np.asarray(u, dtype=np.uint16).astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+
+class BFloat16Dataset:
+    """An ``/embeddings`` dataset stored as bfloat16 bit patterns, indexed like the h5py dataset and read as
+    float32 (what every analyzer sees)."""
+
+    def __init__(self, ds: "h5py.Dataset"):
+        self.ds = ds
+        self.attrs = ds.attrs
+        self.shape = ds.shape
+        self.ndim = ds.ndim
+        self.dtype = np.dtype(np.float32)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return from_bfloat16_bits(self.ds[key])
+
+    def __len__(self) -> int:
+        return len(self.ds)
 
 #: Bytes kept free beyond a write's own size (HDF5's metadata, chunk index and superblock updates).
 ROOM_MARGIN = 1 << 20
@@ -76,8 +112,9 @@ class StoreWriter:
         n: number of samples; views: view names; layers: ``(name, space, order, dim)`` tuples.
         attrs: provenance attributes (README, Files); dicts/lists are stored as JSON strings.
         chunk: chunk length along n.
-        storage: the embeddings' dtype on disk, ``float32`` or ``float16`` (half the size; the analyzers read
-            every store in float64 or float32, so only the stored values are rounded, to ~5e-4 relative).
+        storage: the embeddings' dtype on disk, ``float32``, ``float16`` or ``bfloat16`` (half the size; the
+            analyzers read every store in float64 or float32, so only the stored values are rounded: to ~5e-4
+            relative in float16, ~4e-3 in bfloat16, whose range is float32's).
     """
 
     def __init__(self, path: os.PathLike | str, n: int, views: Sequence[str], layers: Sequence[tuple],
@@ -112,10 +149,13 @@ class StoreWriter:
         for name, space, order, dim in layers:
             if space not in SPACES:
                 raise ValueError(f"space {space!r} not in {SPACES}")
-            ds = grp.create_dataset(name, shape=(len(self.views), self.n, int(dim)), dtype=self.storage,
+            ds = grp.create_dataset(name, shape=(len(self.views), self.n, int(dim)),
+                                    dtype="uint16" if self.storage == "bfloat16" else self.storage,
                                     chunks=(1, max(1, min(chunk, self.n)), int(dim)),
                                     maxshape=(len(self.views), None if growable else self.n, int(dim)))
             ds.attrs.update({"dim": int(dim), "space": space, "order": int(order)})
+            if self.storage == "bfloat16":
+                ds.attrs["encoding"] = "bfloat16"
             self.layers[name] = ds
 
     def ensure_room(self, nbytes: int) -> None:
@@ -162,9 +202,11 @@ class StoreWriter:
 
     def write_batch(self, start: int, outputs: Dict[str, np.ndarray]) -> None:
         """``outputs[layer]`` is (V, b, d) for samples ``start:start+b``."""
-        self.ensure_room(sum(a.size * np.dtype(self.storage).itemsize for a in outputs.values()))
+        self.ensure_room(sum(a.size * (2 if self.storage == "bfloat16" else np.dtype(self.storage).itemsize)
+                             for a in outputs.values()))
         for name, arr in outputs.items():
-            self.layers[name][:, start : start + arr.shape[1], :] = arr.astype(self.storage, copy=False)
+            stored = to_bfloat16_bits(arr) if self.storage == "bfloat16" else arr.astype(self.storage, copy=False)
+            self.layers[name][:, start : start + arr.shape[1], :] = stored
 
     def append(self, outputs: Dict[str, np.ndarray], labels: Optional[np.ndarray] = None,
                latents: Optional[np.ndarray] = None) -> None:
@@ -399,10 +441,16 @@ class Store:
                         "dim": int(ds.shape[-1])})
         return sorted(out, key=lambda d: d["order"])
 
-    def embeddings(self, layer: str) -> h5py.Dataset:
+    def embeddings(self, layer: str) -> Any:
+        """The layer's (V, n, d) dataset (a bfloat16-encoded one read as float32 through :class:`BFloat16Dataset`)."""
         if layer not in self.f["embeddings"]:
             raise ReprscopeError(f"layer '{layer}' is not in '{self.path}'; it has: {', '.join(l['name'] for l in self.layers())}")
-        return self.f["embeddings"][layer]
+        ds = self.f["embeddings"][layer]
+        if _json_attr(ds.attrs.get("encoding", "")) == "bfloat16":
+            if ds.dtype != np.uint16:
+                raise ReprscopeError(f"/embeddings/{layer} in '{self.path}' says bfloat16 but holds {ds.dtype} values")
+            return BFloat16Dataset(ds)
+        return ds
 
     def _opt(self, key: str) -> Optional[np.ndarray]:
         return self.f[key][()] if key in self.f else None
