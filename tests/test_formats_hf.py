@@ -45,22 +45,18 @@ def _cases(tf):
     return {
         "dinov2": (tf.Dinov2Model, tf.Dinov2Config(**SMALL), "cls", "hf_dinov2"),
         "dinov2_swiglu": (tf.Dinov2Model, tf.Dinov2Config(**SMALL, use_swiglu_ffn=True), "cls", "hf_dinov2"),
-        "dinov2_registers": (getattr(tf, "Dinov2WithRegistersModel", None),
-                             getattr(tf, "Dinov2WithRegistersConfig", lambda **k: None)(**SMALL, num_register_tokens=4),
+        "dinov2_registers": (tf.Dinov2WithRegistersModel, tf.Dinov2WithRegistersConfig(**SMALL, num_register_tokens=4),
                              "cls", "hf_dinov2"),
         "vit": (tf.ViTModel, tf.ViTConfig(**SMALL, intermediate_size=128), "cls", "hf_vit"),
         "vit_mae": (tf.ViTMAEModel, tf.ViTMAEConfig(**SMALL, intermediate_size=128, mask_ratio=0.0), "mean", "hf_vit"),
-        "ijepa": (getattr(tf, "IJepaModel", None), getattr(tf, "IJepaConfig", lambda **k: None)(**SMALL, intermediate_size=128),
-                  "mean", "hf_vit"),
+        "ijepa": (tf.IJepaModel, tf.IJepaConfig(**SMALL, intermediate_size=128), "mean", "hf_vit"),
     }
 
 
 @pytest.mark.parametrize("case", ["dinov2", "dinov2_swiglu", "dinov2_registers", "vit", "vit_mae", "ijepa"])
 def test_a_transformers_model_folder_equals_the_transformers_module(tmp_path, case):
     tf = _transformers()
-    cls, cfg, pool, fmt = _cases(tf)[case]
-    if cls is None:
-        pytest.skip(f"transformers {tf.__version__} has no {case} model")
+    cls, cfg, pool, fmt = _cases(tf)[case]  # the test extra pins transformers >= 4.48, which has every one
     torch.manual_seed(0)
     ref_model = _perturb(cls(cfg))
     folder = _save(ref_model, tmp_path / case)
@@ -278,3 +274,16 @@ def test_an_open_clip_tower_without_its_config_is_refused_in_one_line(tmp_path):
     _, path = _open_clip_folder(tmp_path / "m", True, config=False)
     with pytest.raises(ReprscopeError, match="QuickGELU .* open_clip_config.json beside them, which is missing"):
         load_checkpoint(path)
+
+
+def test_the_image_processor_config_beside_the_weights_sets_the_preprocessing(tmp_path):
+    _handmade_vit_folder(tmp_path / "m")
+    (tmp_path / "m" / "preprocessor_config.json").write_text(json.dumps(
+        {"do_resize": True, "size": {"shortest_edge": 20}, "do_center_crop": True, "crop_size": {"height": 16},
+         "resample": 3, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.25, 0.25, 0.25]}))
+    pre = load_checkpoint(tmp_path / "m").preprocess
+    assert (pre.resolution, pre.resize, pre.interpolation) == (16, 20, "bicubic")
+    assert pre.mean == (0.5, 0.5, 0.5) and pre.std == (0.25, 0.25, 0.25)
+    (tmp_path / "m" / "preprocessor_config.json").write_text(json.dumps({"size": {"height": 16}, "image_mean": "x"}))
+    pre = load_checkpoint(tmp_path / "m").preprocess
+    assert pre.resolution == 16 and pre.mean[0] == pytest.approx(0.485)  # a malformed mean falls back to ImageNet's

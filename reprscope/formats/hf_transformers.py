@@ -140,10 +140,6 @@ def _preprocess(options: LoadOptions, default: Preprocess) -> Preprocess:
                     return int(v[key])
         return None
 
-    def triple(v: Any, fallback: Tuple[float, float, float]) -> Tuple[float, float, float]:
-        if isinstance(v, (list, tuple)) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v):
-            return tuple(float(x) for x in v)  # type: ignore[return-value]
-        return fallback
 
     size = side(cfg.get("size")) if cfg.get("do_resize", True) else None
     crop = side(cfg.get("crop_size")) if cfg.get("do_center_crop", False) else None
@@ -151,8 +147,8 @@ def _preprocess(options: LoadOptions, default: Preprocess) -> Preprocess:
     if not 8 <= resolution <= 4096 or (size is not None and not 8 <= size <= 8192):
         raise ReprscopeError(f"'{path}' asks for a {resolution}-pixel input; expected 8 … 4096")
     interpolation = {2: "bilinear", 3: "bicubic"}.get(cfg.get("resample"), "bilinear")
-    return Preprocess(resolution=int(resolution), mean=triple(cfg.get("image_mean"), default.mean),
-                      std=triple(cfg.get("image_std"), default.std), resize=int(size or resolution),
+    return Preprocess(resolution=int(resolution), mean=pp.rgb_triple(cfg.get("image_mean"), default.mean),
+                      std=pp.rgb_triple(cfg.get("image_std"), default.std), resize=int(size or resolution),
                       stats="the image processor's", reason=f"{path.name}: resize {size or resolution}"
                       + (f", centre crop {crop}" if crop else ""), interpolation=interpolation)
 

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..errors import ReprscopeError
+from . import preprocess as pp
 from .base import LoadOptions, Preprocess, pick_branch, read_json_file, register_format
 from .vit import _result, build_vit_bundle
 
@@ -170,14 +171,10 @@ def build_open_clip(payload: Dict[str, Any], options: LoadOptions) -> Dict[str, 
     pre = cfg.get("preprocess_cfg") if isinstance(cfg.get("preprocess_cfg"), dict) else {}
     size = bundle.encoder.img_size
 
-    def triple(v: Any, fallback: Tuple[float, float, float]) -> Tuple[float, float, float]:
-        if isinstance(v, (list, tuple)) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v):
-            return tuple(float(x) for x in v)  # type: ignore[return-value]
-        return fallback
 
     interp = pre.get("interpolation", "bicubic")
-    preprocess = Preprocess(resolution=size, mean=triple(pre.get("mean"), OPENAI_MEAN),
-                            std=triple(pre.get("std"), OPENAI_STD), resize=size, stats="CLIP",
+    preprocess = Preprocess(resolution=size, mean=pp.rgb_triple(pre.get("mean"), OPENAI_MEAN),
+                            std=pp.rgb_triple(pre.get("std"), OPENAI_STD), resize=size, stats="CLIP",
                             reason=f"open_clip: resize the shorter side to {size}, centre crop ({CONFIG_NAME})",
                             interpolation=interp if interp in ("bilinear", "bicubic") else "bicubic")
     return _result(bundle, arch, "clip", "open_clip", None, payload, {"projector": head[0]} if head else {},

@@ -167,3 +167,11 @@ def dataset_for_model(model: LoadedModel, spec: Dict[str, Any], mode: str = "sou
                              f"{spec.get('name')} is not an image data set; give data='imagefolder:/path', "
                              "'cifar10:/path' or another image set", arg="data")
     return dataset, notes
+
+
+def rgb_triple(v: Any, fallback: Tuple[float, float, float]) -> Tuple[float, float, float]:
+    """Three per-channel numbers read from a source's JSON config (mean, std), else ``fallback``."""
+    if isinstance(v, (list, tuple)) and len(v) == 3 and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                          for x in v):
+        return tuple(float(x) for x in v)  # type: ignore[return-value]
+    return fallback
