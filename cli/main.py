@@ -413,7 +413,7 @@ def demo(
 @handle_errors
 def reproduce(
     name: Optional[str] = typer.Argument(None, help="Recipe name (reprscope reproduce --list)."),
-    scale: str = typer.Option("cpu", "--scale", help="cpu (under 10 minutes on 2 cores), gpu (the papers' setting) or tiny."),
+    scale: str = typer.Option("cpu", "--scale", help="cpu (under 10 minutes on 2 cores), long (at most 30 minutes per recipe on 2 cores: the cpu setting trained longer), gpu (the papers' setting) or tiny."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output directory (default: reproduce/NAME-SCALE)."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto (training and analysis)."),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Folder holding cifar10/, cifar100/ … for the gpu scale."),

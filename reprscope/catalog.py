@@ -29,7 +29,9 @@ def catalog(kind: str) -> List[str]:
         for n in ANALYZERS.names():
             a = ANALYZERS.get(n)
             needs = f" needs: {', '.join(a.needs)};" if a.needs else ""
-            lines.append(f"{n:16s} {a.summary} (paper {a.paper});{needs} params: {format_params(a.params) or '-'}")
+            split = "split over torchrun processes" if a.split else "rank 0 alone under torchrun"
+            lines.append(f"{n:16s} {a.summary} (paper {a.paper});{needs} {split}; "
+                         f"params: {format_params(a.params) or '-'}")
         return lines
     if kind == "datasets":
         return [f"{n:10s} {DATASETS.get(n).summary}  [{format_params(DATASETS.get(n).all_params())}]" for n in DATASETS.names()]

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
@@ -23,7 +24,7 @@ from .analyzers import ANALYZERS, run_analyzer, run_pair
 from .analyzers.base import bootstrap_intervals
 from .analyzers.base import ENCODER_ONLY, LayerData
 from .metrics._core import finite_mask
-from .metrics.stats import moments_over_ranks
+from .metrics._ranks import alone
 from .data.base import parse_data_arg
 from .errors import ReprscopeError
 from .extract import Store, extract
@@ -191,20 +192,32 @@ def analyze_layers(layers: Sequence[Tuple[str, Callable[[], LayerData]]], analyz
     notes: List[str] = []
     encoder_only: Dict[str, List[str]] = {}  # analyzer → its skip notes on the non-encoder layers
     di = dist.work_info()
+    if di.enabled and di.is_main:
+        solo = [a for a in analyzers if not ANALYZERS.get(a).split]
+        if solo:
+            notes.append(f"{', '.join(solo)} ran on rank 0 alone (not split over the processes of the torchrun job)")
     for layer, make in tqdm(layers, desc=desc, disable=not progress or not single or not di.is_main, leave=False):
         if not single:
             break
         data = make()
-        if di.enabled:  # a torchrun job: the ranks share the moments' pass; rank 0 computes every row
-            share_moments(data, single)
-            if not di.is_main:
-                continue
+        if di.enabled:  # every rank scans its share for NaN/Inf samples; rank 0's solo analyzers find it cached
+            finite_mask(data)
+        # A torchrun job: every rank runs the split analyzers (each reads its share of the samples, the partial
+        # results are reduced), first, so that the statistics they cache on the layer are the shared ones; then
+        # rank 0 alone runs the others, keeps the rows and computes the intervals.
+        split = [a for a in single if ANALYZERS.get(a).split]
+        results = {a: run_analyzer(a, data, params.get(a)) for a in split}
+        if not di.is_main:
+            continue
+        with alone():
+            results.update((a, run_analyzer(a, data, params.get(a))) for a in single if a not in results)
         for a in single:
-            res = run_analyzer(a, data, params.get(a))
+            res = results[a]
             for note in res.notes:
                 (encoder_only.setdefault(a, []) if note.endswith(ENCODER_ONLY) else notes).append(note)
             if bootstrap:
-                notes.extend(bootstrap_intervals(a, data, params.get(a), res.rows, bootstrap, ci, seed))
+                with alone():
+                    notes.extend(bootstrap_intervals(a, data, params.get(a), res.rows, bootstrap, ci, seed))
             rows.extend({**base, "layer": layer, **r} for r in res.rows)
         data.cache.pop("bootstrap_full", None)
     # an encoder-only analyzer is silent on the other layers when it ran on the encoder layer; when it ran on
@@ -213,7 +226,7 @@ def analyze_layers(layers: Sequence[Tuple[str, Callable[[], LayerData]]], analyz
     for a, skipped in encoder_only.items():
         if a not in ran and len(skipped) == len(names):
             notes.extend(skipped)
-    if pairwise and len(layers) > 1 and di.is_main:  # pairwise analyzers run on rank 0 of a torchrun job
+    if pairwise and len(layers) > 1:
         pairs = [(layers[i], layers[j]) for i in range(len(layers)) for j in range(i + 1, len(layers))]
         r, n = compare_layers(pairs, pairwise, params, base, source_b="", progress=progress,
                               desc=f"{desc} (layer pairs)")
@@ -225,20 +238,6 @@ def analyze_layers(layers: Sequence[Tuple[str, Callable[[], LayerData]]], analyz
 LayerMaker = Tuple[str, Callable[[], LayerData]]
 
 
-def share_moments(data: LayerData, analyzers: Sequence[str]) -> None:
-    """In a torchrun job, compute the per-view moments of ``data`` over the ranks' shares of its samples
-    (:func:`~reprscope.metrics.stats.moments_over_ranks`) when a selected analyzer reads them
-    (``shared_moments``); on the samples with finite embeddings, as :func:`run_analyzer` will restrict them."""
-    if not any(ANALYZERS.get(a).shared_moments for a in analyzers):
-        return
-    keep = finite_mask(data)
-    if keep is not None and not keep.all():
-        if "finite_data" not in data.cache:
-            data.cache["finite_data"] = data.take(keep)
-        data = data.cache["finite_data"]
-    moments_over_ranks(data)
-
-
 def compare_layers(pairs: Sequence[Tuple[LayerMaker, LayerMaker]], analyzers: Sequence[str],
                    params: Mapping[str, Mapping[str, Any]] | None, base: Mapping[str, Any], source_b: str,
                    progress: bool = False, desc: str = "compare") -> Tuple[List[Dict[str, Any]], List[str]]:
@@ -247,12 +246,19 @@ def compare_layers(pairs: Sequence[Tuple[LayerMaker, LayerMaker]], analyzers: Se
     params = params or {}
     rows: List[Dict[str, Any]] = []
     notes: List[str] = []
-    for (la, make_a), (lb, make_b) in tqdm(pairs, desc=desc, disable=not progress, leave=False):
+    di = dist.work_info()
+    for (la, make_a), (lb, make_b) in tqdm(pairs, desc=desc, disable=not progress or not di.is_main, leave=False):
         x, y = make_a(), make_b()
         for a in analyzers:
-            res = run_pair(a, x, y, params.get(a))
-            notes.extend(res.notes)
-            rows.extend({**base, "layer": la, **r, "source_b": source_b, "layer_b": lb} for r in res.rows)
+            # in a torchrun job every rank runs a split analyzer (similarity) and rank 0 keeps the rows
+            split = ANALYZERS.get(a).split
+            if not di.is_main and not split:
+                continue
+            with nullcontext() if split else alone():
+                res = run_pair(a, x, y, params.get(a))
+            if di.is_main:
+                notes.extend(res.notes)
+                rows.extend({**base, "layer": la, **r, "source_b": source_b, "layer_b": lb} for r in res.rows)
     return rows, notes
 
 
@@ -407,8 +413,8 @@ def prune_cache(keep: Optional[Path] = None, limit: Optional[int] = None) -> Lis
 def in_torchrun_job(fn: Callable) -> Callable:
     """Run ``fn`` (``extract_checkpoint``, ``analyze``) in the process group torchrun describes (WORLD_SIZE > 1:
     gloo on the CPU, nccl on CUDA, each process on its local GPU), leaving it afterwards; a no-op otherwise.
-    Extraction then shards the batches over the processes and analysis the moments' pass over the samples
-    (:func:`analyze_layers`). When the process group already exists (a user's DDP script calling
+    Extraction then shards the batches over the processes, and analysis the passes over the samples of the
+    analyzers declared ``split`` (:func:`analyze_layers`). When the process group already exists (a user's DDP script calling
     ``reprscope.analyze``, perhaps on rank 0 alone), the call stays a single-process call: nothing waits for
     the other ranks."""
 

@@ -82,8 +82,8 @@ def _owner_alive(p: Path) -> bool:
 
 
 def test_two_processes_analyze_a_store_to_the_one_process_table(single_and_sharded, tiny_h5):
-    """`torchrun -m reprscope analyze STORE`: the moments' pass is shared by the ranks (spectrum, vicreg, lidar),
-    every other analyzer runs on rank 0; the table equals the one-process table to 1e-9 relative."""
+    """`torchrun -m reprscope analyze STORE` over every analyzer (the split ones on both ranks, the others on
+    rank 0): the table equals the one-process table to 1e-9 relative."""
     import pandas as pd
 
     d = single_and_sharded
@@ -112,3 +112,47 @@ def test_a_call_from_one_rank_of_someone_elses_process_group_stays_single_proces
     res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
                           str(script), str(tiny_h5)], capture_output=True, text=True, env=env, timeout=180)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+
+
+def test_every_split_analyzer_shares_its_passes_to_the_one_process_table(tmp_path):
+    """A labelled store read in chunks of 48 samples (and batches of 32–40) so that every pass of every analyzer
+    declared ``split`` — the NaN scan, moments, center's two passes, vicreg's invariance pass, lidar's
+    cross-products, the k-NN candidate lists, matrix information's batches, similarity's cross-products, RBF CKA
+    batches and mutual k-NN blocks — is divided between the two ranks; the table equals the one-process table to
+    1e-9."""
+    import pandas as pd
+
+    import reprscope
+
+    g = np.random.default_rng(0)
+    n = 300
+    labels = g.integers(0, 4, n)
+    latents = g.normal(size=(n, 3))
+    base = np.eye(4)[labels] @ g.normal(size=(4, 24)) + 0.5 * g.normal(size=(n, 24)) + 3.0  # an offset, classes
+    base[:, :3] += latents
+    enc = np.stack([base + 0.2 * g.normal(size=base.shape) for _ in range(3)])
+    proj = np.maximum(enc @ g.normal(size=(24, 8)), 0.0)
+    tiny_h5 = reprscope.extract({"encoder": enc, "projector": proj}, out=tmp_path / "labelled.h5", labels=labels,
+                                latents=latents, views=["clean", "aug1", "aug2"])
+    with h5py.File(tiny_h5, "r+") as f:  # one sample every analyzer leaves out (the NaN scan is split too)
+        f["embeddings/encoder"][1, 17, 5] = np.nan
+    script = Path(__file__).parent / "ddp" / "small_chunks.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, str(script), str(tiny_h5), str(tmp_path / "one.csv")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                          str(script), str(tiny_h5), str(tmp_path / "two.csv")], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-2000:]
+    assert "identifiability ran on rank 0 alone" in two.stdout and "rank 0 alone" not in one.stdout
+    a, b = pd.read_csv(tmp_path / "one.csv"), pd.read_csv(tmp_path / "two.csv")
+    assert set(a["analyzer"]) == {"spectrum", "vicreg", "lidar", "center", "knn", "matrix_information", "similarity",
+                                  "identifiability"}
+    key = [c for c in a.columns if c != "value"]
+    m = a.merge(b, on=key, how="outer", suffixes=("_1", "_2"), indicator=True)
+    assert (m["_merge"] == "both").all() and len(a) == len(b)
+    v1, v2 = m["value_1"].to_numpy(float), m["value_2"].to_numpy(float)
+    assert (np.isnan(v1) == np.isnan(v2)).all()
+    ok = ~np.isnan(v1)
+    assert np.allclose(v2[ok], v1[ok], rtol=1e-9, atol=1e-12), m.loc[ok][~np.isclose(v2[ok], v1[ok], rtol=1e-9, atol=1e-12)]

@@ -84,14 +84,15 @@ def test_cli_list_and_errors(tmp_path):
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_every_cpu_run_resolves_and_gpu_runs_are_declared(name):
-    """The cpu and gpu scales are not trained in the tests; their settings must still resolve (a typo in a recipe
+    """The cpu, long and gpu scales are not trained in the tests; their settings must still resolve (a typo in a recipe
     fails here, not after an hour of training). gpu runs on data sets on disk are checked for their method only."""
     from reprscope.methods import METHODS
     from reprscope.reproduce.runner import run_config
 
     recipe = RECIPES.get(name)()
-    for spec in recipe.runs("cpu"):
-        run_config(spec, spec.seeds[0], "cpu")
+    for scale in ("cpu", "long"):
+        for spec in recipe.runs(scale):
+            run_config(spec, spec.seeds[0], "cpu")
     gpu = recipe.runs("gpu")
     assert gpu and all(spec.method in METHODS for spec in gpu)
     for spec in gpu:

@@ -53,13 +53,13 @@ class AnalyzerSpec:
     pairwise: bool = False
     no_bootstrap: str = ""
     headline: Sequence[str] = ()
-    shared_moments: bool = False
+    split: bool = False
 
 
 def register_analyzer(name: str, *, params: Sequence[Param] = (), needs: Sequence[str] = (), summary: str = "",
                       paper: str = "", min_samples: int = 2, reads_embeddings: bool = True,
                       pairwise: bool = False, no_bootstrap: str = "", headline: Sequence[str] = (),
-                      shared_moments: bool = False) -> Callable:
+                      split: bool = False) -> Callable:
     """Decorator registering ``fn(data, **params) -> Result`` as analyzer ``name``.
 
     ``reads_embeddings=False`` declares an analyzer that never looks at the embeddings (``weights``: it
@@ -75,7 +75,7 @@ def register_analyzer(name: str, *, params: Sequence[Param] = (), needs: Sequenc
         summary_line = summary or (fn.__doc__ or "").strip().splitlines()[0]
         ANALYZERS.register(name)(AnalyzerSpec(name, fn, tuple(params), tuple(needs), summary_line, paper, min_samples,
                                               reads_embeddings, pairwise, no_bootstrap, tuple(headline),
-                                              shared_moments))
+                                              split))
         return fn
 
     return deco
@@ -87,7 +87,7 @@ def register_declared(fn: Callable[..., Result]) -> Callable[..., Result]:
     d = fn.declaration
     return register_analyzer(d.name, params=d.params, needs=d.needs, summary=d.summary, paper=d.paper,
                              min_samples=d.min_samples, reads_embeddings=d.reads_embeddings, pairwise=d.pairwise,
-                             no_bootstrap=d.no_bootstrap, headline=d.headline, shared_moments=d.shared_moments)(fn)
+                             no_bootstrap=d.no_bootstrap, headline=d.headline, split=d.split)(fn)
 
 
 def missing_need(spec: AnalyzerSpec, data: LayerData) -> Optional[str]:

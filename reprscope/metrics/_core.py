@@ -31,12 +31,12 @@ class Declaration:
     pairwise: bool = False
     no_bootstrap: str = ""
     headline: Sequence[str] = ()
-    shared_moments: bool = False
+    split: bool = False
 
 
 def declare(name: str, *, params: Sequence[Param] = (), needs: Sequence[str] = (), summary: str = "",
             paper: str = "", min_samples: int = 2, reads_embeddings: bool = True, pairwise: bool = False,
-            no_bootstrap: str = "", headline: Sequence[str] = (), shared_moments: bool = False) -> Callable:
+            no_bootstrap: str = "", headline: Sequence[str] = (), split: bool = False) -> Callable:
     """Attach a :class:`Declaration` to ``fn`` as ``fn.declaration`` (the function itself is unchanged).
 
     ``pairwise=True`` declares a computation of two layers on the same samples, ``fn(x, y, **params)``
@@ -44,14 +44,15 @@ def declare(name: str, *, params: Sequence[Param] = (), needs: Sequence[str] = (
     ``no_bootstrap`` says why resampling the samples with replacement would not give a valid confidence
     interval of this computation (a train/test split that copies of a sample land on both sides of, nearest
     neighbours at distance 0 …); empty when it does. ``headline``: the metrics a summary shows first.
-    ``shared_moments``: the computation's pass over the samples is :func:`~reprscope.metrics.stats.moments`,
-    which a torchrun job computes over the ranks' shares of the samples (the rest runs on rank 0).
+    ``split``: the computation's passes over the samples are shared by the processes of a torchrun job
+    (:mod:`reprscope.metrics._ranks`: each rank reads its share of the chunks or batches, the partial results
+    are reduced with collectives), so every rank runs it; the others run on rank 0 alone.
     """
 
     def deco(fn: Callable) -> Callable:
         line = summary or (fn.__doc__ or "").strip().splitlines()[0]
         fn.declaration = Declaration(name, tuple(params), tuple(needs), line, paper, min_samples, reads_embeddings,
-                                     pairwise, no_bootstrap, tuple(headline), shared_moments)
+                                     pairwise, no_bootstrap, tuple(headline), split)
         return fn
 
     return deco
@@ -134,6 +135,20 @@ class LayerData:
         index list). For in-memory embeddings of the requested dtype without a sample mask the chunk is a
         *view* of ``embeddings``, not a copy: callers must never modify a chunk in place.
         """
+        for _start, block in self._chunks(views, dtype, size, (0, 1)):
+            yield block
+
+    def shared_chunks(self, views: Optional[Sequence[int]] = None, dtype: Any = np.float64,
+                      size: Optional[int] = None) -> Iterator["tuple[int, np.ndarray]"]:
+        """This process's share of :meth:`chunks` in a torchrun job that splits the work (chunk i when i mod
+        world = rank; every chunk in a single process), each with the position of its first kept sample. The
+        other ranks' chunks are not read."""
+        from ._ranks import share
+
+        yield from self._chunks(views, dtype, size, share())
+
+    def _chunks(self, views: Optional[Sequence[int]], dtype: Any, size: Optional[int],
+                part: "tuple[int, int]") -> Iterator["tuple[int, np.ndarray]"]:
         ids = list(range(len(self.views))) if views is None else [int(v) for v in views]
         step = int(size or self.chunk_size)
         total = int(self.embeddings.shape[1])
@@ -141,8 +156,13 @@ class LayerData:
             return
         consecutive = ids == list(range(ids[0], ids[0] + len(ids)))
         order = sorted(set(ids))
-        for s in range(0, total, step):
+        pos = 0
+        for i, s in enumerate(range(0, total, step)):
             e = min(total, s + step)
+            kept = e - s if self.mask is None else int(np.count_nonzero(self.mask[s:e]))
+            if i % part[1] != part[0] or not kept:
+                pos += kept
+                continue
             if consecutive:
                 block = np.asarray(self.embeddings[ids[0]:ids[-1] + 1, s:e])
             else:  # h5py takes one increasing index list per read
@@ -151,8 +171,8 @@ class LayerData:
             block = block.astype(dtype, copy=False)
             if self.mask is not None:
                 block = block[:, self.mask[s:e]]
-            if block.shape[1]:
-                yield block
+            yield pos, block
+            pos += kept
 
     def batches(self, views: Sequence[int], size: int, dtype: Any = np.float64) -> Iterator[np.ndarray]:
         """(len(views), b, d) batches of exactly ``size`` kept samples in order, then the remainder.
@@ -263,8 +283,12 @@ def _finite_rows(c: np.ndarray) -> np.ndarray:
 def finite_mask(data: LayerData) -> np.ndarray:
     """(n,) bool over the current samples: finite in every view. Computed once per layer (cached)."""
     if "finite" not in data.cache:
-        parts = [_finite_rows(c) for c in data.chunks(dtype=data.dtype)]
-        data.cache["finite"] = np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
+        from ._ranks import sum_over_ranks
+
+        bad = np.zeros(data.n)  # in a torchrun job each rank checks its chunks, and the counts are added
+        for start, c in data.shared_chunks(dtype=data.dtype):
+            bad[start:start + c.shape[1]] = ~_finite_rows(c)
+        data.cache["finite"] = sum_over_ranks(bad) == 0
     return data.cache["finite"]
 
 

@@ -12,6 +12,7 @@ from typing import List, Optional
 import numpy as np
 
 from ._core import LayerData, Result, declare
+from ._ranks import sum_over_ranks
 from .stats import product_dtype
 
 #: Elements (samples × used views × d) per chunk read from the store.
@@ -66,11 +67,13 @@ def center_statistics(data: LayerData) -> CenterStatistics:
 
     # Step 1 (one read): per sample 1/‖z^a‖ of every view and g_i = ‖Σ_a ẑ^a_i‖² = Σ_{a,b} ẑ^a·ẑ^b from the
     # view-pair products, and the sum Σ_i Σ_a ẑ^a_i = n·v·s. No normalised copy of a view is formed.
-    inv = np.empty((v, n))
-    g = np.empty(n)
+    # In a torchrun job each rank reads its share of the chunks (the same share in both passes) and the sums
+    # are added after each pass; inv and g are filled on the rank's own samples only.
+    inv = np.zeros((v, n))
+    g = np.zeros(n)
     total = np.zeros(d, dtype=np.float64)
-    zeros, pair_sum, pos = 0, 0.0, 0
-    for chunk in data.chunks(views=ids, dtype=product_dtype(data), size=step):
+    zeros, pair_sum = 0, 0.0
+    for pos, chunk in data.shared_chunks(views=ids, dtype=product_dtype(data), size=step):
         for s0 in range(0, chunk.shape[1], _BLOCK):
             blk = chunk[:, s0:s0 + _BLOCK]
             b = blk.shape[1]
@@ -90,6 +93,8 @@ def center_statistics(data: LayerData) -> CenterStatistics:
                     pair_sum += float(w.sum())
                     g[sl] += 2.0 * w
             pos += b
+    summed = sum_over_ranks(np.concatenate([total, [zeros, pair_sum]]))
+    total, zeros, pair_sum = summed[:d], int(summed[d]), float(summed[d + 1])
     s_v = total / n  # v·s
 
     # Step 2 (a second read): ‖v µ_i − v s‖² = g_i − 2 Σ_a ẑ^a_i·(v s) + ‖v s‖². Each term is of order v², so
@@ -98,9 +103,8 @@ def center_statistics(data: LayerData) -> CenterStatistics:
     # explicit difference v µ_i − v s. Relative error of every residual: below about 1/GUARD.
     guard = _GUARD * v * v * d * np.finfo(np.float64).eps
     sq = float(s_v @ s_v)
-    resid = np.empty(n)
-    pos = 0
-    for chunk in data.chunks(views=ids, dtype=product_dtype(data), size=step):
+    resid = np.zeros(n)
+    for pos, chunk in data.shared_chunks(views=ids, dtype=product_dtype(data), size=step):
         b = chunk.shape[1]
         sl = slice(pos, pos + b)
         cross = np.zeros(b)
@@ -114,7 +118,7 @@ def center_statistics(data: LayerData) -> CenterStatistics:
                 diff += chunk[j, close] * inv[j, sl][close, None]
             r2[close] = _row_dots(diff, diff)
         resid[sl] = np.sqrt(r2) / v
-        pos += b
+    resid = sum_over_ranks(resid)  # each sample's residual comes from one rank, zeros from the others
     return CenterStatistics(views=[data.views[i] for i in ids], s=s_v / v, residuals=resid,
                             alignment=pair_sum / (n * v * (v - 1) / 2) if v >= 2 else None, zero_rows=zeros)
 
@@ -124,6 +128,7 @@ def center_statistics(data: LayerData) -> CenterStatistics:
     summary="center vector norm ‖s‖, residual norms ‖µ_i − s‖ and view alignment of ℓ2-normalised embeddings",
     paper="'A unifying framework for the stability of SSL: the center vector', ICLR 2024 submission, §2.1",
     headline=("center_norm", "residual_norm_mean", "alignment"),
+    split=True,
 )
 def center(data: LayerData) -> Result:
     """Center vector s = E_x[E_ω[ẑ]] and residual norms (the center-vector paper, ICLR 2024 submission, §2.1, Eq. 1 and 4).

@@ -9,7 +9,7 @@ the same split as ``linear_probe``.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -17,6 +17,7 @@ import torch
 from ..errors import ReprscopeError
 from ..params import Param
 from ._core import LayerData, Result, declare
+from ._ranks import gather_over_ranks, share
 from .stats import single_torch_thread
 
 #: Elements of one (queries × bank) similarity block (float32): bounds the memory of the search.
@@ -56,6 +57,16 @@ def split_indices(n: int, test_fraction: float, seed: int) -> Tuple[np.ndarray, 
 def reference_features(data: LayerData, dtype=np.float32) -> np.ndarray:
     """(n, d) features of the reference view (``clean`` when stored)."""
     return data.view(data.reference_view_id(), dtype=dtype)
+
+
+def _features(data: LayerData, idx: Optional[np.ndarray], similarity: str) -> torch.Tensor:
+    """(len(idx), d) float32 features of the reference view at the sorted sample indices ``idx`` (None: every
+    sample), ℓ2-normalised for ``cosine`` (a zero row stays zero)."""
+    x = torch.from_numpy(reference_features(data if idx is None else data.take(idx), np.float32))
+    if similarity == "cosine":
+        norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)
+        x /= torch.where(norms == 0, torch.ones_like(norms), norms)
+    return x
 
 
 def topk_lowest_index(sims: torch.Tensor, k: int) -> torch.Tensor:
@@ -124,35 +135,83 @@ def _knn_predict_numpy(bank: np.ndarray, bank_labels: np.ndarray, queries: np.nd
     """:func:`knn_predict` on the CPU with numpy (its float32 product ran 1.7× faster than torch's here, and the
     tie check counts with numpy instead of torch's slow boolean sums); the same neighbours, votes and tie
     rules."""
-    m = bank.shape[0]
     kmax = max(ks)
-    step = max(1, block_elems // max(1, m))
-    euclid = similarity == "euclidean"
-    half_bsq = 0.5 * np.einsum("ij,ij->i", bank, bank) if euclid else None
     out: Dict[int, List[np.ndarray]] = {k: [] for k in ks}
+    for q, cand, idx in _candidates_np(bank, queries, kmax, similarity, block_elems):
+        for k, pred in _votes_np(q, cand, idx, bank_labels, ks, temperature, n_classes, similarity, ranks).items():
+            out[k].append(pred)
+    empty = np.zeros((0,) if ranks == 1 else (0, ranks), dtype=np.int64)
+    return {k: np.concatenate(v) if v else empty for k, v in out.items()}
+
+
+def _candidates_np(bank: np.ndarray, queries: np.ndarray, kmax: int, similarity: str, block_elems: int
+                   ) -> Iterator[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per block of queries: (queries, their top-min(kmax, m) scores, the bank indices of those, ascending);
+    ties to the lowest bank index. The score is the cosine, or q·b − ‖b‖²/2 for ``euclidean`` (the order of
+    −distance)."""
+    m = bank.shape[0]
+    k = min(kmax, m)
+    step = max(1, block_elems // max(1, m))
+    half_bsq = 0.5 * np.einsum("ij,ij->i", bank, bank) if similarity == "euclidean" else None
     for s in range(0, queries.shape[0], step):
         q = queries[s:s + step]
         sims = q @ bank.T
-        if euclid:  # q·b − ‖b‖²/2 = (‖q‖² − ‖q − b‖²)/2: the same order as −distance
+        if half_bsq is not None:  # q·b − ‖b‖²/2 = (‖q‖² − ‖q − b‖²)/2: the same order as −distance
             sims -= half_bsq[None, :]
-        idx = topk_lowest_index_np(sims, kmax)  # candidates in bank-index order
-        cand = np.take_along_axis(sims, idx, axis=1)
-        del sims
-        rows = np.arange(cand.shape[0])[:, None]
-        qsq = np.einsum("ij,ij->i", q, q)[:, None] if euclid else None
-        for k in ks:
-            pos = topk_lowest_index_np(cand, k) if k < kmax else None
-            nb_idx = idx if pos is None else np.take_along_axis(idx, pos, axis=1)
-            nb = cand if pos is None else np.take_along_axis(cand, pos, axis=1)
-            if euclid:
-                w = 1.0 / (np.sqrt(np.maximum(qsq - 2.0 * nb, 0.0)) + np.float32(EUCLIDEAN_EPS))
-            else:  # exp((sim − max sim)/T): the same argmax as exp(sim/T), without overflow for small T
-                w = np.exp((nb - nb.max(axis=1, keepdims=True)) / np.float32(temperature))
-            flat = (rows * n_classes + bank_labels[nb_idx]).ravel()
-            scores = np.bincount(flat, weights=w.ravel(), minlength=cand.shape[0] * n_classes)
-            out[k].append(_ranked_np(scores.reshape(-1, n_classes), ranks))
-    empty = np.zeros((0,) if ranks == 1 else (0, ranks), dtype=np.int64)
-    return {k: np.concatenate(v) if v else empty for k, v in out.items()}
+        idx = topk_lowest_index_np(sims, k)  # candidates in bank-index order
+        yield q, np.take_along_axis(sims, idx, axis=1), idx
+
+
+def _votes_np(q: np.ndarray, cand: np.ndarray, idx: np.ndarray, bank_labels: np.ndarray, ks: List[int],
+              temperature: float, n_classes: int, similarity: str, ranks: int) -> Dict[int, np.ndarray]:
+    """k → predictions of the queries ``q`` from their top-max(ks) candidates (scores ``cand`` at bank indices
+    ``idx``, ascending): each k takes its top k among them, ties to the lowest index, and votes."""
+    kmax = max(ks)
+    rows = np.arange(cand.shape[0])[:, None]
+    qsq = np.einsum("ij,ij->i", q, q)[:, None] if similarity == "euclidean" else None
+    out: Dict[int, np.ndarray] = {}
+    for k in ks:
+        pos = topk_lowest_index_np(cand, k) if k < kmax else None
+        nb_idx = idx if pos is None else np.take_along_axis(idx, pos, axis=1)
+        nb = cand if pos is None else np.take_along_axis(cand, pos, axis=1)
+        if qsq is not None:
+            w = 1.0 / (np.sqrt(np.maximum(qsq - 2.0 * nb, 0.0)) + np.float32(EUCLIDEAN_EPS))
+        else:  # exp((sim − max sim)/T): the same argmax as exp(sim/T), without overflow for small T
+            w = np.exp((nb - nb.max(axis=1, keepdims=True)) / np.float32(temperature))
+        flat = (rows * n_classes + bank_labels[nb_idx]).ravel()
+        scores = np.bincount(flat, weights=w.ravel(), minlength=cand.shape[0] * n_classes)
+        out[k] = _ranked_np(scores.reshape(-1, n_classes), ranks)
+    return out
+
+
+def _knn_predict_shared(bank: np.ndarray, offset: int, bank_labels: np.ndarray, queries: np.ndarray,
+                        ks: List[int], temperature: float, n_classes: int, similarity: str, ranks: int
+                        ) -> Dict[int, np.ndarray]:
+    """:func:`knn_predict` in a torchrun job whose rank holds the bank entries ``offset`` … ``offset + len(bank)
+    − 1`` (contiguous shares, in rank order) and every query; ``bank_labels`` are the labels of the whole bank.
+
+    Each rank finds every query's top-max(ks) candidates in its share; the candidate lists are gathered and
+    merged: the overall top max(ks), ties to the lowest bank index, is among the union of the shares' own, so
+    the neighbours, votes and predictions are those of one process. With numpy, on the CPU.
+    """
+    kmax = max(ks)
+    cands, idxs = [], []
+    for _q, cand, idx in _candidates_np(bank, queries, kmax, similarity, _BLOCK_ELEMS):
+        cands.append(cand)
+        idxs.append(idx + offset)
+    nq = queries.shape[0]
+    cand = np.full((nq, kmax), -np.inf, dtype=np.float32)  # a share with fewer than kmax entries is padded
+    idx = np.full((nq, kmax), np.iinfo(np.int64).max, dtype=np.int64)
+    if cands:
+        got = np.concatenate(cands)
+        cand[:, :got.shape[1]] = got
+        idx[:, :got.shape[1]] = np.concatenate(idxs)
+    parts = gather_over_ranks((cand, idx))
+    cand = np.concatenate([p[0] for p in parts], axis=1)  # rank order: ascending bank index, padding aside
+    idx = np.concatenate([p[1] for p in parts], axis=1)
+    pos = topk_lowest_index_np(cand, kmax)
+    return _votes_np(queries, np.take_along_axis(cand, pos, axis=1), np.take_along_axis(idx, pos, axis=1),
+                     bank_labels, ks, temperature, n_classes, similarity, ranks)
 
 
 def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, ks: List[int], temperature: float,
@@ -238,6 +297,7 @@ def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Te
     paper="Bardes, Ponce & LeCun 2022, arXiv:2105.04906, App. C.1; Wu et al. 2018, arXiv:1805.01978, §3.4",
     no_bootstrap="copies of a resampled sample land on both sides of the train/test split (a query finds itself)",
     headline=("top1", "top5"),
+    split=True,
 )
 def knn(data: LayerData, ks: str = "20,200", temperature: float = 0.07, similarity: str = "cosine",
         test_fraction: float = 0.2, seed: int = 0, max_queries: int = 5000) -> Result:
@@ -270,25 +330,29 @@ def knn(data: LayerData, ks: str = "20,200", temperature: float = 0.07, similari
         te = np.sort(np.random.default_rng(seed + 1).choice(te, size=max_queries, replace=False))
         res.notes.append(f"{max_queries} of the {data.n - tr.size} test samples used as queries")
 
-    dev = torch.device(data.device)
+    used = {}
+    for k in k_list:
+        used[k] = min(k, tr.size)
+        if used[k] < k:
+            res.notes.append(f"k={k} exceeds the {tr.size} train samples; all {tr.size} used")
+    ranks = 5 if len(classes) > 5 else 1
+    rank, world = share()
+    dev = torch.device(data.device if world == 1 else "cpu")
     with single_torch_thread(dev):  # the search goes through numpy on the CPU
-        x = torch.from_numpy(reference_features(data, np.float32)).to(dev)
-        if similarity == "cosine":
-            norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)
-            x /= torch.where(norms == 0, torch.ones_like(norms), norms)
-        bank, queries = x[torch.from_numpy(tr).to(dev)], x[torch.from_numpy(te).to(dev)]
-        del x
-        ybank = torch.from_numpy(y[tr]).to(dev)
         ytest = torch.from_numpy(y[te]).to(dev)
-
-        used = {}
-        for k in k_list:
-            used[k] = min(k, tr.size)
-            if used[k] < k:
-                res.notes.append(f"k={k} exceeds the {tr.size} train samples; all {tr.size} used")
-        ranks = 5 if len(classes) > 5 else 1
-        preds = knn_predict(bank, ybank, queries, sorted(set(used.values())), temperature, len(classes),
-                            similarity=similarity, ranks=ranks)
+        if world > 1:  # a torchrun job: each rank reads and searches a contiguous share of the bank
+            cut = np.linspace(0, tr.size, world + 1).astype(int)
+            own = tr[cut[rank]:cut[rank + 1]]
+            preds = _knn_predict_shared(_features(data, own, similarity).numpy(), int(cut[rank]), y[tr],
+                                        _features(data, te, similarity).numpy(), sorted(set(used.values())),
+                                        temperature, len(classes), similarity, ranks)
+            preds = {k: torch.from_numpy(v.astype(np.int64, copy=False)) for k, v in preds.items()}
+        else:
+            x = _features(data, None, similarity).to(dev)
+            bank, queries = x[torch.from_numpy(tr).to(dev)], x[torch.from_numpy(te).to(dev)]
+            del x
+            preds = knn_predict(bank, torch.from_numpy(y[tr]).to(dev), queries, sorted(set(used.values())),
+                                temperature, len(classes), similarity=similarity, ranks=ranks)
         for k in k_list:
             ranked = preds[used[k]].reshape(len(te), ranks)
             res.add("top1", float((ranked[:, 0] == ytest).double().mean()), view=view, index=k)

@@ -22,6 +22,7 @@ import torch
 
 from ..params import Param
 from ._core import LayerData, Result, declare
+from ._ranks import sum_over_ranks
 from .stats import moments
 
 
@@ -43,13 +44,13 @@ def lidar_matrices(data: LayerData) -> "tuple[np.ndarray, np.ndarray, int]":
     if v > 1:
         mt = torch.from_numpy(np.stack(means)).to(device=dev, dtype=torch.float64)  # (V, d)
         cross = torch.zeros(d, d, dtype=torch.float64, device=dev)
-        for c in data.chunks(views=views, dtype=data.dtype):
+        for _start, c in data.shared_chunks(views=views, dtype=data.dtype):  # a torchrun job: its share
             t = torch.from_numpy(np.ascontiguousarray(c)).to(device=dev, dtype=torch.float64, copy=True)
             t -= mt[:, None, :]
             for a in range(v):
                 for b in range(a + 1, v):
                     cross.addmm_(t[a].T, t[b])
-        cross = cross.cpu().numpy()
+        cross = sum_over_ranks(cross.cpu().numpy())
         total = total + cross + cross.T
     n = mom[views[0]].n
     sigma_b = total / (v * v * n)
@@ -84,7 +85,7 @@ def lidar_of(sigma_b: np.ndarray, sigma_w: np.ndarray, delta: float, eps: float)
     summary="LiDAR: effective rank of the linear-discriminant matrix, every input a class of its augmented views",
     paper="Thilak et al. 2023, arXiv:2312.04000",
     min_samples=2,
-    shared_moments=True,
+    split=True,
 )
 def lidar(data: LayerData, delta: float = 1e-4, eps: float = 1e-7) -> Result:
     """LiDAR of the layer's augmented views (row ``lidar``, view = the views joined by ``|``)."""

@@ -45,6 +45,7 @@ import torch
 
 from ..params import Param
 from ._core import LayerData, Result, declare
+from ._ranks import gather_over_ranks, interleave, mine
 from .stats import eigh, eigvalsh, map_side_by_side
 
 #: MCR² quantisation error ε² of Yu et al. (2020), used by ``tcr_mcr2`` = ½ log det(I + d/(m ε²) ẐᵀẐ).
@@ -406,6 +407,7 @@ def _plan(n: int, m: int, max_batches: Optional[int], seed: int) -> Tuple[List[i
     paper="Tan et al. 2024, arXiv:2309.17281, §3–4",
     no_bootstrap="copies of a sample make the batch Gram matrices rank-deficient",
     headline=("mutual_information", "joint_entropy", "entropy_1", "effective_rank", "dime", "tcr"),
+    split=True,
 )
 def matrix_information(data: LayerData, batch_size=512, alpha: float = 1.0, mu: float = 1.0, center: bool = False,
                        max_batches: Optional[int] = 16, seed: int = 0, kl_eps: float = 1e-6,
@@ -479,7 +481,10 @@ def matrix_information(data: LayerData, batch_size=512, alpha: float = 1.0, mu: 
     # docstring), as many as fit in SIDE_BY_SIDE_BYTES (a batch holds about six p×p float64 matrices,
     # p = max(m, d): 200 MiB at d = 2048, 3 GiB at d = 8192, which then runs alone).
     per_batch = 6 * 8 * max(min(m, n), d) ** 2
-    results = map_side_by_side(one_batch, chosen, dev, max_workers=max(1, SIDE_BY_SIDE_BYTES // per_batch))
+    # In a torchrun job rank r computes the chosen batches j with j mod world = r; the results come back in
+    # batch order, so the means and stds are those of one process.
+    results = map_side_by_side(one_batch, mine(chosen), dev, max_workers=max(1, SIDE_BY_SIDE_BYTES // per_batch))
+    results = interleave(gather_over_ranks(results))
     for forms, zr, zc in results:
         used += 1
         for v in range(2):

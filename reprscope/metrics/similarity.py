@@ -39,13 +39,14 @@ singular matrix). The kernel measures (cka_rbf, mutual_knn) use a seeded subset 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from ..params import Param
 from ._core import LayerData, Result, declare
+from ._ranks import mine, share, sum_over_ranks
 
 #: The measures, in table order.
 MEASURES = ("cka_linear", "cka_linear_debiased", "svcca", "pwcca", "cca_mean", "procrustes", "cka_rbf", "mutual_knn")
@@ -87,16 +88,29 @@ def paired_batches(x: LayerData, y: LayerData, size: int, dtype: Any = np.float6
         yield cx[0], cy[0]
 
 
+def shared_paired_batches(x: LayerData, y: LayerData, size: int) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+    """:func:`paired_batches` (as stored) of this process: in a torchrun job batch j when j mod world = rank,
+    read on its own (the other ranks' batches are not read); every batch in a single process."""
+    rank, world = share()
+    if world == 1:
+        yield from paired_batches(x, y, size, dtype=None)
+        return
+    for start in range(rank * size, x.n, world * size):
+        stop = min(x.n, start + size)
+        yield (x.sample_range([x.reference_view_id()], start, stop, dtype=x.dtype)[0],
+               y.sample_range([y.reference_view_id()], start, stop, dtype=y.dtype)[0])
+
+
 def cross_moments(x: LayerData, y: LayerData, device: str = "cpu") -> CrossMoments:
     """Two streamed passes over both layers: their means, then the centred products (exact centring, so a
     large common offset costs no precision). Chunks are read as stored and widened to float64 once, on the
-    device."""
+    device. In a torchrun job each rank reads its share of the batches and the float64 sums are added."""
     size = max(1, min(x.chunk_size, y.chunk_size))
-    sx, sy, n = np.zeros(x.dim), np.zeros(y.dim), 0
-    for cx, cy in paired_batches(x, y, size, dtype=None):
+    sx, sy = np.zeros(x.dim), np.zeros(y.dim)
+    for cx, cy in shared_paired_batches(x, y, size):
         sx += cx.sum(axis=0, dtype=np.float64)
         sy += cy.sum(axis=0, dtype=np.float64)
-        n += cx.shape[0]
+    sx, sy, n = sum_over_ranks(sx), sum_over_ranks(sy), x.n
     mx = torch.from_numpy(sx / max(n, 1)).to(device)
     my = torch.from_numpy(sy / max(n, 1)).to(device)
     dt = torch.float64
@@ -104,7 +118,7 @@ def cross_moments(x: LayerData, y: LayerData, device: str = "cpu") -> CrossMomen
     yy = torch.zeros(y.dim, y.dim, dtype=dt, device=device)
     xy = torch.zeros(x.dim, y.dim, dtype=dt, device=device)
     a = b = aa = bb = ab = 0.0
-    for cx, cy in paired_batches(x, y, size, dtype=None):
+    for cx, cy in shared_paired_batches(x, y, size):
         tx = torch.from_numpy(np.ascontiguousarray(cx)).to(device=device, dtype=dt, copy=True).sub_(mx)
         ty = torch.from_numpy(np.ascontiguousarray(cy)).to(device=device, dtype=dt, copy=True).sub_(my)
         xx.addmm_(tx.T, tx)
@@ -116,7 +130,9 @@ def cross_moments(x: LayerData, y: LayerData, device: str = "cpu") -> CrossMomen
         aa += float(ra @ ra)
         bb += float(rb @ rb)
         ab += float(ra @ rb)
-    return CrossMoments(n, xx.cpu().numpy(), yy.cpu().numpy(), xy.cpu().numpy(), a, b, aa, bb, ab)
+    xx, yy, xy = (sum_over_ranks(t.cpu().numpy()) for t in (xx, yy, xy))
+    a, b, aa, bb, ab = (float(v) for v in sum_over_ranks(np.array([a, b, aa, bb, ab])))
+    return CrossMoments(n, xx, yy, xy, a, b, aa, bb, ab)
 
 
 def moments_of_arrays(x: np.ndarray, y: np.ndarray) -> CrossMoments:
@@ -258,10 +274,9 @@ def cka_rbf_of(x: np.ndarray, y: np.ndarray, sigma: float = 1.0, batch_size: int
     n = x.shape[0]
     kl = kk = ll = 0.0
     used = 0
-    for s in range(0, n, batch_size):
+    starts = [s for s in range(0, n, batch_size) if min(n, s + batch_size) - s >= 4]
+    for s in mine(starts):  # a torchrun job: its share of the batches, the sums added below
         e = min(n, s + batch_size)
-        if e - s < 4:
-            break
         tx = torch.from_numpy(np.ascontiguousarray(x[s:e], dtype=np.float64)).to(device)
         ty = torch.from_numpy(np.ascontiguousarray(y[s:e], dtype=np.float64)).to(device)
         gk, gl = rbf_gram(tx, sigma), rbf_gram(ty, sigma)
@@ -272,19 +287,22 @@ def cka_rbf_of(x: np.ndarray, y: np.ndarray, sigma: float = 1.0, batch_size: int
         kk += _hsic_terms(gk, gk, ks, ks)
         ll += _hsic_terms(gl, gl, ls, ls)
         used += 1
+    kl, kk, ll, used = (float(v) for v in sum_over_ranks(np.array([kl, kk, ll, used])))
+    used = int(used)
     if used == 0 or kk <= 0 or ll <= 0:
         return float("nan"), used
     return kl / np.sqrt(kk * ll), used
 
 
-def knn_sets(x: np.ndarray, k: int, device: str = "cpu") -> np.ndarray:
-    """(n, k) indices of the k most cosine-similar other samples of each row (blocks of rows, exact)."""
+def knn_sets(x: np.ndarray, k: int, device: str = "cpu", starts: Optional[Sequence[int]] = None) -> np.ndarray:
+    """(n, k) indices of the k most cosine-similar other samples of each row (blocks of _KNN_BLOCK rows,
+    exact); with ``starts``, only the blocks starting there (the rows of the others stay -1)."""
     t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64)).to(device)
     norms = t.norm(dim=1, keepdim=True)
     t = t / torch.where(norms > 0, norms, torch.ones_like(norms))
     n = t.shape[0]
-    out = np.empty((n, k), dtype=np.int64)
-    for s in range(0, n, _KNN_BLOCK):
+    out = np.full((n, k), -1, dtype=np.int64)
+    for s in (range(0, n, _KNN_BLOCK) if starts is None else starts):
         e = min(n, s + _KNN_BLOCK)
         sims = t[s:e] @ t.T
         sims[torch.arange(e - s), torch.arange(s, e)] = -float("inf")
@@ -293,12 +311,15 @@ def knn_sets(x: np.ndarray, k: int, device: str = "cpu") -> np.ndarray:
 
 
 def mutual_knn_of(x: np.ndarray, y: np.ndarray, k: int = 10, device: str = "cpu") -> float:
-    """Mean over samples of the fraction of the k cosine neighbours in ``x`` that are also neighbours in ``y``."""
-    a, b = knn_sets(x, k, device), knn_sets(y, k, device)
+    """Mean over samples of the fraction of the k cosine neighbours in ``x`` that are also neighbours in ``y``.
+    In a torchrun job each rank searches its share of the row blocks and the hit counts are added."""
+    starts = mine(range(0, x.shape[0], _KNN_BLOCK))
+    a, b = knn_sets(x, k, device, starts), knn_sets(y, k, device, starts)
     hits = 0
-    for i in range(a.shape[0]):
-        hits += np.intersect1d(a[i], b[i], assume_unique=True).size
-    return hits / (a.shape[0] * k)
+    for s in starts:
+        for i in range(s, min(x.shape[0], s + _KNN_BLOCK)):
+            hits += np.intersect1d(a[i], b[i], assume_unique=True).size
+    return float(sum_over_ranks(hits)) / (x.shape[0] * k)
 
 
 def _parse_measures(value: str) -> List[str]:
@@ -344,6 +365,7 @@ def _rows_of(data: LayerData, idx: np.ndarray) -> np.ndarray:
     min_samples=5,
     pairwise=True,
     no_bootstrap="not available for comparisons of two layers yet",
+    split=True,
     headline=("cka_linear", "cka_linear_debiased", "svcca", "pwcca", "procrustes", "mutual_knn"),
 )
 def similarity(x: LayerData, y: LayerData, measures: str = "all", variance: float = 0.99, sigma: float = 1.0,

@@ -107,7 +107,7 @@ def spectra_of_views(data: LayerData) -> "list[tuple[np.ndarray, np.ndarray]]":
     summary="singular values of each view's embeddings, effective rank, RankMe, rank_tau and rank_abs",
     paper="Cosentino et al. 2022, arXiv:2205.06926, Eq. 2; Roy & Vetterli 2007; Garrido et al. 2023, arXiv:2210.02885",
     headline=("rankme", "effective_rank", "rank_tau", "rank_abs"),
-    shared_moments=True,
+    split=True,
 )
 def spectrum(data: LayerData, tau: float = 0.01, tau_abs: float = 0.01, eps: float = 1e-7) -> Result:
     """Spectrum and rank measures of every view separately (``view`` = the view's name).

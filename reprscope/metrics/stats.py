@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ._core import LayerData
+from ._ranks import share, sum_over_ranks
 
 #: n·d from which a float32 store's chunk products are formed in float32 (accumulated in float64).
 FLOAT32_PRODUCTS_ABOVE = 1 << 26
@@ -69,18 +70,24 @@ def torch_device(data: LayerData) -> torch.device:
 MOMENT_BLOCK_ROWS = 1024
 
 
-def _accumulate(data: LayerData, part: Optional[tuple] = None):
-    """``(s2, shift)``: per view, [z − c, 1]ᵀ[z − c, 1] summed over the chunks (all, or with ``part`` = (rank,
-    world) chunk i when i mod world = rank) about c = the first chunk's mean (every rank computes the same c)."""
+def _first_chunk_mean(data: LayerData) -> Optional[np.ndarray]:
+    """(V, d) mean of the layer's first chunk, the point the moments are accumulated about (every rank of a
+    torchrun job computes the same one); None for a layer without samples."""
+    for chunk in data.chunks(dtype=np.float64):
+        return chunk.mean(axis=1)
+    return None
+
+
+def _accumulate(data: LayerData):
+    """``(s2, shift)``: per view, [z − c, 1]ᵀ[z − c, 1] summed over this process's chunks (all of them, or its
+    share in a torchrun job) about c = the first chunk's mean."""
     v, d = len(data.views), data.dim
     s2 = np.zeros((v, d + 1, d + 1))
-    shift = buf = None
-    for i, chunk in enumerate(data.chunks(dtype=np.float64)):
-        if shift is None:
-            shift = chunk.mean(axis=1)  # (V, d)
-            buf = np.ones((min(MOMENT_BLOCK_ROWS, chunk.shape[1]), d + 1))
-        if part is not None and i % part[1] != part[0]:
-            continue
+    shift = _first_chunk_mean(data)
+    if shift is None:
+        return s2, None
+    buf = np.ones((min(MOMENT_BLOCK_ROWS, data.n), d + 1))
+    for _start, chunk in data.shared_chunks(dtype=np.float64):
         for j in range(v):
             for s in range(0, chunk.shape[1], buf.shape[0]):
                 c = buf[:min(buf.shape[0], chunk.shape[1] - s)]
@@ -112,32 +119,17 @@ def _moments_numpy(data: LayerData) -> List[Moments]:
     cache for the product, and no second pass sums it. ``syrk`` (``cᵀc`` of a C-contiguous array) does half the
     flops of the general product torch would use."""
     s2, shift = _accumulate(data)
-    return _finalize(s2, shift, data.dim)
-
-
-def moments_over_ranks(data: LayerData) -> List[Moments]:
-    """:func:`moments` computed by the processes of a torchrun job together, and cached on the layer: rank r
-    accumulates the chunks i with i mod world = r about the shift one process uses (the first chunk's mean), and
-    the float64 sums are added with ``all_reduce``. Equal to the one-process moments up to the order of the
-    float64 additions (relative differences of order 1e-15 · n_chunks). Every rank must call it, layer by layer
-    in the same order. Outside a torchrun job it is :func:`moments`."""
-    import torch.distributed as tdist
-
-    from ..distributed import work_info
-
-    if not work_info().enabled:
-        return moments(data)
-    if "moments" not in data.cache:
-        s2, shift = _accumulate(data, (tdist.get_rank(), tdist.get_world_size()))
-        total = torch.from_numpy(s2)
-        tdist.all_reduce(total)  # float64 sums (gloo on the CPU)
-        data.cache["moments"] = _finalize(total.numpy(), shift, data.dim)
-    return data.cache["moments"]
+    return _finalize(sum_over_ranks(s2), shift, data.dim)
 
 
 def moments(data: LayerData) -> List[Moments]:
     """Moments of every view of ``data`` (cached on the layer): numpy on the CPU, torch on ``data.device``
-    otherwise."""
+    otherwise.
+
+    In a torchrun job that splits the work, rank r accumulates its share of the chunks about the point one
+    process uses (the first chunk's mean) and the float64 sums are added with ``all_reduce``: equal to the
+    one-process moments up to the order of the additions (relative 1e-15 · the number of chunks). Every rank
+    then calls it for the same layers in the same order (the analyzers declared ``split``)."""
     if "moments" not in data.cache:
         dev = torch_device(data)
         data.cache["moments"] = _moments_numpy(data) if dev.type == "cpu" else _moments_torch(data, dev)
@@ -147,24 +139,22 @@ def moments(data: LayerData) -> List[Moments]:
 def _moments_torch(data: LayerData, dev: torch.device) -> List[Moments]:
     """:func:`moments` with torch on ``dev`` (an accelerator; the tests run it on the CPU against numpy)."""
     v, d = len(data.views), data.dim
-    shift = s1 = s2 = None
-    n = 0
-    for chunk in data.chunks(dtype=np.float64):
-        c = torch.from_numpy(chunk).to(dev)
-        if shift is None:
-            shift = c.mean(dim=1, keepdim=True)  # (V, 1, d)
-            s1 = torch.zeros(v, d, dtype=torch.float64, device=dev)
-            s2 = torch.zeros(v, d, d, dtype=torch.float64, device=dev)
-        c = c - shift
+    first = _first_chunk_mean(data)
+    if first is None:
+        return [Moments(0, np.zeros(d), np.zeros((d, d)), np.zeros((d, d))) for _ in range(v)]
+    shift = torch.from_numpy(first).to(dev)[:, None, :]  # (V, 1, d)
+    s1 = torch.zeros(v, d, dtype=torch.float64, device=dev)
+    s2 = torch.zeros(v, d, d, dtype=torch.float64, device=dev)
+    for _start, chunk in data.shared_chunks(dtype=np.float64):
+        c = torch.from_numpy(chunk).to(dev) - shift
         s1 += c.sum(dim=1)
         s2 += c.transpose(1, 2) @ c
-        n += c.shape[1]
+    n = data.n
+    if share()[1] > 1:  # a torchrun job: add the ranks' sums
+        s1 = torch.from_numpy(sum_over_ranks(s1.cpu().numpy())).to(dev)
+        s2 = torch.from_numpy(sum_over_ranks(s2.cpu().numpy())).to(dev)
     out: List[Moments] = []
     for i in range(v):
-        if n == 0:
-            z = np.zeros(d)
-            out.append(Moments(0, z, np.zeros((d, d)), np.zeros((d, d))))
-            continue
         sh, a, b = shift[i, 0].to(s1.dtype), s1[i], s2[i]
         delta = a / n  # mean − shift
         scatter = b - torch.outer(a, a) / n

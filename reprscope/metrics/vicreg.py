@@ -19,6 +19,7 @@ import numpy as np
 
 from ..params import Param
 from ._core import LayerData, Result, declare
+from ._ranks import gather_over_ranks
 from .stats import Moments, moments
 
 _EPS64 = float(np.finfo(np.float64).eps)
@@ -81,7 +82,7 @@ def _stream_pair(data: LayerData, a: int, b: int) -> Tuple[float, List[np.ndarra
     n = 0
     mean = [np.zeros(data.dim), np.zeros(data.dim)]
     m2 = [np.zeros(data.dim), np.zeros(data.dim)]
-    for chunk in data.chunks([a, b], dtype=np.float64):
+    for _start, chunk in data.shared_chunks([a, b], dtype=np.float64):
         buf = chunk[0] - chunk[1]
         sq += float(np.einsum("ij,ij->", buf, buf))
         nb = chunk.shape[1]
@@ -98,6 +99,17 @@ def _stream_pair(data: LayerData, a: int, b: int) -> Tuple[float, List[np.ndarra
             mean[k] = mean[k] + delta * (nb / tot)
             m2[k] = m2[k] + m2b + delta * delta * (n * nb / tot)
         n += nb
+    parts = gather_over_ranks((sq, n, mean, m2))  # a torchrun job: merge the ranks' partial statistics
+    sq, n, mean, m2 = parts[0]
+    for sq_r, n_r, mean_r, m2_r in parts[1:]:
+        sq += sq_r
+        tot = n + n_r
+        for k in range(2):
+            if n_r:
+                delta = mean_r[k] - mean[k]
+                mean[k] = mean[k] + delta * (n_r / tot)
+                m2[k] = m2[k] + m2_r[k] + delta * delta * (n * n_r / tot)
+        n = tot
     return sq, [x / max(1, n - 1) for x in m2]
 
 
@@ -114,7 +126,7 @@ def _stream_pair(data: LayerData, a: int, b: int) -> Tuple[float, List[np.ndarra
     summary="VICReg per-dimension std, collapsed dimensions, average correlation and loss terms of two views",
     paper="Bardes, Ponce & LeCun 2022, arXiv:2105.04906, Eq. 1–6, 10",
     headline=("std_mean", "avg_corr", "invariance", "loss"),
-    shared_moments=True,
+    split=True,
 )
 def vicreg(data: LayerData, gamma: float = 1.0, eps: float = 1e-4, lam: float = 25.0, mu: float = 25.0,
            nu: float = 1.0) -> Result:

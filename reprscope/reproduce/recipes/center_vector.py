@@ -97,10 +97,10 @@ class CenterVector(Recipe):
         else:
             common.update({"projector.hidden_dim": 256, "projector.out_dim": 64})
         seeds = (0,)
-        dino = {"projector.out_dim": 1024, "projector.bottleneck_dim": 64, "projector.bn": True} if scale == "cpu" else {}
-        if scale == "cpu":
+        dino = {"projector.out_dim": 1024, "projector.bottleneck_dim": 64, "projector.bn": True} if scale in ("cpu", "long") else {}
+        if scale in ("cpu", "long"):
             dino["projector.hidden_dim"] = 256
-        pred = {"predictor.hidden_dim": 64, "predictor.out_dim": 64} if scale == "cpu" else {}
+        pred = {"predictor.hidden_dim": 64, "predictor.out_dim": 64} if scale in ("cpu", "long") else {}
         an, layers = ("center", "knn", "spectrum"), ("encoder", "projector")
         params = {"knn": {"ks": "20"}}
         spec = lambda name, method, sets, tags: RunSpec(name, method, data, {**common, **sets}, backbone=backbone,  # noqa: E731
