@@ -98,3 +98,52 @@ def test_every_cpu_run_resolves_and_gpu_runs_are_declared(name):
     for spec in gpu:
         if not spec.data.get("path"):
             run_config(spec, spec.seeds[0], "cpu")
+
+
+@pytest.mark.parametrize("scale", ["cpu", "long", "gpu"])
+def test_vicreg_ablation_runs_share_one_augmentation(scale):
+    """Table 4a and 4b compare against the same VICReg baseline: every ablation run must see the augmentation
+    the baseline sees (the 4b runs once fell back to the data set's default at the gpu scale)."""
+    from reprscope.reproduce.runner import run_config
+
+    recipe = RECIPES.get("vicreg-ablations")()
+    augs = {s.name: s.sets.get("data.augment") for s in recipe.runs(scale) if s.tags.get("table") in ("4a", "4b")}
+    assert len(augs) == 6 and len(set(augs.values())) == 1 and None not in augs.values()
+    if scale != "gpu":  # the gpu runs read CIFAR from disk; their configs resolve on the cluster
+        for s in recipe.runs(scale):
+            run_config(s, s.seeds[0], "cpu")
+
+
+def test_rusak_box_and_linear_runs_use_the_un_normalised_lp_infonce():
+    """Rusak et al. 2022 §4.1: cosine InfoNCE on the sphere, the ℓp (here squared ℓ2) InfoNCE for
+    non-normalised representations on the box and for the linear model."""
+    recipe = RECIPES.get("rusak-content-style")()
+    for spec in recipe.runs("cpu"):
+        sim = spec.sets.get("method.similarity", "cosine")
+        if spec.name.startswith(("box", "linear")):
+            assert sim == "neg_lp" and spec.sets.get("method.p") == 2.0, spec.name
+        elif spec.name.endswith("nonorm"):
+            assert sim == "dot"
+        else:
+            assert spec.name.startswith("sphere") and sim == "cosine"
+
+
+def test_per_output_temperatures_are_absorbed_by_a_linear_map():
+    """Why τ_c < τ_s cannot act on the linear model through the output coordinates: with the un-normalised
+    InfoNCE, per-coordinate temperatures τ on f(x) = Wx give the loss of the rescaled map diag(τ)^(-1/2) W
+    at τ = 1 — the map absorbs them (no output coordinate is a content latent of a map trained from a random
+    initialisation), so the trained spectrum moved by a rescaling, not by a content/style split."""
+    import torch
+
+    from reprscope.methods.losses import info_nce
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(10, 10, generator=g, dtype=torch.float64)
+    x1, x2 = torch.randn(64, 10, generator=g, dtype=torch.float64), torch.randn(64, 10, generator=g, dtype=torch.float64)
+    tau = torch.tensor([0.2] * 5 + [0.5] * 5, dtype=torch.float64)
+    a = info_nce(x1 @ w.T, x2 @ w.T, tau, "neg_lp", 2.0)
+    ws = w / tau.sqrt()[:, None]
+    b = info_nce(x1 @ ws.T, x2 @ ws.T, 1.0, "neg_lp", 2.0)
+    assert torch.allclose(a, b, rtol=1e-12)
+    c = info_nce(x1 @ w.T, x2 @ w.T, 1.0, "neg_lp", 2.0)
+    assert not torch.allclose(a, c)  # the temperatures do change the loss of a given map
