@@ -1,4 +1,4 @@
-"""Paper 000: the center vector s = E[ẑ] explains collapse and its avoidance.
+"""The center-vector paper (ICLR 2024 submission): the center vector s = E[ẑ] explains collapse and its avoidance.
 
 * Toy sets (§3.1–3.2, Fig. 3–4): on blobs and moons (three classes in 2-D; the samples of a class are the
   augmentations of one "image"), SimSiam, SimSiam without predictor, SimSiam without stop-gradient, and the
@@ -51,7 +51,7 @@ def _toy_sets(steps: int) -> Dict[str, Any]:
 class CenterVector(Recipe):
     name = "center-vector"
     title = "The center vector and collapse (\"A unifying framework for the stability of SSL: the center vector\", ICLR 2024 submission)"
-    paper = "000 §3.1–3.5, B.1–B.4"
+    paper = "'A unifying framework for the stability of SSL: the center vector' (ICLR 2024 submission), §3.1–3.5, B.1–B.4"
     summary = "SimSiam without predictor / stop-gradient collapses with a large center vector; the simple objective (eq. 32) works; invariance-only training collapses faster with mini-batches"
 
     def runs(self, scale: str) -> List[RunSpec]:
@@ -242,7 +242,7 @@ class CenterVector(Recipe):
                 axes[i][1].legend(fontsize=7)
             for ax in axes[-1]:
                 ax.set_xlabel("step")
-            fig.suptitle("Paper 000 Fig. 3–4: center vector and k-NN accuracy over training")
+            fig.suptitle("The center-vector paper (ICLR 2024 submission) Fig. 3–4: center vector and k-NN accuracy over training")
             paths += _save(fig, out, "fig3_4_toy", ("png", "pdf"))
         b1 = rows(table, "center", "center_norm", layer="projector")
         b1 = b1[b1["run"].astype(str).str.startswith("b1-")] if not b1.empty else b1
@@ -255,6 +255,6 @@ class CenterVector(Recipe):
             ax.set_xlabel("epoch")
             ax.set_ylabel("‖s‖")
             ax.legend(fontsize=7)
-            ax.set_title("Paper 000 Fig. B.1: center-vector magnitude, invariance only", fontsize=9)
+            ax.set_title("The center-vector paper (ICLR 2024 submission) Fig. B.1: center-vector magnitude, invariance only", fontsize=9)
             paths += _save(fig, out, "figB1_center_norm", ("png", "pdf"))
         return paths

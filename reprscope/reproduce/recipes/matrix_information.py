@@ -1,4 +1,4 @@
-"""Paper 004 (Tan et al.): information flow in self-supervised learning, measured with matrix information.
+"""Tan et al. 2024: information flow in self-supervised learning, measured with matrix information.
 
 * Fig. 1–3: SimCLR, Barlow Twins, BYOL and the spectral contrastive loss analyzed over their checkpoint
   trajectories: matrix mutual information and joint entropy (α = 1) between the two branches rise during
@@ -75,7 +75,7 @@ JS_FIGURE_METHODS = ("simclr", "barlowtwins", "byol")
 class MatrixInformation(Recipe):
     name = "matrix-information"
     title = "Information flow in SSL, measured with matrix information (Tan et al. 2024)"
-    paper = "004 Tan et al., Fig. 1–5, Thm. 4.3 / 4.13, §5"
+    paper = "Tan et al. 2024, arXiv:2309.17281, Fig. 1–5, Thm. 4.3 / 4.13, §5"
     summary = "Matrix mutual information and joint entropy rise during training; the α = 2 loss bounds hold; M-MAE raises the effective rank"
 
     def runs(self, scale: str) -> List[RunSpec]:
@@ -215,7 +215,7 @@ class MatrixInformation(Recipe):
                 ax.set_title(t, fontsize=9)
                 ax.set_xlabel("step")
             axes[0].legend(fontsize=7)
-            fig.suptitle("Paper 004: matrix information between the branches over training (α = 1, covariance form)")
+            fig.suptitle("Tan et al. 2024: matrix information between the branches over training (α = 1, covariance form)")
             paths += _save(fig, out, "fig1_3_matrix_information", ("png", "pdf"))
         else:
             plt.close(fig)

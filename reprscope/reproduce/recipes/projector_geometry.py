@@ -1,4 +1,4 @@
-"""Paper 002 (Cosentino et al.): the geometry of the projector in contrastive learning.
+"""Cosentino et al. 2022: the geometry of the projector in contrastive learning.
 
 SimCLR with a *linear* projector under the small / moderate / large augmentation presets of Table 2, analyzed
 over training: Rank_τ of the projector weights (Fig. 1 — lower for stronger augmentation), the fraction of
@@ -23,10 +23,11 @@ from ..base import Context, Finding, Recipe, RunSpec, last_step, pick, register_
 from .common import image_setting
 
 PRESETS = ("small", "moderate", "large")
+TAU_ABS = 0.01  # Eq. 2's τ (absolute), the weights analyzer's tau_abs
 
 
 def rotated_one_hot_rank(max_angle: float, n: int = 500, size: int = 32, seed: int = 0, rtol: float = 1e-6) -> int:
-    """Paper 002 Fig. 10: numerical rank of the (size², size²) covariance of ``n`` copies of one random one-hot
+    """Cosentino et al. 2022 Fig. 10: numerical rank of the (size², size²) covariance of ``n`` copies of one random one-hot
     image rotated by angles uniform in [0, max_angle] degrees (bilinear)."""
     from torchvision.transforms.v2 import functional as F
 
@@ -45,7 +46,7 @@ def rotated_one_hot_rank(max_angle: float, n: int = 500, size: int = 32, seed: i
 class ProjectorGeometry(Recipe):
     name = "projector-geometry"
     title = "Projector geometry in contrastive learning (Cosentino et al. 2022, arXiv:2205.06926)"
-    paper = "002 Cosentino et al., Fig. 1, 4–7, 10"
+    paper = "Cosentino et al. 2022, arXiv:2205.06926, Fig. 1, 4–7, 10"
     summary = "Linear-projector SimCLR: stronger augmentation → lower Rank_τ of the projector; FVU of δh drops; hardest-negative label agreement rises"
 
     def runs(self, scale: str) -> List[RunSpec]:
@@ -53,7 +54,7 @@ class ProjectorGeometry(Recipe):
         d = pick(scale, 4, 16, 128)  # a quarter of the encoder's width, so the column space is a proper subspace
         an = ("weights", "tangent", "spectrum", "knn")
         params = {"knn": {"ks": "20"}, "tangent": {"batch_size": pick(scale, 64, 256, 512)},
-                  "weights": {"tau": 0.01, "tau_abs": 0.01}}
+                  "weights": {"tau": 0.01, "tau_abs": TAU_ABS}}
         seeds = pick(scale, (0,), (0, 1, 2), (0, 1, 2, 3, 4))  # Fig. 7 reports mean ± std over 5 runs
         out = []
         for preset in PRESETS:
@@ -87,6 +88,31 @@ class ProjectorGeometry(Recipe):
             return pd.Series(dtype=float)
         return r.assign(step=pd.to_numeric(r["step"])).groupby("step")["value"].mean().sort_index()
 
+    def _why_rank(self, table: pd.DataFrame, eff: Dict[str, pd.Series]) -> str:
+        """The evidence when Rank_τ does not separate the presets: where W's spectrum is, against τ."""
+        smin, steps = {}, 0
+        for p in PRESETS:
+            sv = rows(table, "weights", "sv", run=f"linear-{p}")
+            if sv.empty:
+                return ""
+            sv = sv[sv["layer"] == sv["layer"].iloc[0]]
+            last = sv[pd.to_numeric(sv["step"]) == pd.to_numeric(sv["step"]).max()]
+            steps = int(pd.to_numeric(sv["step"]).max())
+            smin[p] = float(last.groupby("seed")["value"].min().mean())
+        order = smin["small"] > smin["moderate"] > smin["large"]
+        er = {p: float(s.iloc[-1]) for p, s in eff.items() if len(s)}
+        return (f"Why it does not hold here: Eq. 2 counts the singular values σ ≥ τ = {TAU_ABS} in absolute terms. "
+                f"After {steps} steps the smallest σ of W is {smin['small']:.3g} / {smin['moderate']:.3g} / "
+                f"{smin['large']:.3g} (small / moderate / large; mean over seeds), "
+                f"{'ordered as the paper predicts' if order else 'not ordered as the paper predicts'}, and the "
+                f"effective rank of W is {' / '.join(f'{er[p]:.3g}' for p in PRESETS if p in er)}; but the smallest σ "
+                f"is still {min(smin.values()) / TAU_ABS:.0f}× above τ, and its decline flattens as the cosine "
+                "learning-rate schedule ends (the trajectory above). The paper trains 500 epochs of CIFAR-100 "
+                "(about 49 000 steps at batch 512) with LARS at learning rate 4.0; this run is the small CNN on 16×16 "
+                "shapes with AdamW at 2e-3. The gap is the training scale and optimiser, not the analyzer (the "
+                "``weights`` analyzer's Rank_τ is tested against a hand count of σ ≥ τ): what scale changes is the "
+                "distance of σ_min from τ, and at the largest scale this machine allows it is still far.")
+
     def findings(self, table: pd.DataFrame, scale: str) -> List[Finding]:
         f: List[Finding] = []
         ranks = {p: self._series(table, f"linear-{p}", "weights", "rank_abs", "projector") for p in PRESETS}
@@ -102,8 +128,9 @@ class ProjectorGeometry(Recipe):
                 smin = (sv.assign(step=pd.to_numeric(sv["step"])).groupby(["step", "seed"])["value"].min()
                         .groupby(level=0).mean().sort_index())
                 nums[f"smallest σ of W over the checkpoints, {p} (not the verdict)"] = " → ".join(f"{v:.3g}" for v in smin)
+        held = bool(end["large"] < end["small"])
         f.append(Finding("Stronger augmentation → lower Rank_τ of the linear projector's weights after training",
-                         "Cosentino et al. 2022 Fig. 1, Eq. 2", nums, bool(end["large"] < end["small"])))
+                         "Cosentino et al. 2022 Fig. 1, Eq. 2", nums, held, "" if held else self._why_rank(table, eff)))
         nums, ok = {}, []
         for p in PRESETS:
             s = self._series(table, f"linear-{p}", "tangent", "fvu", "encoder")
@@ -175,7 +202,7 @@ class ProjectorGeometry(Recipe):
             ax.set_title(title, fontsize=9)
             ax.set_xlabel("step")
         axes[0].legend(fontsize=7)
-        fig.suptitle("Paper 002: linear projector under small / moderate / large augmentation")
+        fig.suptitle("Cosentino et al. 2022: linear projector under small / moderate / large augmentation")
         paths += _save(fig, out, "fig1_6_7_projector", ("png", "pdf"))
         fig, ax = plt.subplots(figsize=(4.5, 3.2))
         for p in PRESETS:
@@ -190,7 +217,7 @@ class ProjectorGeometry(Recipe):
         ax.set_xlabel("k")
         ax.set_ylabel("log σ_k (encoder)")
         ax.legend(fontsize=6)
-        ax.set_title("Paper 002 Fig. 4: encoder log-spectrum (init dotted, mid dashed, end solid)", fontsize=8)
+        ax.set_title("Cosentino et al. 2022 Fig. 4: encoder log-spectrum (init dotted, mid dashed, end solid)", fontsize=8)
         paths += _save(fig, out, "fig4_encoder_log_spectrum", ("png", "pdf"))
         r10 = rows(table, "fig10", "covariance_rank")
         if not r10.empty:
@@ -199,6 +226,6 @@ class ProjectorGeometry(Recipe):
             ax.errorbar(g.mean().index, g.mean().values, yerr=g.std().fillna(0).values, fmt="-o", ms=3)
             ax.set_xlabel("largest rotation angle (degrees)")
             ax.set_ylabel("rank of the covariance")
-            ax.set_title("Paper 002 Fig. 10: rotated one-hot images", fontsize=9)
+            ax.set_title("Cosentino et al. 2022 Fig. 10: rotated one-hot images", fontsize=9)
             paths += _save(fig, out, "fig10_rotated_one_hot_rank", ("png", "pdf"))
         return paths

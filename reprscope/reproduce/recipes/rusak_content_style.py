@@ -1,4 +1,4 @@
-"""Paper 001 (Rusak et al.): content suppresses style — dimensionality collapse in contrastive learning.
+"""Rusak et al. 2022: content suppresses style — dimensionality collapse in contrastive learning.
 
 Runs (SimCLR on the content/style DGP, d = 10, MLP encoder with a 3-layer MLP projector as in ``reprscope demo``):
 
@@ -19,7 +19,7 @@ non-normalized representations based on an ℓp norm" (Zimmermann et al. 2021, a
 p = 2, the Gaussian kernel exp(−‖z_i − z_j‖²/·) of the paper's linear analysis (App. C, Lemma 5) — the box and
 linear runs use ``similarity=neg_lp``. (Before 2026-12 the box runs used the cosine similarity of the sphere.)
 
-The ``long`` scale trains 4× longer (6000 steps).
+The ``long`` scale trains 3× longer (4500 steps).
 """
 from __future__ import annotations
 
@@ -66,11 +66,11 @@ def _linear(steps: int, batch: int) -> Dict[str, Any]:
 class RusakContentStyle(Recipe):
     name = "rusak-content-style"
     title = "Content suppresses style (Rusak et al. 2022)"
-    paper = "001 Rusak et al., §4.1, Fig. 1, Tables 1–2"
+    paper = "Rusak, Reizinger, Zimmermann et al. 2022, 'Content suppresses style', §4.1, Fig. 1, Tables 1–2"
     summary = "SimCLR on the content/style DGP: style collapses only in the projector when d_c > 0; τ_c < τ_s and dropping ℓ2 normalisation alleviate it"
 
     def runs(self, scale: str) -> List[RunSpec]:
-        steps = pick(scale, 40, 1500, 20000, long=6000)
+        steps = pick(scale, 40, 1500, 20000, long=4500)
         batch = pick(scale, 64, 512, 6144)
         seeds = pick(scale, (0,), (0, 1, 2), (0, 1, 2))
         nl, lin = _nonlinear(steps, batch), {**_linear(steps, batch), **BOX_LOSS}
@@ -224,7 +224,7 @@ class RusakContentStyle(Recipe):
                 ax.set_ylim(-0.1, 1.05)
             axes[0][0].set_ylabel("adjusted R² (linear readout)")
             axes[0][0].legend(fontsize=7)
-            fig.suptitle("Paper 001 Fig. 1: R² of content and style latents per layer")
+            fig.suptitle("Rusak et al. 2022 Fig. 1: R² of content and style latents per layer")
             paths += _save(fig, out, "fig1_r2_per_layer", ("png", "pdf"))
         lin = [r for r in ("linear-dc5", "linear-dc0", "linear-dc5-tau") if not rows(table, "spectrum", "sv", run=r).empty]
         if lin:
@@ -237,7 +237,7 @@ class RusakContentStyle(Recipe):
                 ax.plot(np.arange(1, len(sv) + 1), sv / sv[0], "-o", ms=3, label=run)
             ax.set_xlabel("k")
             ax.set_ylabel("σ_k / σ_1")
-            ax.set_title("Paper 001 Fig. 1 (left): linear model spectrum", fontsize=9)
+            ax.set_title("Rusak et al. 2022 Fig. 1 (left): linear model spectrum", fontsize=9)
             ax.legend(fontsize=7)
             paths += _save(fig, out, "fig1_linear_spectrum", ("png", "pdf"))
         return paths
