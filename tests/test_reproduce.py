@@ -147,3 +147,19 @@ def test_per_output_temperatures_are_absorbed_by_a_linear_map():
     assert torch.allclose(a, b, rtol=1e-12)
     c = info_nce(x1 @ w.T, x2 @ w.T, 1.0, "neg_lp", 2.0)
     assert not torch.allclose(a, c)  # the temperatures do change the loss of a given map
+
+
+@pytest.mark.parametrize("scale", ["tiny", "cpu", "long"])
+def test_center_vector_toy_projectors_do_not_centre_their_outputs(scale):
+    """An output BatchNorm subtracts the batch mean of the projections — the center vector's numerator — so the
+    toy comparison of SimSiam with and without predictor / stop-gradient could not show a large ‖s‖ with it."""
+    from reprscope.reproduce.runner import run_config
+
+    recipe = RECIPES.get("center-vector")()
+    toys = [s for s in recipe.runs(scale) if s.data["name"] in ("blobs", "moons")]
+    assert toys
+    for spec in toys:
+        from reprscope.models.heads import head_spec_from_config
+
+        spec_layers = head_spec_from_config(run_config(spec, 0, "cpu")["model"]["projector"], 64, "projector")
+        assert spec_layers[-1]["type"] == "linear", spec.name

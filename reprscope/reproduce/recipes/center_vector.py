@@ -12,8 +12,10 @@
   At the cpu scale these run on the procedural ``shapes`` images (16×16) with a small CNN for a few hundred
   steps: they show whether each run collapses, not the papers' accuracies.
 
-Toy hyper-parameters (the paper does not give them): MLP encoder 2 × 64, projector 2 × 64 → 32 (SimSiam's
-affine-free output BN), predictor 16-wide, AdamW 1e-3, batch 128.
+Toy hyper-parameters (the paper does not give them): MLP encoder 2 × 64, projector 2 × 64 → 32 without an
+output BatchNorm, predictor 16-wide, AdamW 1e-3, batch 128. (Until 2026-12 the toy projector ended in SimSiam's
+affine-free BatchNorm, which centres the outputs of every batch and so removed the very center vector the
+findings measure: SimSiam without predictor then ended at ‖s‖ ≈ 0.1 on moons instead of 0.96.)
 """
 from __future__ import annotations
 
@@ -42,8 +44,11 @@ TOY_VARIANTS = {
 
 
 def _toy_sets(steps: int) -> Dict[str, Any]:
+    # No BatchNorm on the projector's output: in training it subtracts the batch mean of the outputs — the
+    # numerator of the center vector — so no variant could end with a large ‖s‖ (with it, SimSiam without
+    # predictor ended at ‖s‖ ≈ 0.1 on moons; without, at 0.96). The paper does not give its toy architecture.
     return {"backbone.width": 64, "backbone.depth": 2, "projector.hidden_dim": 64, "projector.out_dim": 32,
-            "projector.layers": 2, "optim.lr": 1e-3, "train.batch_size": 128, "train.steps": steps,
+            "projector.layers": 2, "projector.last_bn": False, "optim.lr": 1e-3, "train.batch_size": 128, "train.steps": steps,
             "train.save_every_steps": max(1, steps // 6), "train.knn_every": 0, "data.eval_size": 900}
 
 

@@ -136,6 +136,7 @@ class ProjectorGeometry(Recipe):
             s = self._series(table, f"linear-{p}", "tangent", "fvu", "encoder")
             if len(s) >= 2:
                 nums[f"FVU {p}: init → end"] = f"{s.iloc[0]:.3f} → {s.iloc[-1]:.3f}"
+                nums[f"FVU {p}, every checkpoint (not the verdict)"] = " → ".join(f"{v:.3f}" for v in s)
                 ok.append(s.iloc[-1] < s.iloc[0])
         f.append(Finding("The fraction of δh's variance unexplained by the projector's column space drops after initialisation",
                          "Cosentino et al. 2022 Fig. 7", nums, bool(ok) and all(ok)))
