@@ -419,9 +419,12 @@ def reproduce(
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Folder holding cifar10/, cifar100/ … for the gpu scale."),
     list_: bool = typer.Option(False, "--list", metavar=FLAG, help="List the recipes."),
     quiet: bool = typer.Option(False, "--quiet", metavar=FLAG, help="No progress bars."),
+    from_table: bool = typer.Option(False, "--from-table", metavar=FLAG,
+                                    help="Recompute the findings, figures and summary.md of the finished run in --out "
+                                         "from its table.csv (nothing is trained)."),
 ) -> None:
     """Reproduce a paper's finding: train its runs, analyze them, write table.csv, figures/ and summary.md."""
-    from reprscope.reproduce import RECIPES
+    from reprscope.reproduce import RECIPES, reevaluate
     from reprscope.reproduce import reproduce as run_recipe
 
     if list_ or not name:
@@ -431,7 +434,13 @@ def reproduce(
             meta = RECIPES.meta(n)
             typer.echo(f"{n:24s} {meta.get('paper', '')}: {meta.get('summary', '')}")
         return
-    res = run_recipe(name, scale=scale, out=out, device=device, progress=not quiet, echo=typer.echo, data_root=data_root)
+    if from_table:
+        if out is None:
+            raise ReprscopeError("--from-table needs --out, the folder of the finished run")
+        res = reevaluate(name, scale, out)
+    else:
+        res = run_recipe(name, scale=scale, out=out, device=device, progress=not quiet, echo=typer.echo,
+                         data_root=data_root)
     held = [f.held for f in res.findings if f.held is not None]
     typer.echo("")
     typer.echo(res.summary.read_text())

@@ -52,6 +52,22 @@ def test_summary_is_computed_from_the_table(tiny):
     assert [f.numbers for f in moved] != [f.numbers for f in res.findings]
 
 
+def test_reevaluate_rewrites_the_summary_from_the_table(tiny, tmp_path):
+    """`reproduce --from-table`: the findings, figures and summary recomputed from table.csv alone (a recipe's
+    findings changed after a long run) equal the original, wall time included; a folder without a finished run of
+    that scale is refused."""
+    from reprscope.reproduce import reevaluate
+
+    name, res = tiny
+    before = res.summary.read_text()
+    again = reevaluate(name, "tiny", res.out)
+    assert again.summary.read_text() == before
+    with pytest.raises(ReprscopeError, match="scale-cpu"):
+        reevaluate(name, "cpu", res.out)
+    with pytest.raises(ReprscopeError, match="no finished run"):
+        reevaluate(name, "tiny", tmp_path)
+
+
 def test_finished_runs_are_reused(tmp_path):
     calls = []
     out = tmp_path / "r"

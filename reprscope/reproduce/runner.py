@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,6 +120,33 @@ def reproduce(name: str, scale: str = "cpu", out: Optional[str | Path] = None, d
     figs = recipe.figures(table, fig_dir)
     summary = write_summary(recipe, scale, findings, figs, out, time.perf_counter() - t0, trained, total)
     return ReproduceResult(out, table_path, summary, figs, findings)
+
+
+_INVOCATION = re.compile(r"This invocation: (\d+) s wall time, (\d+) of (\d+) runs trained now")
+
+
+def reevaluate(name: str, scale: str, out: str | Path) -> ReproduceResult:
+    """Recompute the findings, figures and ``summary.md`` of a finished ``reproduce`` run from its ``table.csv``
+    (after a recipe's findings changed): nothing is trained or analysed. The summary keeps the wall time and run
+    counts of the invocation that wrote the table."""
+    if scale not in SCALES:
+        raise ReprscopeError(f"scale must be one of {', '.join(SCALES)}; got '{scale}'", arg="scale")
+    recipe: Recipe = RECIPES.get(name)()
+    out = Path(out)
+    table_path, summary = out / "table.csv", out / "summary.md"
+    if not table_path.is_file() or not summary.is_file():
+        raise ReprscopeError(f"'{out}' holds no finished run of a recipe (table.csv and summary.md)", arg="out")
+    head = summary.read_text(errors="replace")[:4096]
+    m = _INVOCATION.search(head)
+    if not m or f"— scale `{scale}`" not in head:
+        raise ReprscopeError(f"'{summary}' is not the summary of a scale-{scale} run", arg="out")
+    table = read_table(table_path)
+    findings = recipe.findings(table, scale)
+    fig_dir = out / "figures"
+    fig_dir.mkdir(exist_ok=True)
+    figs = recipe.figures(table, fig_dir)
+    path = write_summary(recipe, scale, findings, figs, out, float(m.group(1)), int(m.group(2)), int(m.group(3)))
+    return ReproduceResult(out, table_path, path, figs, findings)
 
 
 def _fmt(v: Any) -> str:

@@ -62,6 +62,17 @@ def _linear(steps: int, batch: int) -> Dict[str, Any]:
             "train.save_every_steps": steps, "method.temperature": TAU}
 
 
+#: Why per-coordinate temperatures need not restore style (the evidence of the findings that test them).
+_WHY_TAU = ("Why it does not hold here: the recipe gives τ_c to the first d_c output coordinates, but the output "
+            "coordinates of a map trained from a random initialisation are not the latents, and the paper does not say "
+            "how its runs chose them. With the un-normalised InfoNCE a per-coordinate temperature on a network ending in "
+            "a linear layer W is the loss of the same network with W's rows rescaled by τ^(-1/2) at τ = 1 (an identity, "
+            "tested in tests/test_reproduce.py): the function class is unchanged and training can absorb the "
+            "temperatures into W instead of reweighting content against style. Prop. 3 rescales the gradient along the "
+            "content latents (the D of App. C), which per-coordinate temperatures do only if the coordinates are the "
+            "latents. A setting the paper leaves open, not scale: the same at the cpu and long scales.")
+
+
 @register_recipe
 class RusakContentStyle(Recipe):
     name = "rusak-content-style"
@@ -178,10 +189,13 @@ class RusakContentStyle(Recipe):
                          bool(s0 >= 0.5 and s0 > m["style_projector"] + 0.2)))
         ct = self._collapse(table, "box-dc5-tau")
         st = float(np.mean(ct["style_projector"])) if ct["style_projector"] else float("nan")
+        held = bool(st > m["style_projector"] + 0.1)
         f.append(Finding("Per-dimension temperatures τ_c < τ_s alleviate the collapse (box)",
                          "Rusak et al. 2022 §3 (Prop. 3), Fig. 1 (middle, dashed)",
                          {"style R² projector, τ_c = τ_s": m["style_projector"], "style R² projector, τ_c < τ_s": st,
-                          "τ_c / τ_s": f"{TAU_SPLIT[0]} / {TAU}"}, bool(st > m["style_projector"] + 0.1)))
+                          "τ_c / τ_s": f"{TAU_SPLIT[0]} / {TAU}"}, held,
+                         "" if held else _WHY_TAU + f" Here: style R² at the projector {st:.3g} with τ_c < τ_s, "
+                         f"{m['style_projector']:.3g} without."))
         sp = {run: self._collapse(table, run) for run in ("sphere-dc5", "sphere-dc5-tau", "sphere-dc5-tau-nonorm")}
         spm = {run: (float(np.mean(v["style_projector"])) if v["style_projector"] else float("nan")) for run, v in sp.items()}
         f.append(Finding("On the sphere, removing the ℓ2 normalisation (with τ_c < τ_s) recovers more style after the projector",
@@ -190,10 +204,12 @@ class RusakContentStyle(Recipe):
                           "… τ_c < τ_s": spm["sphere-dc5-tau"], "… τ_c < τ_s without ℓ2 normalisation": spm["sphere-dc5-tau-nonorm"]},
                          bool(spm["sphere-dc5-tau-nonorm"] > max(spm["sphere-dc5"], spm["sphere-dc5-tau"]) + 0.05)))
         t5, t0, tt = self._tail(table, "linear-dc5"), self._tail(table, "linear-dc0"), self._tail(table, "linear-dc5-tau")
+        held = bool(t5 < 0.5 * t0 and tt > t5)
         f.append(Finding("Linear model: the style directions of the trained linear map collapse when d_c > 0, and τ_c < τ_s restores them",
                          "Rusak et al. 2022 Fig. 1 (left)",
                          {"mean σ_k/σ_1 of the 5 smallest directions, d_c = 5": t5, "… d_c = 0": t0, "… d_c = 5, τ_c < τ_s": tt},
-                         bool(t5 < 0.5 * t0 and tt > t5)))
+                         held, "" if held or not t5 < 0.5 * t0 else _WHY_TAU + f" Here: mean σ_k/σ_1 of the 5 smallest "
+                         f"directions {tt:.4g} with τ_c < τ_s, {t5:.4g} without, {t0:.4g} with d_c = 0."))
         t1 = rows(table, "table1", ["loss_trained", "loss_g_inverse"])
         if not t1.empty:
             piv = t1.pivot_table(index="run", columns="metric", values="value", aggfunc="mean")
