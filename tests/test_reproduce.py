@@ -179,3 +179,26 @@ def test_center_vector_toy_projectors_do_not_centre_their_outputs(scale):
 
         spec_layers = head_spec_from_config(run_config(spec, 0, "cpu")["model"]["projector"], 64, "projector")
         assert spec_layers[-1]["type"] == "linear", spec.name
+
+
+def test_rusak_linear_restoration_needs_more_than_rounding():
+    """The linear-model finding once held on a difference in the fifth digit (τ_c < τ_s left the spectrum as it
+    was); it now needs a tenth of the way back to the d_c = 0 spectrum."""
+    import numpy as np
+    import pandas as pd
+
+    recipe = RECIPES.get("rusak-content-style")()
+
+    def table(tau_tail):
+        rows = []
+        for run, tail in (("linear-dc5", 0.1), ("linear-dc0", 0.7), ("linear-dc5-tau", tau_tail)):
+            sv = np.r_[np.ones(5), np.full(5, tail)]
+            rows += [{"analyzer": "spectrum", "metric": "sv", "run": run, "layer": "encoder", "seed": 0,
+                      "view": "clean", "index": str(i), "value": v} for i, v in enumerate(sv)]
+        return pd.DataFrame(rows)
+
+    def verdict(tau_tail):
+        return [f for f in recipe.findings(table(tau_tail), "cpu") if f.claim.startswith("Linear model")][0].held
+
+    assert verdict(0.1 + 1e-9) is False
+    assert verdict(0.3) is True
