@@ -5,8 +5,6 @@ Regenerate with ``python fixtures/make_fixtures.py`` only when a change of the n
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-import pytest
 
 from reprscope.data import build_dataset
 from reprscope.extract import Store, extract

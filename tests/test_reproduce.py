@@ -3,7 +3,6 @@ summary is computed from its table (not written by hand); finished runs are reus
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 

@@ -3,8 +3,6 @@ warm-up in epochs, the metrics log (CSV, resume truncation), the online k-NN mon
 from __future__ import annotations
 
 import csv
-import math
-from pathlib import Path
 
 import pytest
 import torch

@@ -10,7 +10,7 @@ import copy
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from ..data import build_dataset
 from ..errors import ReprscopeError
