@@ -118,8 +118,8 @@ def test_every_split_analyzer_shares_its_passes_to_the_one_process_table(tmp_pat
     """A labelled store read in chunks of 48 samples (and batches of 32–40) so that every pass of every analyzer
     declared ``split`` — the NaN scan, moments, center's two passes, vicreg's invariance pass, lidar's
     cross-products, the k-NN candidate lists, matrix information's batches, similarity's cross-products, RBF CKA
-    batches and mutual k-NN blocks — is divided between the two ranks; the table equals the one-process table to
-    1e-9."""
+    batches and mutual k-NN blocks — is divided between the two ranks; the table, bootstrap intervals included
+    (rank 0 resamples alone), equals the one-process table to 1e-9."""
     import pandas as pd
 
     import reprscope
@@ -149,10 +149,13 @@ def test_every_split_analyzer_shares_its_passes_to_the_one_process_table(tmp_pat
     a, b = pd.read_csv(tmp_path / "one.csv"), pd.read_csv(tmp_path / "two.csv")
     assert set(a["analyzer"]) == {"spectrum", "vicreg", "lidar", "center", "knn", "matrix_information", "similarity",
                                   "identifiability"}
-    key = [c for c in a.columns if c != "value"]
+    assert a["value_lo"].notna().any()  # bootstrap intervals (computed by rank 0 alone in the job)
+    numbers = ["value", "value_lo", "value_hi"]
+    key = [c for c in a.columns if c not in numbers]
     m = a.merge(b, on=key, how="outer", suffixes=("_1", "_2"), indicator=True)
     assert (m["_merge"] == "both").all() and len(a) == len(b)
-    v1, v2 = m["value_1"].to_numpy(float), m["value_2"].to_numpy(float)
-    assert (np.isnan(v1) == np.isnan(v2)).all()
-    ok = ~np.isnan(v1)
-    assert np.allclose(v2[ok], v1[ok], rtol=1e-9, atol=1e-12), m.loc[ok][~np.isclose(v2[ok], v1[ok], rtol=1e-9, atol=1e-12)]
+    for c in numbers:
+        v1, v2 = m[c + "_1"].to_numpy(float), m[c + "_2"].to_numpy(float)
+        assert (np.isnan(v1) == np.isnan(v2)).all()
+        ok = ~np.isnan(v1)
+        assert np.allclose(v2[ok], v1[ok], rtol=1e-9, atol=1e-12), (c, m.loc[ok][~np.isclose(v2[ok], v1[ok], rtol=1e-9, atol=1e-12)])
