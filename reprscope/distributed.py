@@ -51,9 +51,10 @@ _SHARED_CALL: contextvars.ContextVar = contextvars.ContextVar("reprscope_shared_
 
 
 @contextmanager
-def shared_call() -> Iterator[None]:
-    """Mark the calls inside as run by every rank of the process group together."""
-    token = _SHARED_CALL.set(True)
+def shared_call(shared: bool = True) -> Iterator[None]:
+    """Mark the calls inside as run by every rank of the process group together (``shared=False``: by this
+    process alone, e.g. rank 0's part of a shared call)."""
+    token = _SHARED_CALL.set(shared)
     try:
         yield
     finally:

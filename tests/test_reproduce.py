@@ -95,6 +95,15 @@ def test_cli_list_and_errors(tmp_path):
     assert res.exit_code == 2 and "error:" in res.output and not (tmp_path / "x").exists()
     res = runner.invoke(app, ["reproduce"])
     assert res.exit_code == 2 and "--list" in res.output
+    res = runner.invoke(app, ["reproduce", "center-vector", "--from-table"])
+    assert res.exit_code == 2 and res.output.strip().splitlines() == ["error: --from-table needs --out, the folder of the finished run"]
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "table.csv").write_text("x\n1\n")
+    (bad / "summary.md").write_text("# t — scale `cpu`\n\nThis invocation: 5 s wall time, 1 of 1 runs trained now\n")
+    res = runner.invoke(app, ["reproduce", "center-vector", "--from-table", "--out", str(bad)])
+    assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1 and res.output.startswith("error:")
+    assert sorted(p.name for p in bad.iterdir()) == ["summary.md", "table.csv"]  # nothing written
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

@@ -11,8 +11,7 @@ the others) the share is everything: ``share() == (0, 1)`` and the reductions re
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Any, Iterator, List, Sequence, Tuple, TypeVar
+from typing import Any, ContextManager, List, Sequence, Tuple, TypeVar
 
 import numpy as np
 import torch
@@ -76,13 +75,9 @@ def interleave(parts: Sequence[Sequence[_T]]) -> List[_T]:
     return out
 
 
-@contextmanager
-def alone() -> Iterator[None]:
-    """Inside, this process computes everything itself (rank 0's bootstrap resamples in a torchrun job)."""
-    from ..distributed import _SHARED_CALL
+def alone() -> ContextManager[None]:
+    """Inside, this process computes everything itself (rank 0's solo analyzers and bootstrap resamples in a
+    torchrun job)."""
+    from ..distributed import shared_call
 
-    token = _SHARED_CALL.set(False)
-    try:
-        yield
-    finally:
-        _SHARED_CALL.reset(token)
+    return shared_call(False)

@@ -184,34 +184,41 @@ def _votes_np(q: np.ndarray, cand: np.ndarray, idx: np.ndarray, bank_labels: np.
     return out
 
 
+def _share_candidates(bank: np.ndarray, offset: int, queries: np.ndarray, kmax: int, similarity: str
+                      ) -> Tuple[np.ndarray, np.ndarray]:
+    """(q, kmax) scores and bank indices of every query's top-kmax candidates in the bank share ``bank`` (entries
+    ``offset`` … of the whole bank), ascending index; a share with fewer than kmax entries is padded with −∞."""
+    nq = queries.shape[0]
+    cand = np.full((nq, kmax), -np.inf, dtype=np.float32)
+    idx = np.full((nq, kmax), np.iinfo(np.int64).max, dtype=np.int64)
+    s = 0
+    for _q, c, i in _candidates_np(bank, queries, kmax, similarity, _BLOCK_ELEMS):
+        cand[s:s + c.shape[0], :c.shape[1]] = c
+        idx[s:s + c.shape[0], :c.shape[1]] = i + offset
+        s += c.shape[0]
+    return cand, idx
+
+
+def _merge_candidates(parts: List[Tuple[np.ndarray, np.ndarray]], kmax: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The top-kmax candidates over contiguous bank shares given in bank order, ties to the lowest bank index:
+    the overall top kmax is among the union of the shares' own, so these are the candidates of the whole bank."""
+    cand = np.concatenate([p[0] for p in parts], axis=1)  # ascending bank index, padding aside
+    idx = np.concatenate([p[1] for p in parts], axis=1)
+    pos = topk_lowest_index_np(cand, kmax)
+    return np.take_along_axis(cand, pos, axis=1), np.take_along_axis(idx, pos, axis=1)
+
+
 def _knn_predict_shared(bank: np.ndarray, offset: int, bank_labels: np.ndarray, queries: np.ndarray,
                         ks: List[int], temperature: float, n_classes: int, similarity: str, ranks: int
                         ) -> Dict[int, np.ndarray]:
     """:func:`knn_predict` in a torchrun job whose rank holds the bank entries ``offset`` … ``offset + len(bank)
     − 1`` (contiguous shares, in rank order) and every query; ``bank_labels`` are the labels of the whole bank.
-
-    Each rank finds every query's top-max(ks) candidates in its share; the candidate lists are gathered and
-    merged: the overall top max(ks), ties to the lowest bank index, is among the union of the shares' own, so
-    the neighbours, votes and predictions are those of one process. With numpy, on the CPU.
-    """
+    Each rank finds every query's candidates in its share; the lists are gathered and merged
+    (:func:`_merge_candidates`), so the neighbours, votes and predictions are those of one process. With numpy,
+    on the CPU."""
     kmax = max(ks)
-    cands, idxs = [], []
-    for _q, cand, idx in _candidates_np(bank, queries, kmax, similarity, _BLOCK_ELEMS):
-        cands.append(cand)
-        idxs.append(idx + offset)
-    nq = queries.shape[0]
-    cand = np.full((nq, kmax), -np.inf, dtype=np.float32)  # a share with fewer than kmax entries is padded
-    idx = np.full((nq, kmax), np.iinfo(np.int64).max, dtype=np.int64)
-    if cands:
-        got = np.concatenate(cands)
-        cand[:, :got.shape[1]] = got
-        idx[:, :got.shape[1]] = np.concatenate(idxs)
-    parts = gather_over_ranks((cand, idx))
-    cand = np.concatenate([p[0] for p in parts], axis=1)  # rank order: ascending bank index, padding aside
-    idx = np.concatenate([p[1] for p in parts], axis=1)
-    pos = topk_lowest_index_np(cand, kmax)
-    return _votes_np(queries, np.take_along_axis(cand, pos, axis=1), np.take_along_axis(idx, pos, axis=1),
-                     bank_labels, ks, temperature, n_classes, similarity, ranks)
+    cand, idx = _merge_candidates(gather_over_ranks(_share_candidates(bank, offset, queries, kmax, similarity)), kmax)
+    return _votes_np(queries, cand, idx, bank_labels, ks, temperature, n_classes, similarity, ranks)
 
 
 def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, ks: List[int], temperature: float,

@@ -93,24 +93,26 @@ def _stream_pair(data: LayerData, a: int, b: int) -> Tuple[float, List[np.ndarra
             mb = (inv @ z) / nb  # chunk mean of ẑ (one matrix-vector product)
             np.multiply(z, inv[:, None], out=buf)  # ẑ − mean(ẑ) in the chunk's own scratch buffer
             buf -= mb
-            m2b = np.einsum("ij,ij->j", buf, buf)
-            delta = mb - mean[k]
-            tot = n + nb
-            mean[k] = mean[k] + delta * (nb / tot)
-            m2[k] = m2[k] + m2b + delta * delta * (n * nb / tot)
+            mean[k], m2[k] = _merge_moments(n, mean[k], m2[k], nb, mb, np.einsum("ij,ij->j", buf, buf))
         n += nb
     parts = gather_over_ranks((sq, n, mean, m2))  # a torchrun job: merge the ranks' partial statistics
     sq, n, mean, m2 = parts[0]
     for sq_r, n_r, mean_r, m2_r in parts[1:]:
         sq += sq_r
-        tot = n + n_r
         for k in range(2):
-            if n_r:
-                delta = mean_r[k] - mean[k]
-                mean[k] = mean[k] + delta * (n_r / tot)
-                m2[k] = m2[k] + m2_r[k] + delta * delta * (n * n_r / tot)
-        n = tot
+            mean[k], m2[k] = _merge_moments(n, mean[k], m2[k], n_r, mean_r[k], m2_r[k])
+        n += n_r
     return sq, [x / max(1, n - 1) for x in m2]
+
+
+def _merge_moments(n: int, mean: np.ndarray, m2: np.ndarray, nb: int, mb: np.ndarray, m2b: np.ndarray
+                   ) -> Tuple[np.ndarray, np.ndarray]:
+    """Chan et al.'s pairwise merge: (mean, M2) of n samples and of nb more → those of all n + nb."""
+    if nb == 0:
+        return mean, m2
+    delta = mb - mean
+    tot = n + nb
+    return mean + delta * (nb / tot), m2 + m2b + delta * delta * (n * nb / tot)
 
 
 @declare(

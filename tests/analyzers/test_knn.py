@@ -243,3 +243,23 @@ def test_top5_needs_more_than_five_classes():
     rows = run_analyzer("knn", _data(x9, y9), {"ks": "10", "similarity": "euclidean"}).rows
     assert M.knn_accuracy(x9, y9, k=10, top=5, similarity="euclidean") == next(
         r["value"] for r in rows if r["metric"] == "top5")
+
+
+@pytest.mark.parametrize("similarity", ["cosine", "euclidean"])
+def test_merged_bank_share_candidates_are_the_whole_bank_candidates(similarity):
+    """torchrun k-NN: each rank's top-k over a contiguous share of the bank, merged in bank order, gives exactly
+    the candidates of the whole bank — with a share shorter than k (padded) and ties across the share boundary
+    (duplicate bank rows), which go to the lowest bank index as in one process."""
+    g = np.random.default_rng(0)
+    bank = g.normal(size=(40, 6)).astype(np.float32)
+    bank[3] = bank[30]  # ties across shares
+    bank[12] = bank[2]
+    queries = np.concatenate([g.normal(size=(9, 6)), bank[[2, 30]]]).astype(np.float32)
+    kmax = 7
+    want = [(c, i) for _q, c, i in knn_mod._candidates_np(bank, queries, kmax, similarity, 1 << 20)]
+    want_c, want_i = np.concatenate([w[0] for w in want]), np.concatenate([w[1] for w in want])
+    cuts = [0, 4, 25, 40]  # the first share (4 rows) is shorter than k
+    parts = [knn_mod._share_candidates(bank[a:b], a, queries, kmax, similarity) for a, b in zip(cuts, cuts[1:])]
+    got_c, got_i = knn_mod._merge_candidates(parts, kmax)
+    assert np.array_equal(got_i, want_i)
+    assert np.array_equal(got_c, want_c)

@@ -88,17 +88,22 @@ class ProjectorGeometry(Recipe):
             return pd.Series(dtype=float)
         return r.assign(step=pd.to_numeric(r["step"])).groupby("step")["value"].mean().sort_index()
 
-    def _why_rank(self, table: pd.DataFrame, eff: Dict[str, pd.Series]) -> str:
+    @staticmethod
+    def _smallest_sv(table: pd.DataFrame, preset: str) -> pd.Series:
+        """Step → the smallest singular value of the linear projector's W (mean over seeds)."""
+        sv = rows(table, "weights", "sv", run=f"linear-{preset}")
+        if sv.empty:
+            return pd.Series(dtype=float)
+        sv = sv[sv["layer"] == sv["layer"].iloc[0]]  # one row per weight matrix, whatever layer the store row names
+        return (sv.assign(step=pd.to_numeric(sv["step"])).groupby(["step", "seed"])["value"].min()
+                .groupby(level=0).mean().sort_index())
+
+    def _why_rank(self, smin_traj: Dict[str, pd.Series], eff: Dict[str, pd.Series]) -> str:
         """The evidence when Rank_τ does not separate the presets: where W's spectrum is, against τ."""
-        smin, steps = {}, 0
-        for p in PRESETS:
-            sv = rows(table, "weights", "sv", run=f"linear-{p}")
-            if sv.empty:
-                return ""
-            sv = sv[sv["layer"] == sv["layer"].iloc[0]]
-            last = sv[pd.to_numeric(sv["step"]) == pd.to_numeric(sv["step"]).max()]
-            steps = int(pd.to_numeric(sv["step"]).max())
-            smin[p] = float(last.groupby("seed")["value"].min().mean())
+        if any(not len(smin_traj.get(p, ())) for p in PRESETS):
+            return ""
+        smin = {p: float(s.iloc[-1]) for p, s in smin_traj.items()}
+        steps = int(smin_traj["large"].index[-1])
         order = smin["small"] > smin["moderate"] > smin["large"]
         er = {p: float(s.iloc[-1]) for p, s in eff.items() if len(s)}
         return (f"Why it does not hold here: Eq. 2 counts the singular values σ ≥ τ = {TAU_ABS} in absolute terms. "
@@ -121,16 +126,13 @@ class ProjectorGeometry(Recipe):
         nums = {f"Rank_τ (Eq. 2, τ = 0.01), {p}": v for p, v in end.items()}
         nums.update({f"effective rank of W, {p} (not the verdict)": float(s.iloc[-1]) if len(s) else float("nan")
                      for p, s in eff.items()})
-        for p in PRESETS:  # how far W's smallest singular value is from τ: the trajectory over the checkpoints
-            sv = rows(table, "weights", "sv", run=f"linear-{p}")
-            sv = sv[sv["layer"] == sv["layer"].iloc[0]] if not sv.empty else sv
-            if not sv.empty:
-                smin = (sv.assign(step=pd.to_numeric(sv["step"])).groupby(["step", "seed"])["value"].min()
-                        .groupby(level=0).mean().sort_index())
-                nums[f"smallest σ of W over the checkpoints, {p} (not the verdict)"] = " → ".join(f"{v:.3g}" for v in smin)
+        smin = {p: self._smallest_sv(table, p) for p in PRESETS}  # how far W's smallest σ is from τ, over training
+        for p, s in smin.items():
+            if len(s):
+                nums[f"smallest σ of W over the checkpoints, {p} (not the verdict)"] = " → ".join(f"{v:.3g}" for v in s)
         held = bool(end["large"] < end["small"])
         f.append(Finding("Stronger augmentation → lower Rank_τ of the linear projector's weights after training",
-                         "Cosentino et al. 2022 Fig. 1, Eq. 2", nums, held, "" if held else self._why_rank(table, eff)))
+                         "Cosentino et al. 2022 Fig. 1, Eq. 2", nums, held, "" if held else self._why_rank(smin, eff)))
         nums, ok = {}, []
         for p in PRESETS:
             s = self._series(table, f"linear-{p}", "tangent", "fvu", "encoder")
